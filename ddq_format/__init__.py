@@ -1,0 +1,12 @@
+"""ddq_format: reference implementation of the .ddq delta container (numpy + msgpack only).
+
+torch, triton and vllm are optional and imported lazily by the subpackages that need them.
+"""
+from .errors import BindingError, ChecksumError, DDQError, EncodingError, FormatError, UsageError, VersionError
+from .reader import DDQFile, open_ddq
+from .spec import FORMAT_MAJOR, FORMAT_MINOR
+from .writer import Writer
+
+__version__ = "0.1.0"
+__all__ = ["DDQFile", "open_ddq", "Writer", "DDQError", "FormatError", "VersionError", "ChecksumError",
+           "EncodingError", "BindingError", "UsageError", "FORMAT_MAJOR", "FORMAT_MINOR"]

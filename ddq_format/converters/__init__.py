@@ -1,0 +1,1 @@
+"""Hugging Face checkpoints -> .ddq: delta, group-wise dropout, group-size search, quantization, baselines."""

@@ -1,0 +1,29 @@
+"""Encodings of a tensor entry: one module per encoding id (SPEC.md §Encodings).
+
+Each module offers encode(...) -> Encoded, check(entry, ctx) for header-only validation (sizes are checked
+against the shape before any byte is read) and decode(entry, buffers) -> float32 ndarray.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..spec import ENC_CSR_PARTS, ENC_RAW, ENC_SEEDED
+
+
+@dataclass
+class Encoded:
+    """What the writer stores for one entry: encoding id, scalar params and named buffers."""
+    encoding: str
+    params: dict
+    buffers: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # role -> (dtype, array)
+
+
+def registry():
+    from . import csr_parts, raw, seeded
+    return {ENC_RAW: raw, ENC_CSR_PARTS: csr_parts, ENC_SEEDED: seeded}
+
+
+def get(encoding: str):
+    return registry().get(encoding)

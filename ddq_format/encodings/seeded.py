@@ -1,0 +1,55 @@
+"""`seeded`: the dropout mask is regenerated from a seed (SPEC.md §seeded); only k-bit codes are stored.
+
+Buffer `codes`: rows * kept_per_row codes of k bits, row-major, each row in kept order (group by group,
+kept index i = 0..n_g-1 within a group). Element (r, e) dequantizes to s * (Q - z) at column
+mask_columns(seed, ...)[r, e].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import bitpack
+from ..quantize import Quantizer, dequantize, fit, quantize
+from ..seeded_mask import kept_per_row, mask_columns
+from ..spec import ENC_SEEDED, PACKED
+from . import Encoded
+from ._common import alpha_group, buffer, matrix_shape, param
+
+
+def encode(shape, values: np.ndarray, *, bits: int, alpha: int, group_size: int, seed: int,
+           quantizer: Quantizer | None = None) -> Encoded:
+    """values: float32 [rows, kept_per_row], the kept (rescaled) values in kept order."""
+    n_rows, n_cols = shape
+    per_row = kept_per_row(n_cols, group_size, alpha)
+    values = np.asarray(values, np.float32).reshape(n_rows, per_row)
+    qz = quantizer or fit(values, bits)
+    params = {"alpha": int(alpha), "group_size": int(group_size), "bits": int(bits), "scale": qz.scale,
+              "zero": qz.zero, "seed": int(seed)}
+    return Encoded(ENC_SEEDED, params, {"codes": (PACKED, bitpack.pack(quantize(values, qz), bits))})
+
+
+def check(entry, ctx):
+    n_rows, n_cols = matrix_shape(entry, ctx)
+    alpha, group = alpha_group(entry, ctx, n_cols)
+    bits = param(entry, "bits", ctx, int, 1, 8)
+    param(entry, "scale", ctx, float, 0.0)
+    param(entry, "zero", ctx, int, -(2**31), 2**31 - 1)
+    param(entry, "seed", ctx, int, 0, 2**32 - 1)
+    count = n_rows * kept_per_row(n_cols, group, alpha)
+    buffer(entry, "codes", ctx, (PACKED,), bitpack.packed_nbytes(count, bits))
+
+
+def codes_of(entry, bufs) -> np.ndarray:
+    p = entry["params"]
+    n_rows, n_cols = entry["shape"]
+    per_row = kept_per_row(n_cols, p["group_size"], p["alpha"])
+    return bitpack.unpack(bufs["codes"], p["bits"], n_rows * per_row).reshape(n_rows, per_row)
+
+
+def decode(entry, bufs) -> np.ndarray:
+    p = entry["params"]
+    n_rows, n_cols = entry["shape"]
+    cols = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"])
+    out = np.zeros((n_rows, n_cols), np.float32)
+    np.put_along_axis(out, cols, dequantize(codes_of(entry, bufs), p["scale"], p["zero"]), axis=1)
+    return out

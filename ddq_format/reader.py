@@ -1,0 +1,151 @@
+"""Memory-mapped .ddq reader. Validates the layout and header on open; decodes tensors lazily."""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from . import encodings
+from .encodings import csr_parts as _csr
+from .encodings import seeded as _seeded
+from .errors import ChecksumError, DDQError, FormatError, VersionError
+from .header import unpack, validate
+from .spec import (ENC_CSR_PARTS, ENC_SEEDED, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR, KIND_REMOVED, KIND_SAME,
+                   KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
+
+
+class DDQFile:
+    """A .ddq file opened for reading: `header`, `entries`, `decode(name)`, `parts(name)`, `file(name)`."""
+
+    def __init__(self, path, *, verify_checksums: bool = True):
+        self.path = Path(path)
+        self.verify_checksums = verify_checksums
+        try:
+            self._fh = open(self.path, "rb")
+        except OSError as e:
+            raise DDQError(f"cannot open: {e.strerror}", path=self.path) from None
+        try:
+            self.file_size = os.fstat(self._fh.fileno()).st_size
+            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if self.file_size else b""
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- layout ---------------------------------------------------------------------------------
+    def _parse(self):
+        size, mm, path = self.file_size, self._mm, self.path
+        if size < len(MAGIC) or mm[: len(MAGIC)] != MAGIC:
+            raise FormatError("not a .ddq file (bad magic)", path=path, field="magic")
+        if size < PREAMBLE_SIZE + FOOTER_SIZE:
+            raise FormatError(f"truncated: {size} bytes is smaller than preamble + footer", path=path)
+        major, minor = struct.unpack_from("<HH", mm, len(MAGIC))
+        if major != FORMAT_MAJOR:
+            raise VersionError(f"format version {major}.{minor} is not readable by this library (major "
+                               f"{FORMAT_MAJOR})", path=path, field="version")
+        self.version = (major, minor)
+        foot = mm[size - FOOTER_SIZE:]
+        if foot[-len(FOOTER_MAGIC):] != FOOTER_MAGIC:
+            raise FormatError("truncated or corrupt: footer magic missing at end of file", path=path,
+                              field="footer")
+        header_offset, header_len, header_crc, fmajor, fminor = struct.unpack_from("<QQIHH", foot, 0)
+        if (fmajor, fminor) != (major, minor):
+            raise FormatError(f"footer version {fmajor}.{fminor} differs from preamble {major}.{minor}",
+                              path=path, field="footer.version")
+        if header_len > MAX_HEADER_BYTES:
+            raise FormatError(f"header length {header_len} exceeds the cap of {MAX_HEADER_BYTES}", path=path,
+                              field="footer.header_length")
+        if header_offset < PREAMBLE_SIZE or header_offset + header_len + FOOTER_SIZE != size:
+            raise FormatError(f"header [{header_offset}, +{header_len}) does not end where the footer starts "
+                              f"({size - FOOTER_SIZE})", path=path, field="footer.header_offset")
+        raw = mm[header_offset: header_offset + header_len]
+        if zlib.crc32(raw) != header_crc:
+            raise ChecksumError("header CRC-32 mismatch", path=path, field="footer.header_crc32")
+        self.header = unpack(raw, path)
+        self.data_length = header_offset - PREAMBLE_SIZE
+        entries = validate(self.header, self.data_length, path)
+        self.entries = {e["name"]: e for e in entries}
+        self.files = {f["name"]: f for f in self.header.get("files", [])}
+
+    # -- access ---------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def entry(self, name: str) -> dict:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise DDQError("no such tensor", path=self.path, tensor=name) from None
+
+    def _bytes(self, b: dict, name, where) -> np.ndarray:
+        start = PREAMBLE_SIZE + b["offset"]
+        view = np.frombuffer(self._mm, np.uint8, count=b["length"], offset=start) if b["length"] else np.zeros(0, np.uint8)
+        if self.verify_checksums and zlib.crc32(view) != b["crc32"]:
+            raise ChecksumError("CRC-32 mismatch", path=self.path, tensor=name, field=where)
+        return view
+
+    def buffer(self, name: str, role: str) -> np.ndarray:
+        """One buffer's bytes as a read-only uint8 view of the mapping (checksum verified if enabled)."""
+        e = self.entry(name)
+        if role not in e.get("buffers", {}):
+            raise DDQError("no such buffer", path=self.path, tensor=name, field=f"buffers.{role}")
+        return self._bytes(e["buffers"][role], name, f"buffers.{role}")
+
+    def buffers(self, name: str) -> dict[str, np.ndarray]:
+        return {role: self.buffer(name, role) for role in self.entry(name).get("buffers", {})}
+
+    def file(self, name: str) -> bytes:
+        """An auxiliary file (config.json, tokenizer files) stored with the delta."""
+        if name not in self.files:
+            raise DDQError("no such file", path=self.path, field=f"files.{name}")
+        return bytes(self._bytes(self.files[name], None, f"files.{name}"))
+
+    def decode(self, name: str) -> np.ndarray:
+        """float32 array: the delta for compressed/dense, the full tensor for replace, zeros for same."""
+        e = self.entry(name)
+        if e["kind"] == KIND_TIED:
+            return self.decode(e["tied_to"])
+        if e["kind"] in (KIND_SAME, KIND_REMOVED):
+            return np.zeros(e["shape"], np.float32)
+        try:
+            return encodings.get(e["encoding"]).decode(e, self.buffers(name))
+        except DDQError:
+            raise
+        except ValueError as err:
+            raise FormatError(str(err), path=self.path, tensor=name, field="buffers") from None
+
+    def parts(self, name: str):
+        """csr_parts: the list of raw Part(row_offsets, col_indices, codes, offset); seeded: the code matrix."""
+        e = self.entry(name)
+        if e.get("encoding") == ENC_CSR_PARTS:
+            from .encodings._common import Ctx
+            return _csr.parts_of(e, self.buffers(name), Ctx(self.path, name))
+        if e.get("encoding") == ENC_SEEDED:
+            return _seeded.codes_of(e, self.buffers(name))
+        raise DDQError(f"entry of kind {e['kind']} has no compressed parts", path=self.path, tensor=name,
+                       field="encoding")
+
+    def close(self):
+        mm = getattr(self, "_mm", None)
+        if isinstance(mm, mmap.mmap):
+            try:
+                mm.close()
+            except BufferError:  # numpy views still alive; the mapping goes with them
+                pass
+        if getattr(self, "_fh", None):
+            self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_ddq(path, **kw) -> DDQFile:
+    return DDQFile(path, **kw)

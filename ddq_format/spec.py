@@ -1,0 +1,77 @@
+"""Constants of the .ddq container, format v1. The single source of truth: SPEC.md documents these
+values and every other module imports them from here."""
+from __future__ import annotations
+
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+
+# File layout: preamble | data section (aligned buffers) | header (msgpack) | footer.
+MAGIC = b"\x89DDQ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation to 7 bits
+FOOTER_MAGIC = b"DDQFOOT\x00"
+PREAMBLE_SIZE = 64  # magic(8) major(u16) minor(u16) then zeros; also the data section's start
+FOOTER_SIZE = 32  # header_offset(u64) header_length(u64) header_crc32(u32) major(u16) minor(u16) magic(8)
+ALIGNMENT = 64  # every buffer's offset is a multiple of this (relative to the data section)
+
+# Caps applied to untrusted input before anything is allocated.
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+MAX_TENSORS = 1_000_000
+MAX_NDIM = 8
+MAX_DIM = 2**31 - 1
+MAX_NAME_BYTES = 1024
+MAX_DECODED_BYTES = 2**36  # a decoded dense fp32 tensor larger than 64 GiB is refused
+MAX_STRING = 16 * 1024 * 1024
+MAX_ARRAY = 1_000_000
+MAX_MAP = 1_000_000
+MAX_FILES = 256  # auxiliary files (config.json, tokenizer files)
+MAX_ALPHA = 65536
+
+CHECKSUM = "crc32"  # zlib/ISO-HDLC CRC-32 over a buffer's bytes
+
+# Entry kinds.
+KIND_COMPRESSED = "compressed"  # a linear-layer delta in a compressed encoding
+KIND_DENSE = "dense"  # a delta stored dense (norms, biases, small tensors)
+KIND_REPLACE = "replace"  # the full fine-tuned tensor (shape changed, or only in the fine-tune)
+KIND_SAME = "same"  # unchanged: zero bytes
+KIND_TIED = "tied"  # same storage as another entry (tied embeddings)
+KIND_REMOVED = "removed"  # present in the base, absent from the fine-tune
+KINDS = (KIND_COMPRESSED, KIND_DENSE, KIND_REPLACE, KIND_SAME, KIND_TIED, KIND_REMOVED)
+
+# Encoding ids. An id is never reused or redefined; new encodings get new ids (SPEC.md §Encodings).
+ENC_RAW = "raw"
+ENC_CSR_PARTS = "csr_parts"
+ENC_SEEDED = "seeded"
+ENCODINGS_BY_KIND = {
+    KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED),
+    KIND_DENSE: (ENC_RAW,),
+    KIND_REPLACE: (ENC_RAW,),
+}
+# Encodings this version of the library can decode; baselines add theirs (SPEC.md table).
+ENCODING_SINCE = {ENC_RAW: (1, 0), ENC_CSR_PARTS: (1, 0), ENC_SEEDED: (1, 0)}
+
+# Element types of raw buffers, little-endian.
+DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "I8": 1,
+               "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+INDEX_DTYPES = ("U8", "U16", "U32", "U64")
+PACKED = "PACKED"  # bit-packed codes; the bit width is in the entry's params
+
+# The seeded mask hash (SPEC.md §Seeded mask). Changing any of these changes every seeded file.
+FMIX_C1 = 0x85EBCA6B
+FMIX_C2 = 0xC2B2AE35
+GOLDEN = 0x9E3779B9
+SEED_SALT = 0x5DD9A11B
+PERM_ROUNDS = 3
+
+# Base-model fingerprint: crc32 over up to this many elements sampled evenly (SPEC.md §Base binding).
+FINGERPRINT_SAMPLES = 4096
+FINGERPRINT_SCHEME = "sample4096-crc32"
+
+def index_dtype_for(max_value: int) -> str:
+    """Narrowest unsigned dtype that holds values 0..max_value."""
+    for name, bits in (("U8", 8), ("U16", 16), ("U32", 32), ("U64", 64)):
+        if max_value < 2**bits:
+            return name
+    raise ValueError(f"value {max_value} does not fit in 64 bits")
+
+def align_up(n: int, a: int = ALIGNMENT) -> int:
+    return (n + a - 1) // a * a

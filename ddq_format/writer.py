@@ -1,0 +1,134 @@
+"""Streaming .ddq writer: buffers are appended as tensors arrive; the header and footer go last.
+
+Holds one tensor's buffers at a time. Writes to a temporary file beside the target and renames it into
+place on close, so a crash never leaves a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from .encodings import Encoded
+from .spec import (ALIGNMENT, CHECKSUM, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, KIND_COMPRESSED, KIND_DENSE,
+                   KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up)
+
+
+def preamble(major=FORMAT_MAJOR, minor=FORMAT_MINOR) -> bytes:
+    return MAGIC + struct.pack("<HH", major, minor) + bytes(PREAMBLE_SIZE - len(MAGIC) - 4)
+
+
+def footer(header_offset: int, header: bytes, major=FORMAT_MAJOR, minor=FORMAT_MINOR) -> bytes:
+    return struct.pack("<QQIHH", header_offset, len(header), zlib.crc32(header), major, minor) + FOOTER_MAGIC
+
+
+def pack_header(header: dict) -> bytes:
+    # Floats stay binary64 on the wire; scales are exactly binary32 values (SPEC.md).
+    return msgpack.packb(header, use_bin_type=True, use_single_float=False)
+
+
+class Writer:
+    """with Writer(path, base=..., algorithm=...) as w: w.add(name, kind, ...)"""
+
+    def __init__(self, path, *, metadata: dict | None = None, base: dict | None = None,
+                 algorithm: dict | None = None):
+        self.path = Path(path)
+        self.header = {"alignment": ALIGNMENT, "checksum": CHECKSUM, "metadata": dict(metadata or {}),
+                       "base": dict(base or {}), "algorithm": dict(algorithm or {}), "files": [], "tensors": []}
+        self._names: set[str] = set()
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+        self._tmp = Path(tmp)
+        self._f = os.fdopen(fd, "wb")
+        self._f.write(preamble())
+        self._pos = 0  # relative to the data section
+        self._closed = False
+
+    # -- buffers -------------------------------------------------------------------------------
+    def _append(self, data) -> dict:
+        data = memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1)) if isinstance(
+            data, np.ndarray) else memoryview(data)
+        start = align_up(self._pos)
+        if start > self._pos:
+            self._f.write(bytes(start - self._pos))
+        self._f.write(data)
+        self._pos = start + data.nbytes
+        return {"offset": start, "length": data.nbytes, "crc32": zlib.crc32(data)}
+
+    # -- entries -------------------------------------------------------------------------------
+    def add(self, name: str, kind: str, shape, dtype: str, encoded: Encoded | None = None, *,
+            base: dict | None = None, tied_to: str | None = None, extra: dict | None = None) -> dict:
+        """Append one entry; buffers are written now and may be dropped by the caller afterwards."""
+        if name in self._names:
+            raise ValueError(f"{self.path}: duplicate tensor name {name!r}")
+        if kind not in KINDS:
+            raise ValueError(f"{self.path}: tensor {name!r}: unknown kind {kind!r}")
+        needs_data = kind in (KIND_COMPRESSED, KIND_DENSE, KIND_REPLACE)
+        if needs_data != (encoded is not None):
+            raise ValueError(f"{self.path}: tensor {name!r}: kind {kind} {'needs' if needs_data else 'takes no'} data")
+        if (kind == KIND_TIED) != (tied_to is not None):
+            raise ValueError(f"{self.path}: tensor {name!r}: tied_to goes with kind 'tied' only")
+        entry = {"name": name, "kind": kind, "shape": [int(s) for s in shape], "dtype": dtype}
+        if encoded is not None:
+            entry["encoding"] = encoded.encoding
+            entry["params"] = encoded.params
+            entry["buffers"] = {}
+            for role, (bdtype, arr) in encoded.buffers.items():
+                entry["buffers"][role] = {"dtype": bdtype, **self._append(arr)}
+        if base is not None:
+            entry["base"] = base
+        if tied_to is not None:
+            entry["tied_to"] = tied_to
+        if extra:
+            entry.update(extra)
+        self._names.add(name)
+        self.header["tensors"].append(entry)
+        return entry
+
+    def add_same(self, name, shape, dtype, base=None):
+        return self.add(name, KIND_SAME, shape, dtype, base=base)
+
+    def add_removed(self, name, shape, dtype, base=None):
+        return self.add(name, KIND_REMOVED, shape, dtype, base=base)
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """An auxiliary file of the fine-tune (config.json, tokenizer files), stored verbatim."""
+        if any(f["name"] == name for f in self.header["files"]):
+            raise ValueError(f"{self.path}: duplicate file {name!r}")
+        self.header["files"].append({"name": name, **self._append(data)})
+
+    # -- finish --------------------------------------------------------------------------------
+    def close(self) -> Path:
+        if self._closed:
+            return self.path
+        header = pack_header(self.header)
+        header_offset = PREAMBLE_SIZE + align_up(self._pos)
+        self._f.write(bytes(align_up(self._pos) - self._pos))
+        self._f.write(header)
+        self._f.write(footer(header_offset, header))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._f.close()
+            self._tmp.unlink(missing_ok=True)
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
