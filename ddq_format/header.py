@@ -8,22 +8,45 @@ import msgpack
 from . import encodings
 from .encodings._common import Ctx
 from .errors import EncodingError, FormatError
-from .spec import (ALIGNMENT, CHECKSUM, ENCODINGS_BY_KIND, FLOAT_DTYPES, KIND_TIED, KINDS, MAX_ARRAY,
+from .spec import (ALIGNMENT, CHECKSUM, ENCODINGS_BY_KIND, FLOAT_DTYPES, FORMAT_MINOR, KIND_TIED, KINDS, MAX_ARRAY,
                    MAX_DECODED_BYTES, MAX_DIM, MAX_FILES, MAX_MAP, MAX_NAME_BYTES, MAX_NDIM, MAX_STRING,
                    MAX_TENSORS)
 
 
+def _pairs(pairs):
+    """Maps must have str keys and no duplicates (msgpack itself keeps the last value silently)."""
+    out = {}
+    for k, v in pairs:
+        if type(k) is not str:
+            raise ValueError(f"map key {k!r} is not a string")
+        if k in out:
+            raise ValueError(f"duplicate map key {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_ext(code, data):
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
 def unpack(raw: bytes, path) -> dict:
     try:
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_str_len=MAX_STRING,
-                                 max_bin_len=MAX_STRING, max_array_len=MAX_ARRAY, max_map_len=MAX_MAP,
-                                 max_ext_len=0)
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=False, object_pairs_hook=_pairs,
+                                 ext_hook=_no_ext, max_str_len=MAX_STRING, max_bin_len=MAX_STRING,
+                                 max_array_len=MAX_ARRAY, max_map_len=MAX_MAP, max_ext_len=0)
     except Exception as e:  # msgpack raises several types; all mean the same thing here
         raise FormatError(f"header is not valid msgpack ({type(e).__name__}: {e})", path=path,
                           field="header") from None
     if not isinstance(header, dict):
         raise FormatError("header must be a map", path=path, field="header")
     return header
+
+
+def _safe_file_name(name) -> bool:
+    """Aux files are written to disk by materialize: no absolute paths, no traversal."""
+    if not isinstance(name, str) or not name or len(name.encode()) > 255 or "\\" in name or "\0" in name:
+        return False
+    return not name.startswith("/") and all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 def _int(v):
@@ -47,12 +70,17 @@ def _check_buffer(b, where, path, name, data_length, alignment):
                           f"({data_length} bytes)", path=path, tensor=name, field=where)
 
 
-def validate(header: dict, data_length: int, path) -> list[dict]:
-    """Check every key, type and limit; returns the entries. Raises FormatError/EncodingError."""
+def validate(header: dict, data_length: int, path, minor: int = FORMAT_MINOR) -> tuple[list[dict], set[str]]:
+    """Check every key, type and limit. Returns (entries, names of entries whose encoding is unknown but
+    allowed because the file's minor version is newer than this library's). Raises FormatError/EncodingError."""
+    newer_minor, unsupported = minor > FORMAT_MINOR, set()
     alignment = header.get("alignment")
     if not _int(alignment) or alignment < ALIGNMENT or alignment & (alignment - 1) or alignment > 2**20:
         raise FormatError(f"must be a power of two >= {ALIGNMENT}, got {alignment!r}", path=path,
                           field="alignment")
+    if data_length % alignment:
+        raise FormatError(f"data section of {data_length} bytes is not a multiple of the alignment {alignment}",
+                          path=path, field="footer.header_offset")
     if header.get("checksum") != CHECKSUM:
         raise FormatError(f"unsupported checksum {header.get('checksum')!r}", path=path, field="checksum")
     for key in ("metadata", "base", "algorithm"):
@@ -70,8 +98,9 @@ def validate(header: dict, data_length: int, path) -> list[dict]:
     spans = []  # (offset, length, owner) of every non-empty buffer
     file_names = set()
     for i, f in enumerate(files):
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not f["name"]:
-            raise FormatError("file entry needs a name", path=path, field=f"files[{i}].name")
+        if not isinstance(f, dict) or not _safe_file_name(f.get("name")):
+            raise FormatError("file name must be a relative path of at most 255 bytes without '..', '.', empty "
+                              "segments, backslashes or NUL", path=path, field=f"files[{i}].name")
         if f["name"] in file_names:
             raise FormatError(f"duplicate file {f['name']!r}", path=path, field=f"files[{i}].name")
         file_names.add(f["name"])
@@ -89,12 +118,13 @@ def validate(header: dict, data_length: int, path) -> list[dict]:
         if name in names:
             raise FormatError("duplicate tensor name", path=path, tensor=name, field="name")
         names[name] = e
-        _check_entry(e, path, data_length, alignment, spans)
+        _check_entry(e, path, data_length, alignment, spans, newer_minor, unsupported)
 
     for name, e in names.items():
         if e["kind"] == KIND_TIED:
-            target = names.get(e.get("tied_to"))
-            if not isinstance(e.get("tied_to"), str) or target is None or target["kind"] == KIND_TIED:
+            tied_to = e.get("tied_to")
+            target = names.get(tied_to) if isinstance(tied_to, str) else None  # lists/maps are unhashable
+            if target is None or target["kind"] == KIND_TIED:
                 raise FormatError(f"tied_to {e.get('tied_to')!r} must name a non-tied entry", path=path,
                                   tensor=name, field="tied_to")
             if target["shape"] != e["shape"]:
@@ -114,10 +144,10 @@ def validate(header: dict, data_length: int, path) -> list[dict]:
     if data_length - pos >= alignment:
         raise FormatError(f"{data_length - pos} unused bytes at the end of the data section", path=path,
                           field="buffers")
-    return tensors
+    return tensors, unsupported
 
 
-def _check_entry(e, path, data_length, alignment, spans):
+def _check_entry(e, path, data_length, alignment, spans, newer_minor, unsupported):
     name = e["name"]
     kind = e.get("kind")
     if kind not in KINDS:
@@ -140,13 +170,6 @@ def _check_entry(e, path, data_length, alignment, spans):
         if "buffers" in e and e["buffers"]:
             raise FormatError(f"kind {kind} stores no buffers", path=path, tensor=name, field="buffers")
         return
-    enc = e.get("encoding")
-    module = encodings.get(enc) if isinstance(enc, str) else None
-    if module is None:
-        raise EncodingError(f"unknown encoding {enc!r}", path=path, tensor=name, field="encoding")
-    if enc not in allowed:
-        raise EncodingError(f"encoding {enc!r} is not allowed for kind {kind}", path=path, tensor=name,
-                            field="encoding")
     if not isinstance(e.get("params", {}), dict):
         raise FormatError("must be a map", path=path, tensor=name, field="params")
     bufs = e.get("buffers")
@@ -158,6 +181,17 @@ def _check_entry(e, path, data_length, alignment, spans):
             raise FormatError("missing dtype", path=path, tensor=name, field=f"buffers.{role}.dtype")
         if b["length"]:
             spans.append((b["offset"], b["length"], f"tensor {name!r}"))
+    enc = e.get("encoding")
+    module = encodings.get(enc) if isinstance(enc, str) else None
+    if module is None:
+        if newer_minor and isinstance(enc, str):
+            # A later minor version may add encodings: the rest of the file stays readable (SPEC.md §Versioning).
+            unsupported.add(name)
+            return
+        raise EncodingError(f"unknown encoding {enc!r}", path=path, tensor=name, field="encoding")
+    if enc not in allowed:
+        raise EncodingError(f"encoding {enc!r} is not allowed for kind {kind}", path=path, tensor=name,
+                            field="encoding")
     module.check(e, Ctx(path, name))
 
 

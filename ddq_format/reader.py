@@ -12,7 +12,7 @@ import numpy as np
 from . import encodings
 from .encodings import csr_parts as _csr
 from .encodings import seeded as _seeded
-from .errors import ChecksumError, DDQError, FormatError, VersionError
+from .errors import ChecksumError, DDQError, EncodingError, FormatError, VersionError
 from .header import unpack, validate
 from .spec import (ENC_CSR_PARTS, ENC_SEEDED, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR, KIND_REMOVED, KIND_SAME,
                    KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
@@ -67,7 +67,7 @@ class DDQFile:
             raise ChecksumError("header CRC-32 mismatch", path=path, field="footer.header_crc32")
         self.header = unpack(raw, path)
         self.data_length = header_offset - PREAMBLE_SIZE
-        entries = validate(self.header, self.data_length, path)
+        entries, self.unsupported = validate(self.header, self.data_length, path, minor)
         self.entries = {e["name"]: e for e in entries}
         self.files = {f["name"]: f for f in self.header.get("files", [])}
 
@@ -112,9 +112,15 @@ class DDQFile:
             return self.decode(e["tied_to"])
         if e["kind"] in (KIND_SAME, KIND_REMOVED):
             return np.zeros(e["shape"], np.float32)
+        if name in self.unsupported:
+            raise EncodingError(f"encoding {e['encoding']!r} is newer than this reader (file format "
+                                f"{self.version[0]}.{self.version[1]}); upgrade ddq to decode it", path=self.path,
+                                tensor=name, field="encoding")
         try:
             return encodings.get(e["encoding"]).decode(e, self.buffers(name))
-        except DDQError:
+        except DDQError as err:
+            if err.path is None:  # decoders do not know the file; name it here
+                raise type(err)(err.reason, path=self.path, tensor=err.tensor or name, field=err.field) from None
             raise
         except ValueError as err:
             raise FormatError(str(err), path=self.path, tensor=name, field="buffers") from None

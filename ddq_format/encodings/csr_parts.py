@@ -73,11 +73,11 @@ def check(entry, ctx):
     except ValueError as e:
         raise ctx.fail(str(e), "params.parts") from None
     param(entry, "scale", ctx, float, 0.0)
-    param(entry, "zero", ctx, int, -(2**31), 2**31 - 1)
-    param(entry, "seed", ctx, int, 0, 2**64 - 1)
+    param(entry, "zero", ctx, int, 0, (1 << bits) - 1)  # fit() keeps 0 inside [min, max]
+    param(entry, "seed", ctx, int, 0, 2**32 - 1)  # the mask hash takes 32 bits
     nnz = param(entry, "nnz", ctx, int, 0, n_rows * n_cols)
     offsets = entry["params"].get("offsets")
-    if offsets != part_offsets(bits, parts):
+    if not isinstance(offsets, list) or any(type(o) is not int for o in offsets) or offsets != part_offsets(bits, parts):
         raise ctx.fail(f"must be {part_offsets(bits, parts)} for k={bits}, m={parts}", "params.offsets")
     ro = buffer(entry, "row_offsets", ctx, OFFSET_DTYPES)
     if ro["dtype"] == "U32" and nnz >= 2**32:
@@ -104,7 +104,7 @@ def parts_of(entry, bufs, ctx=None) -> list[Part]:
     ro = view(bufs["row_offsets"], entry["buffers"]["row_offsets"]["dtype"]).reshape(m, n_rows + 1).astype(np.int64)
     if (ro[:, 0] != 0).any() or (np.diff(ro, axis=1) < 0).any():
         raise ctx.fail("row offsets must start at 0 and never decrease", "buffers.row_offsets")
-    if int(ro[:, -1].sum()) != nnz:
+    if (ro[:, -1] > nnz).any() or int(ro[:, -1].sum()) != nnz:  # first test keeps the int64 sum from wrapping
         raise ctx.fail(f"row offsets add up to {int(ro[:, -1].sum())} elements, params.nnz is {nnz}",
                        "buffers.row_offsets")
     ci = view(bufs["col_indices"], entry["buffers"]["col_indices"]["dtype"])

@@ -33,7 +33,7 @@ def check(entry, ctx):
     alpha, group = alpha_group(entry, ctx, n_cols)
     bits = param(entry, "bits", ctx, int, 1, 8)
     param(entry, "scale", ctx, float, 0.0)
-    param(entry, "zero", ctx, int, -(2**31), 2**31 - 1)
+    param(entry, "zero", ctx, int, 0, (1 << bits) - 1)  # fit() keeps 0 inside [min, max]
     param(entry, "seed", ctx, int, 0, 2**32 - 1)
     count = n_rows * kept_per_row(n_cols, group, alpha)
     buffer(entry, "codes", ctx, (PACKED,), bitpack.packed_nbytes(count, bits))
