@@ -22,6 +22,8 @@ def fingerprint_bits(bits: np.ndarray, dtype: str) -> str:
     """Fingerprint of a tensor given as its raw element bit patterns (uint16 for F16/BF16, uint32 for F32),
     flattened in row-major order."""
     flat = np.ascontiguousarray(bits).reshape(-1)
+    if flat.dtype.kind == "f":  # float arrays are reinterpreted, never value-cast (that would hash numbers)
+        flat = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint16)
     sample = flat[sample_indices(flat.size)].astype(_STORAGE[dtype])
     return f"{FINGERPRINT_SCHEME}:{zlib.crc32(sample.tobytes()):08x}"
 
