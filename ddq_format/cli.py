@@ -126,6 +126,11 @@ def verify(file: Path = typer.Argument(..., help="A .ddq file."),
     console.print(f"[green]OK[/green] {file}" + (f" (bound to {base})" if base else ""))
 
 
+from .loaders.command import materialize  # noqa: E402  (torch is imported only when it runs)
+
+app.command()(materialize)
+
+
 def main():
     app()
 
