@@ -47,7 +47,13 @@ def quantize(values: np.ndarray, qz: Quantizer) -> np.ndarray:
 
 def dequantize(q: np.ndarray, scale: float, zero: int, offset: int = 0) -> np.ndarray:
     """s * (Q - z - o) computed as one binary32 multiply of exact operands: bit-exact everywhere."""
-    ints = np.asarray(q, np.int32) - np.int32(zero) - np.int32(offset)
+    q = np.asarray(q)
+    shift = int(zero) + int(offset)
+    # Q - z - o must be the exact integer: int32 only when it cannot wrap (uint8 codes, |shift| < 2^31 - 256)
+    if q.dtype == np.uint8 and 256 - 2**31 <= shift < 2**31:
+        ints = q.astype(np.int32) - np.int32(shift)
+    else:
+        ints = q.astype(np.int64) - shift
     return np.float32(scale) * ints.astype(np.float32)
 
 

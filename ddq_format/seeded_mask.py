@@ -60,47 +60,61 @@ def width_for(length: int) -> int:
 
 
 def _permute(x, round_keys, w: int):
+    # In place after the first add (which allocates the broadcast result). The mask after the add is
+    # skipped: (x + a) * m mod 2^w only depends on x + a mod 2^w, and 2^w divides 2^32.
     mask = U32((1 << w) - 1)
     shift = U32((w + 1) >> 1)
     with np.errstate(over="ignore"):
-        for k in round_keys:
-            x = (x + (k & mask)) & mask
-            x = (x * ((k >> U32(8)) | U32(1))) & mask
-            x = x ^ (x >> shift)
+        for t, k in enumerate(round_keys):
+            add = k & mask
+            x = x + add if t == 0 else np.add(x, add, out=x)
+            np.multiply(x, (k >> U32(8)) | U32(1), out=x)
+            np.bitwise_and(x, mask, out=x)
+            np.bitwise_xor(x, x >> shift, out=x)
     return x
 
 
 def positions(seed: int, rows: np.ndarray, groups: np.ndarray, index: np.ndarray, length: int) -> np.ndarray:
-    """Column offsets within their group of kept elements (rows[e], groups[e], index[e]); 1-D arrays of one
-    length, every group `length` columns long. Returns uint32 offsets in [0, length)."""
+    """Column offsets within their group of kept elements (rows, groups, index); arrays broadcast against each
+    other, every group `length` columns long. Returns uint32 offsets in [0, length) of the broadcast shape.
+    Keys depend on (row, group) only, so callers pass rows/groups shaped to broadcast over index: the hash
+    then runs once per group, not once per element."""
     round_keys, rot = group_keys(seed, rows, groups)
     w = width_for(length)
     x = _permute(np.asarray(index, dtype=U32), round_keys, w)
-    todo = np.nonzero(x >= length)[0]
-    while todo.size:  # cycle-walking: at most a few steps since 2**w < 2*length
-        x[todo] = _permute(x[todo], [k[todo] for k in round_keys], w)
-        todo = todo[x[todo] >= length]
-    return ((x.astype(np.uint64) + rot % U32(length)) % np.uint64(length)).astype(U32)
+    if x.shape != rot.shape:
+        x = np.array(np.broadcast_to(x, np.broadcast_shapes(x.shape, rot.shape)))  # own, writable
+    todo = np.nonzero(x >= length) if length & (length - 1) else (np.zeros(0, np.intp),)  # 2**w == length: no walk
+    while todo[0].size:  # cycle-walking: at most a few steps since 2**w < 2*length
+        v = _permute(x[todo], [np.broadcast_to(k, x.shape)[todo] for k in round_keys], w)
+        x[todo] = v
+        todo = tuple(t[v >= length] for t in todo)
+    # x < length and rot % length < length <= 2**31: the sum fits uint32
+    x += rot % U32(length)
+    np.minimum(x, x - U32(length), out=x)  # x < 2*length: x - length wraps above x exactly when x < length
+    return x
 
 
-def mask_columns(seed: int, rows: int, cols: int, group_size: int, alpha: int) -> np.ndarray:
-    """Kept columns of every row, in kept order (SPEC.md): int64 array [rows, kept_per_row]."""
+def mask_columns(seed: int, rows: int, cols: int, group_size: int, alpha: int, *, row_stride: int = 0) -> np.ndarray:
+    """Kept columns of every row, in kept order (SPEC.md): int64 array [rows, kept_per_row]. With
+    row_stride=cols, r * cols is added to row r: flat indices into the row-major matrix."""
     if group_size % alpha or group_size <= 0:
         raise ValueError(f"group_size {group_size} must be a positive multiple of alpha {alpha}")
     full, keep, tail, keep_tail = group_layout(cols, group_size, alpha)
     per_row = full * keep + keep_tail
     out = np.empty((rows, per_row), np.int64)
-    r = np.arange(rows, dtype=U32)
+    r = np.arange(rows, dtype=U32)[:, None, None]
     if full and keep:
-        g = np.arange(full, dtype=U32)
-        i = np.arange(keep, dtype=U32)
-        R, G, I = (a.reshape(-1) for a in np.meshgrid(r, g, i, indexing="ij"))
-        pos = positions(seed, R, G, I, group_size).astype(np.int64) + G.astype(np.int64) * group_size
-        out[:, : full * keep] = pos.reshape(rows, full * keep)
+        g = np.arange(full, dtype=U32)[None, :, None]
+        pos = positions(seed, r, g, np.arange(keep, dtype=U32), group_size)  # [rows, full, keep]
+        start = (np.arange(rows, dtype=np.int64)[:, None, None] * row_stride
+                 + np.arange(full, dtype=np.int64)[None, :, None] * group_size)
+        if not keep_tail:  # the common case: no copy into `out`
+            return np.add(pos, start, dtype=np.int64).reshape(rows, per_row)
+        out[:, : full * keep] = (pos + start).reshape(rows, full * keep)
     if keep_tail:
-        i = np.arange(keep_tail, dtype=U32)
-        R, I = (a.reshape(-1) for a in np.meshgrid(r, i, indexing="ij"))
-        G = np.full(R.shape, full, U32)
-        pos = positions(seed, R, G, I, tail).astype(np.int64) + full * group_size
-        out[:, full * keep:] = pos.reshape(rows, keep_tail)
+        g = np.full((1, 1, 1), full, U32)
+        pos = positions(seed, r, g, np.arange(keep_tail, dtype=U32), tail)  # [rows, 1, keep_tail]
+        start = np.arange(rows, dtype=np.int64)[:, None] * row_stride + full * group_size
+        out[:, full * keep:] = pos.reshape(rows, keep_tail) + start
     return out

@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 
 from .encodings import Encoded
+from .errors import UsageError
 from .spec import (ALIGNMENT, CHECKSUM, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, KIND_COMPRESSED, KIND_DENSE,
                    KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up)
 
@@ -64,14 +65,15 @@ class Writer:
             base: dict | None = None, tied_to: str | None = None, extra: dict | None = None) -> dict:
         """Append one entry; buffers are written now and may be dropped by the caller afterwards."""
         if name in self._names:
-            raise ValueError(f"{self.path}: duplicate tensor name {name!r}")
+            raise UsageError("duplicate tensor name", path=self.path, tensor=name, field="name")
         if kind not in KINDS:
-            raise ValueError(f"{self.path}: tensor {name!r}: unknown kind {kind!r}")
+            raise UsageError(f"unknown kind {kind!r}", path=self.path, tensor=name, field="kind")
         needs_data = kind in (KIND_COMPRESSED, KIND_DENSE, KIND_REPLACE)
         if needs_data != (encoded is not None):
-            raise ValueError(f"{self.path}: tensor {name!r}: kind {kind} {'needs' if needs_data else 'takes no'} data")
+            raise UsageError(f"kind {kind} {'needs' if needs_data else 'takes no'} data", path=self.path,
+                             tensor=name, field="encoded")
         if (kind == KIND_TIED) != (tied_to is not None):
-            raise ValueError(f"{self.path}: tensor {name!r}: tied_to goes with kind 'tied' only")
+            raise UsageError("tied_to goes with kind 'tied' only", path=self.path, tensor=name, field="tied_to")
         entry = {"name": name, "kind": kind, "shape": [int(s) for s in shape], "dtype": dtype}
         if encoded is not None:
             entry["encoding"] = encoded.encoding
@@ -98,7 +100,7 @@ class Writer:
     def add_file(self, name: str, data: bytes) -> None:
         """An auxiliary file of the fine-tune (config.json, tokenizer files), stored verbatim."""
         if any(f["name"] == name for f in self.header["files"]):
-            raise ValueError(f"{self.path}: duplicate file {name!r}")
+            raise UsageError(f"duplicate file {name!r}", path=self.path, field="files")
         self.header["files"].append({"name": name, **self._append(data)})
 
     # -- finish --------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def codes_of(entry, bufs) -> np.ndarray:
 def decode(entry, bufs) -> np.ndarray:
     p = entry["params"]
     n_rows, n_cols = entry["shape"]
-    cols = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"])
-    out = np.zeros((n_rows, n_cols), np.float32)
-    np.put_along_axis(out, cols, dequantize(codes_of(entry, bufs), p["scale"], p["zero"]), axis=1)
-    return out
+    flat = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"], row_stride=n_cols)
+    out = np.zeros(n_rows * n_cols, np.float32)
+    out[flat.reshape(-1)] = dequantize(codes_of(entry, bufs), p["scale"], p["zero"]).reshape(-1)  # put_along_axis is 10x slower
+    return out.reshape(n_rows, n_cols)
