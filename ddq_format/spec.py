@@ -40,13 +40,18 @@ KINDS = (KIND_COMPRESSED, KIND_DENSE, KIND_REPLACE, KIND_SAME, KIND_TIED, KIND_R
 ENC_RAW = "raw"
 ENC_CSR_PARTS = "csr_parts"
 ENC_SEEDED = "seeded"
+# Baselines (converter --method dare|magnitude, bitdelta, lowrank), stored through the same container.
+ENC_CSR_F16 = "csr_f16"
+ENC_SIGN_SCALE = "sign_scale"
+ENC_LOWRANK = "lowrank"
 ENCODINGS_BY_KIND = {
-    KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED),
+    KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED, ENC_CSR_F16, ENC_SIGN_SCALE, ENC_LOWRANK),
     KIND_DENSE: (ENC_RAW,),
     KIND_REPLACE: (ENC_RAW,),
 }
 # Encodings this version of the library can decode; baselines add theirs (SPEC.md table).
-ENCODING_SINCE = {ENC_RAW: (1, 0), ENC_CSR_PARTS: (1, 0), ENC_SEEDED: (1, 0)}
+ENCODING_SINCE = {ENC_RAW: (1, 0), ENC_CSR_PARTS: (1, 0), ENC_SEEDED: (1, 0), ENC_CSR_F16: (1, 0),
+                  ENC_SIGN_SCALE: (1, 0), ENC_LOWRANK: (1, 0)}
 
 # Element types of raw buffers, little-endian.
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "I8": 1,
@@ -75,3 +80,11 @@ def index_dtype_for(max_value: int) -> str:
 
 def align_up(n: int, a: int = ALIGNMENT) -> int:
     return (n + a - 1) // a * a
+
+# Converter (ddq convert) defaults, SPEC.md §Converter.
+CONVERT_FALLBACK_GROUP_SIZE = 256  # h_g for architectures without an adapter (rounded up to a multiple of alpha)
+CONVERT_CALIB_MAX_TOKENS = 512  # calibration tokens used by the group-size search
+CONVERT_SEED_DERIVATION = "sha256(f'{seed}:{name}')[:4] little-endian uint32"
+# --ratio presets: nominal ratio -> (alpha, bits k, parts m), nominal = 16 * alpha / (k - log2 m).
+CONVERT_RATIO_PRESETS = {8: (2, 4, 1), 16: (4, 4, 1), 32: (8, 4, 1), 64: (8, 4, 4), 128: (8, 4, 8),
+                         256: (16, 4, 8), 512: (32, 4, 8)}

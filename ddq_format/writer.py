@@ -42,12 +42,16 @@ class Writer:
         self.header = {"alignment": ALIGNMENT, "checksum": CHECKSUM, "metadata": dict(metadata or {}),
                        "base": dict(base or {}), "algorithm": dict(algorithm or {}), "files": [], "tensors": []}
         self._names: set[str] = set()
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
-        self._tmp = Path(tmp)
-        self._f = os.fdopen(fd, "wb")
-        self._f.write(preamble())
         self._pos = 0  # relative to the data section
         self._closed = False
+        self._f, self._tmp = self._open_output()
+
+    def _open_output(self):
+        """(file, temp path) positioned after the preamble; subclasses (resumable writes) override it."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+        f = os.fdopen(fd, "wb")
+        f.write(preamble())
+        return f, Path(tmp)
 
     # -- buffers -------------------------------------------------------------------------------
     def _append(self, data) -> dict:

@@ -8,6 +8,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # plain `pytest` from a checkout works without installing the package
     sys.path.insert(0, str(ROOT))
 
+import os  # noqa: E402
+
+# Triton reads TRITON_INTERPRET when it is first imported: without a GPU its kernels run in the
+# interpreter on CPU tensors. Set it before any test module can import triton.
+if "TRITON_INTERPRET" not in os.environ:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+    except ImportError:
+        pass
+
 import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

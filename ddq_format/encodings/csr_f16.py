@@ -1,0 +1,89 @@
+"""`csr_f16`: a sparse delta with fp16 values in one CSR matrix (baselines DARE and magnitude; SPEC.md §csr_f16).
+
+Buffers: row_offsets [rows+1] (U32, or U64 when nnz >= 2^32), col_indices [nnz] in the narrowest unsigned type
+that holds cols-1, values [nnz] F16; columns ascending within a row. Element e of row r decodes to
+float32(values[e]) at column col_indices[e]; every other element is 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..spec import ENC_CSR_F16, index_dtype_for
+from . import Encoded
+from ._common import Ctx, buffer, matrix_shape, nbytes, param, view
+
+OFFSET_DTYPES = ("U32", "U64")
+METHODS = ("dare", "magnitude")
+
+
+def encode(shape, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, *, method: str, alpha: int,
+           seed: int = 0) -> Encoded:
+    """COO triplets (any order, no duplicates) of the kept values, stored as fp16 (round to nearest)."""
+    n_rows, n_cols = shape
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} not one of {METHODS}")
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    values = np.asarray(values, np.float32)[order].astype("<f2")
+    nnz = int(values.size)
+    off_dtype = "U32" if nnz < 2**32 else "U64"
+    counts = np.bincount(rows, minlength=n_rows)
+    offsets = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    idx_dtype = index_dtype_for(max(n_cols - 1, 0))
+    np_off = {"U32": "<u4", "U64": "<u8"}[off_dtype]
+    np_idx = {"U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}[idx_dtype]
+    params = {"method": method, "alpha": int(alpha), "nnz": nnz, "seed": int(seed)}
+    return Encoded(ENC_CSR_F16, params, {
+        "row_offsets": (off_dtype, offsets.astype(np_off).view(np.uint8)),
+        "col_indices": (idx_dtype, np.ascontiguousarray(cols.astype(np_idx)).view(np.uint8)),
+        "values": ("F16", values.view(np.uint8)),
+    })
+
+
+def check(entry, ctx):
+    n_rows, n_cols = matrix_shape(entry, ctx)
+    method = entry.get("params", {}).get("method")
+    if method not in METHODS:
+        raise ctx.fail(f"must be one of {METHODS}", "params.method")
+    param(entry, "alpha", ctx, int, 1, None)
+    param(entry, "seed", ctx, int, 0, 2**64 - 1)
+    nnz = param(entry, "nnz", ctx, int, 0, n_rows * n_cols)
+    ro = buffer(entry, "row_offsets", ctx, OFFSET_DTYPES)
+    if ro["dtype"] == "U32" and nnz >= 2**32:
+        raise ctx.fail("U32 row offsets cannot hold nnz >= 2^32", "buffers.row_offsets.dtype")
+    if ro["length"] != nbytes(ro["dtype"], n_rows + 1):
+        raise ctx.fail(f"length {ro['length']} but {n_rows + 1} offsets need {nbytes(ro['dtype'], n_rows + 1)}",
+                       "buffers.row_offsets.length")
+    ci = buffer(entry, "col_indices", ctx, ("U8", "U16", "U32", "U64"))
+    if nnz and n_cols - 1 >= 2 ** (8 * nbytes(ci["dtype"], 1)):
+        raise ctx.fail(f"{ci['dtype']} cannot hold column index {n_cols - 1}", "buffers.col_indices.dtype")
+    if ci["length"] != nbytes(ci["dtype"], nnz):
+        raise ctx.fail(f"length {ci['length']} but nnz={nnz} needs {nbytes(ci['dtype'], nnz)}",
+                       "buffers.col_indices.length")
+    buffer(entry, "values", ctx, ("F16",), nbytes("F16", nnz))
+
+
+def arrays_of(entry, bufs, ctx=None):
+    """(row_offsets int64 [rows+1], col_indices, values float16), validated."""
+    ctx = ctx or Ctx(None, entry.get("name"))
+    n_rows, n_cols = entry["shape"]
+    nnz = entry["params"]["nnz"]
+    ro = view(bufs["row_offsets"], entry["buffers"]["row_offsets"]["dtype"]).astype(np.int64)
+    if ro[0] != 0 or (np.diff(ro) < 0).any() or ro[-1] != nnz:
+        raise ctx.fail("row offsets must start at 0, never decrease and end at nnz", "buffers.row_offsets")
+    ci = view(bufs["col_indices"], entry["buffers"]["col_indices"]["dtype"])
+    if nnz and int(ci.max()) >= n_cols:
+        raise ctx.fail(f"column index {int(ci.max())} out of range for {n_cols} columns", "buffers.col_indices")
+    return ro, ci, view(bufs["values"], "F16")
+
+
+def decode(entry, bufs) -> np.ndarray:
+    n_rows, n_cols = entry["shape"]
+    ro, ci, vals = arrays_of(entry, bufs)
+    out = np.zeros(n_rows * n_cols, np.float32)
+    row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(ro))
+    out[row * n_cols + ci] = vals.astype(np.float32)
+    return out.reshape(n_rows, n_cols)

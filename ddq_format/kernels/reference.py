@@ -1,0 +1,147 @@
+"""Pure-torch reference paths (any device): bit unpacking, the seeded mask hash, decode and delta matmuls.
+
+The seeded hash runs in int64 tensors masked to 32 bits; products are split into 16-bit halves so no
+intermediate exceeds 2^48 (no reliance on signed-overflow wrap). It is bit-exact with seeded_mask.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..seeded_mask import group_layout, width_for
+from ..spec import FMIX_C1, FMIX_C2, GOLDEN, PERM_ROUNDS, SEED_SALT
+
+M32 = 0xFFFFFFFF
+
+
+def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
+    """(a * c) mod 2^32 for a in [0, 2^32) and a constant c in [0, 2^32)."""
+    lo = a * (c & 0xFFFF)
+    hi = ((a * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & M32
+
+
+def fmix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, FMIX_C1)
+    x = x ^ (x >> 13)
+    x = _mul32(x, FMIX_C2)
+    return x ^ (x >> 16)
+
+
+def _keys(seed: int, rows: torch.Tensor, groups: torch.Tensor):
+    h0 = fmix32(torch.tensor((seed & M32) ^ SEED_SALT, dtype=torch.int64, device=rows.device))
+    h1 = fmix32(h0 ^ rows)
+    h2 = fmix32((h1 + _mul32(groups, GOLDEN)) & M32)
+    keys = [fmix32((h2 + ((t + 1) * GOLDEN & M32)) & M32) for t in range(PERM_ROUNDS + 1)]
+    return keys[:PERM_ROUNDS], keys[PERM_ROUNDS]
+
+
+def _permute(x, round_keys, w: int):
+    mask = (1 << w) - 1
+    shift = (w + 1) >> 1
+    for k in round_keys:
+        x = (x + (k & mask)) & mask
+        x = (x * ((k >> 8) | 1)) & mask  # x < 2^31, multiplier < 2^24: no overflow
+        x = x ^ (x >> shift)
+    return x
+
+
+def positions(seed: int, rows, groups, index, length: int) -> torch.Tensor:
+    """int64 offsets within the group, as seeded_mask.positions."""
+    round_keys, rot = _keys(seed, rows, groups)
+    w = width_for(length)
+    x = _permute(index, round_keys, w)
+    todo = x >= length
+    while bool(todo.any()):  # cycle-walking, as the spec
+        x = torch.where(todo, _permute(x, round_keys, w), x)
+        todo = x >= length
+    return (x + rot % length) % length
+
+
+def mask_columns(seed: int, rows: int, cols: int, group_size: int, alpha: int, device="cpu") -> torch.Tensor:
+    """int64 [rows, kept_per_row], equal to seeded_mask.mask_columns."""
+    full, keep, tail, keep_tail = group_layout(cols, group_size, alpha)
+    out = torch.empty((rows, full * keep + keep_tail), dtype=torch.int64, device=device)
+    r = torch.arange(rows, dtype=torch.int64, device=device)
+    if full and keep:
+        R = r[:, None, None]
+        G = torch.arange(full, dtype=torch.int64, device=device)[None, :, None]
+        I = torch.arange(keep, dtype=torch.int64, device=device)[None, None, :]
+        R, G, I = torch.broadcast_tensors(R, G, I)
+        pos = positions(seed, R, G, I, group_size) + G * group_size
+        out[:, : full * keep] = pos.reshape(rows, full * keep)
+    if keep_tail:
+        R, I = torch.broadcast_tensors(r[:, None], torch.arange(keep_tail, dtype=torch.int64, device=device)[None, :])
+        G = torch.full_like(R, full)
+        out[:, full * keep:] = positions(seed, R, G, I, tail) + full * group_size
+    return out
+
+
+def unpack(data: torch.Tensor, bits: int, count: int, start: int = 0) -> torch.Tensor:
+    """Codes start..start+count-1 of an LSB-first packed uint8 stream, as int64 (16-bit window read)."""
+    if bits == 0 or count == 0:
+        return torch.zeros(count, dtype=torch.int64, device=data.device)
+    d = torch.cat([data.to(torch.int64), torch.zeros(1, dtype=torch.int64, device=data.device)])
+    bit = (torch.arange(count, dtype=torch.int64, device=data.device) + start) * bits
+    byte = bit >> 3
+    window = d[byte] | (d[byte + 1] << 8)
+    return (window >> (bit & 7)) & ((1 << bits) - 1)
+
+
+def dequantize(codes: torch.Tensor, scale: float, zero: int, offset: int = 0) -> torch.Tensor:
+    """float32(s) * float32(Q - z - o): one binary32 multiply of exact operands, as quantize.dequantize."""
+    return (codes - (zero + offset)).to(torch.float32) * torch.tensor(scale, dtype=torch.float32, device=codes.device)
+
+
+def decode_seeded(d) -> torch.Tensor:
+    rows, cols = d.shape
+    p = d.params
+    cols_idx = mask_columns(p["seed"], rows, cols, p["group_size"], p["alpha"], device=d.device)
+    codes = unpack(d.buffers["codes"], p["bits"], cols_idx.numel()).reshape(cols_idx.shape)
+    out = torch.zeros((rows, cols), dtype=torch.float32, device=d.device)
+    out.scatter_(1, cols_idx, dequantize(codes, p["scale"], p["zero"]))
+    return out
+
+
+def csr_rows_cols(d):
+    """(row, column, stored code, part) of every stored element, int64, parts concatenated in order."""
+    rows, cols = d.shape
+    p = d.params
+    ro = d.row_offsets_i64()
+    ci = d.col_indices_i64()
+    codes = unpack(d.buffers["values"], d.part_bits, p["nnz"])
+    counts = (ro[:, 1:] - ro[:, :-1]).reshape(-1)
+    row_of = torch.arange(rows, dtype=torch.int64, device=d.device).repeat(p["parts"])
+    part_of = torch.arange(p["parts"], dtype=torch.int64, device=d.device).repeat_interleave(rows)
+    return row_of.repeat_interleave(counts), ci, codes, part_of.repeat_interleave(counts)
+
+
+def decode_csr(d) -> torch.Tensor:
+    rows, cols = d.shape
+    p = d.params
+    r, c, codes, part = csr_rows_cols(d)
+    offsets = torch.tensor(p["offsets"], dtype=torch.int64, device=d.device)
+    out = torch.zeros(rows * cols, dtype=torch.float32, device=d.device)
+    out[r * cols + c] = dequantize(codes - offsets[part], p["scale"], p["zero"])
+    return out.reshape(rows, cols)
+
+
+def decode(d) -> torch.Tensor:
+    return decode_seeded(d) if d.encoding == "seeded" else decode_csr(d)
+
+
+def matmul(d, x: torch.Tensor) -> torch.Tensor:
+    """x @ dense.T with float32 accumulation; the reference decodes to a transient dense float32 matrix."""
+    dense = decode(d)
+    return (x.to(torch.float32) @ dense.T).to(x.dtype)
+
+
+def multi_matmul(x: torch.Tensor, deltas, index: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros((x.shape[0], deltas[0].shape[0]) if deltas else (x.shape[0], 0), dtype=x.dtype,
+                      device=x.device)
+    for i in torch.unique(index).tolist():
+        if i < 0:
+            continue
+        rows = (index == i).nonzero().reshape(-1)
+        out[rows] = matmul(deltas[i], x[rows])
+    return out
