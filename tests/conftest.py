@@ -21,16 +21,9 @@ if "TRITON_INTERPRET" not in os.environ:
     except ImportError:
         pass
 
-import msgpack  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from ddq_format import DDQFile, Writer  # noqa: E402
-from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
-from ddq_format.encodings import csr_parts, raw, seeded  # noqa: E402
-from ddq_format.spec import PREAMBLE_SIZE  # noqa: E402
-from ddq_format.writer import footer, pack_header, preamble  # noqa: E402
 
 # The whole suite must stay fast on 2 shared cores: modest example counts, no deadlines (timing on a
 # loaded machine is noise, not a bug).
@@ -38,55 +31,9 @@ settings.register_profile("ddq", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile("ddq")
 
-
-def small_delta(rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """A deterministic float32 matrix with both signs and some exact zeros."""
-    rng = np.random.default_rng(seed)
-    d = rng.standard_normal((rows, cols)).astype(np.float32) * np.float32(0.01)
-    d[rng.random((rows, cols)) < 0.05] = 0
-    return d
-
-
-def write_sample(path: Path) -> Path:
-    """A small file holding every kind and both compressed encodings, plus one aux file."""
-    d = small_delta(6, 40, seed=1)
-    with Writer(path, metadata={"note": "sample"}, algorithm={"alpha": 4}) as w:
-        cols, vals = groupwise_dropout(d, 4, 16, seed=3)
-        r = np.repeat(np.arange(6), cols.shape[1])
-        w.add("a.csr", "compressed", d.shape, "F16",
-              csr_parts.encode(d.shape, r, cols.reshape(-1), vals.reshape(-1), bits=4, parts=4, alpha=4,
-                               group_size=16, seed=3))
-        w.add("b.seeded", "compressed", d.shape, "BF16",
-              seeded.encode(d.shape, vals, bits=3, alpha=4, group_size=16, seed=3))
-        w.add("c.dense", "dense", [5], "F16", raw.encode(np.linspace(-1, 1, 5, dtype=np.float32), "F16"))
-        w.add("d.replace", "replace", [2, 3], "BF16", raw.encode(np.arange(6, dtype=np.float32), "BF16"))
-        w.add("e.same", "same", [3, 3], "F32")
-        w.add("f.tied", "tied", [2, 3], "BF16", tied_to="d.replace")
-        w.add("g.removed", "removed", [4], "F32")
-        w.add_file("config.json", b'{"model_type": "toy"}')
-    return path
+from ddq_testing import write_sample  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def sample_file(tmp_path_factory) -> Path:
     return write_sample(tmp_path_factory.mktemp("sample") / "sample.ddq")
-
-
-def split_file(path: Path) -> tuple[dict, bytes]:
-    """(header dict, data section bytes) of a well-formed file."""
-    with DDQFile(path) as f:
-        header = f.header
-        data_length = f.data_length
-    blob = Path(path).read_bytes()
-    return header, blob[PREAMBLE_SIZE: PREAMBLE_SIZE + data_length]
-
-
-def assemble(header, data: bytes, *, raw_header: bytes | None = None, major: int = 1, minor: int = 0) -> bytes:
-    """A file from a (possibly corrupted) header and data section, with a correct footer and header CRC, so
-    a test hits exactly the check it targets."""
-    hbytes = raw_header if raw_header is not None else pack_header(header)
-    return preamble(major, minor) + data + hbytes + footer(PREAMBLE_SIZE + len(data), hbytes, major, minor)
-
-
-def packb(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)

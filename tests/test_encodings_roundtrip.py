@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import small_delta
+from ddq_testing import small_delta
 from ddq_format import DDQFile, Writer, bitpack
 from ddq_format.converters.dropout import groupwise_dropout
 from ddq_format.encodings import csr_parts, raw, seeded

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assemble, split_file, write_sample
+from ddq_testing import assemble, split_file, write_sample
 from ddq_format import DDQError, DDQFile, Writer
 from ddq_format.converters.dropout import groupwise_dropout
 from ddq_format.encodings import csr_parts, seeded

@@ -5,7 +5,7 @@ import copy
 import msgpack
 import pytest
 
-from conftest import assemble, split_file
+from ddq_testing import assemble, split_file
 from ddq_format import DDQFile
 from ddq_format.errors import EncodingError, FormatError
 

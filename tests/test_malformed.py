@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import assemble, packb, split_file, write_sample
+from ddq_testing import assemble, packb, split_file, write_sample
 from ddq_format import ChecksumError, DDQError, DDQFile, EncodingError, FormatError, VersionError, Writer
 from ddq_format.encodings import raw
 from ddq_format.spec import FOOTER_SIZE, MAX_DECODED_BYTES, MAX_DIM, MAX_HEADER_BYTES, PREAMBLE_SIZE

@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import write_sample
+from ddq_testing import write_sample
 from ddq_format import DDQError, DDQFile, Writer
 from ddq_format.encodings import raw
 from ddq_format.spec import FOOTER_MAGIC, FOOTER_SIZE, MAGIC, PREAMBLE_SIZE
