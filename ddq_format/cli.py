@@ -126,9 +126,14 @@ def verify(file: Path = typer.Argument(..., help="A .ddq file."),
     console.print(f"[green]OK[/green] {file}" + (f" (bound to {base})" if base else ""))
 
 
-from .loaders.command import materialize  # noqa: E402  (torch is imported only when it runs)
+# Commands that live beside their subpackage; each imports torch (if at all) only when it runs.
+from .converters.command import convert  # noqa: E402
+from .example.command import example_app  # noqa: E402
+from .loaders.command import materialize  # noqa: E402
 
+app.command()(convert)
 app.command()(materialize)
+app.add_typer(example_app, name="example")
 
 
 def main():

@@ -226,7 +226,8 @@ def search(adapter: Adapter, base: Checkpoint, ft: Checkpoint, ids: np.ndarray, 
         for n in names:
             delta = w_ft[n] - w_base[n]
             gt = tensor_group_size(g, delta.shape[1], opts.alpha)
-            w_hat[n] = w_base[n] + reconstruct(delta, opts, seed_of(n), gt)
+            # A row shorter than alpha is stored as a dense delta, so the search sees it exact.
+            w_hat[n] = w_ft[n] if gt is None else w_base[n] + reconstruct(delta, opts, seed_of(n), gt)
         errors[g] = proxy_error(ref, *project(adapter, x, w_hat, small))
         if report:
             report(g, errors[g])

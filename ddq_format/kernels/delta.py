@@ -26,6 +26,10 @@ def _to_device(buf: np.ndarray, dtype: str | None, device) -> torch.Tensor:
     return t.to(device)
 
 
+# Encodings with kernels; the baselines' encodings decode through the numpy reader (ddq_format.loaders).
+KERNEL_ENCODINGS = (ENC_CSR_PARTS, ENC_SEEDED)
+
+
 class CompressedDelta:
     """A device-resident compressed delta of one linear weight [out, in] (encodings csr_parts, seeded).
 
@@ -55,7 +59,7 @@ class CompressedDelta:
         """From a reader entry and its buffers (DDQFile.entry / DDQFile.buffers); validated before upload."""
         name = entry.get("name")
         ctx = Ctx(path, name)
-        if entry.get("kind") != KIND_COMPRESSED or entry.get("encoding") not in (ENC_CSR_PARTS, ENC_SEEDED):
+        if entry.get("kind") != KIND_COMPRESSED or entry.get("encoding") not in KERNEL_ENCODINGS:
             raise UsageError(f"only compressed csr_parts/seeded entries can be kept compressed, got kind "
                              f"{entry.get('kind')!r} encoding {entry.get('encoding')!r}", path=path, tensor=name,
                              field="encoding")

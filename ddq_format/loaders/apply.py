@@ -76,16 +76,22 @@ def _kernels():
     return kernels if hasattr(kernels, "decode_dense") else None
 
 
+def has_kernel(entry: dict) -> bool:
+    """A compressed entry the kernels decode and multiply directly (not the baselines' encodings)."""
+    if entry["kind"] != KIND_COMPRESSED:
+        return False
+    k = _kernels()
+    return k is not None and entry.get("encoding") in k.KERNEL_ENCODINGS
+
+
 def decode_delta(ddq: DDQFile, name: str, device=None) -> torch.Tensor:
     """float32 torch tensor: the delta (compressed/dense) or the full tensor (replace) of entry `name`,
     decoded on `device` (the GPU kernel when there is one and the kernels package is present)."""
     e = resolve(ddq, name)
     if e["kind"] == KIND_TIED:
         return decode_delta(ddq, e["tied_to"], device)
-    if e["kind"] == KIND_COMPRESSED:
-        k = _kernels()
-        if k is not None:
-            return k.decode_dense(e, ddq.buffers(name), device if device is not None else "cpu")
+    if has_kernel(e):
+        return _kernels().decode_dense(e, ddq.buffers(name), device if device is not None else "cpu")
     arr = ddq.decode(name)
     return torch.from_numpy(np.ascontiguousarray(arr, np.float32)).to(device)
 

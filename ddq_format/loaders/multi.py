@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BindingError, UsageError
-from ..spec import KIND_COMPRESSED, KIND_REMOVED, KIND_SAME, KIND_TIED
-from .apply import finetuned_tensor, open_file
+from ..spec import KIND_REMOVED, KIND_SAME, KIND_TIED
+from .apply import finetuned_tensor, has_kernel, open_file
 from .inplace import alias_groups, named_tensors, plan
 from .separate import _move_delta, compressed_delta, linear_owner, set_module
 
@@ -167,9 +167,9 @@ def attach_deltas(model: nn.Module, paths, *, device=None) -> DeltaState:
                 continue  # removed ones are refused below
             t = tensors[n]
             dev = device if device is not None else t.device
-            mod_path, leaf = n.rpartition(".")[0], n.rpartition(".")[2]
+            mod_path = n.rpartition(".")[0]
             owners = [linear_owner(model, a) for a in groups[n]]
-            if e["kind"] == KIND_COMPRESSED and owners[0][1] is not None and len(groups[n]) == 1:
+            if has_kernel(e) and owners[0][1] is not None and len(groups[n]) == 1:
                 rec = lin.setdefault(mod_path, {"linear": owners[0][1], "compressed": {}, "dense": {}, "bias": {}})
                 rec["compressed"][slot] = compressed_delta(f, n, dev)
                 continue

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import KIND_COMPRESSED, KIND_TIED
-from .apply import finetuned_tensor, open_file
+from ..spec import KIND_TIED
+from .apply import finetuned_tensor, has_kernel, open_file
 from .inplace import alias_groups, named_tensors, plan
 
 
@@ -93,7 +93,7 @@ def patch_model(model: nn.Module, ddq, *, device=None) -> dict:
     for n in compute:
         e = ddq.entries[n]
         mod_name, lin = linear_owner(model, n)
-        if e["kind"] == KIND_COMPRESSED and lin is not None and len(groups[n]) == 1:
+        if has_kernel(e) and lin is not None and len(groups[n]) == 1:
             d = compressed_delta(ddq, n, device if device is not None else lin.weight.device)
             set_module(model, mod_name, DeltaLinear(lin, d))
             separate.append(n)

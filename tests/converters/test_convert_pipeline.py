@@ -353,3 +353,19 @@ def test_resume_after_a_crash_among_the_auxiliary_files(tmp_path, llama, quiet_c
     assert not out.exists()
     quiet_convert(base, ft, out, group_size=8, resume=True)
     assert out.read_bytes() == (tmp_path / "whole.ddq").read_bytes()
+
+
+def test_alpha_wider_than_every_row_stores_dense_deltas(tmp_path):
+    """alpha > h_in of the searched layer: the search must not crash; rows shorter than alpha are stored dense."""
+    from ddq_format import DDQFile
+    from ddq_format.converters import convert
+    from tests.tiny_models import make_pair
+
+    base, ft = make_pair(tmp_path, "llama", dtype="float32", steps=1, hidden=64)
+    out = tmp_path / "wide.ddq"
+    convert(base, ft, out, alpha=128, bits=4, quiet=True, progress=False)
+    with DDQFile(out) as f:
+        kinds = {n: (e["kind"], e["shape"][1]) for n, e in f.entries.items() if n.endswith("proj.weight")}
+    assert any(cols < 128 for _, cols in kinds.values())  # the case under test exists
+    for name, (kind, cols) in kinds.items():
+        assert kind == ("dense" if cols < 128 else "compressed"), name

@@ -1,0 +1,49 @@
+"""The baselines' encodings (csr_f16, sign_scale, lowrank) have no kernels: every loader path must fall back
+to the numpy decode instead of refusing them (a bug found by the quality benchmark)."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from ddq_format import DDQFile  # noqa: E402
+from ddq_format.converters import convert  # noqa: E402
+from ddq_format.loaders import apply_delta, attach_deltas, patch_model, use_deltas  # noqa: E402
+from tests.tiny_models import make_pair  # noqa: E402
+
+METHODS = [("dare", {"alpha": 2}), ("magnitude", {"alpha": 2}), ("bitdelta", {"alpha": 1}),
+           ("bitdelta", {"alpha": 2, "group_size": 8}), ("lowrank", {"rank": 4})]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return make_pair(tmp_path_factory.mktemp("pair"), "llama", dtype="float32", steps=2)
+
+
+@pytest.mark.parametrize("method,opts", METHODS, ids=[f"{m}-{o}" for m, o in METHODS])
+def test_every_loader_path_accepts_baseline_encodings(pair, tmp_path, method, opts):
+    from transformers import AutoModelForCausalLM
+
+    base, ft = pair
+    out = tmp_path / "d.ddq"
+    convert(base, ft, out, method=method, quiet=True, progress=False, **opts)
+    load = lambda: AutoModelForCausalLM.from_pretrained(base).eval()  # noqa: E731
+    ids = torch.randint(0, 200, (2, 5), generator=torch.Generator().manual_seed(0))
+    with DDQFile(out) as f:
+        name = next(n for n, e in f.entries.items() if e["kind"] == "compressed")
+        assert f.entries[name]["encoding"] in ("csr_f16", "sign_scale", "lowrank")
+        expected = load().state_dict()[name] + torch.from_numpy(f.decode(name))
+    with torch.no_grad():
+        merged = apply_delta(load(), out)
+        assert torch.allclose(merged.state_dict()[name], expected, rtol=0, atol=1e-6)
+        ref = merged(ids).logits
+        patched = load()
+        patch_model(patched, out)
+        assert torch.allclose(patched(ids).logits, ref, rtol=1e-4, atol=1e-4)
+        multi = load()
+        attach_deltas(multi, [out])
+        with use_deltas(multi, [0, -1]):
+            mixed = multi(ids).logits
+        assert torch.allclose(mixed[0], ref[0], rtol=1e-4, atol=1e-4)
+        assert torch.allclose(mixed[1], load()(ids).logits[1], rtol=1e-4, atol=1e-4)
