@@ -216,17 +216,23 @@ def seeded_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, GPC: t
 
 
 @triton.jit
+def _select_delta(tab, idx_ptr, b0, MULTI: tl.constexpr):
+    """The delta-table row of batch segment b0 (multi-delta: from the index, -1 = no delta) and whether a
+    delta applies."""
+    if MULTI:
+        d = tl.load(idx_ptr + b0)
+    else:
+        d = tl.zeros([], tl.int64)
+    return tab + tl.maximum(d, 0) * 16, d >= 0
+
+
+@triton.jit
 def seeded_matmul_kernel(x_ptr, sxb, out_ptr, sob, tab, idx_ptr, B, rows, cols, MULTI: tl.constexpr,
                          SEG: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, GPC: tl.constexpr,
                          KP: tl.constexpr, WALK: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     b0 = tl.program_id(1) * SEG
-    if MULTI:
-        d = tl.load(idx_ptr + b0)
-    else:
-        d = tl.zeros([], tl.int64)
-    active = d >= 0
-    tp = tab + tl.maximum(d, 0) * 16
+    tp, active = _select_delta(tab, idx_ptr, b0, MULTI)
     codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = _seeded_fields(tp)
     rmask = r < rows
     ngroups = tl.where(active, full + (tail > 0).to(tl.int32), 0)
@@ -277,12 +283,7 @@ def csr_matmul_kernel(x_ptr, sxb, out_ptr, sob, tab, idx_ptr, B, rows, cols, RO6
                       BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     b0 = tl.program_id(1) * SEG
-    if MULTI:
-        d = tl.load(idx_ptr + b0)
-    else:
-        d = tl.zeros([], tl.int64)
-    active = d >= 0
-    tp = tab + tl.maximum(d, 0) * 16
+    tp, active = _select_delta(tab, idx_ptr, b0, MULTI)
     ro, ci, vals, scale, zero, pbits, m, width, ps, mx = _csr_fields(tp, RO64, CI_BYTES)
     rmask = r < rows
     m = tl.where(active, m, 0)
