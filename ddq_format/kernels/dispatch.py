@@ -15,6 +15,11 @@ from . import reference
 BACKENDS = ("triton", "torch")
 
 
+def unforced(backend: str | None) -> bool:
+    """No backend asked for, by argument or environment."""
+    return not (backend or os.environ.get("DDQ_KERNEL_BACKEND"))
+
+
 def choose(device: torch.device, backend: str | None) -> str:
     backend = backend or os.environ.get("DDQ_KERNEL_BACKEND") or None
     if backend is None:

@@ -58,6 +58,19 @@ def test_decode_bit_exact(tmp_path, rng, case, backend, triton_kernels):
     assert torch.equal(half.cpu(), ref.to(torch.float16))
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("backend", [None, "torch"])
+def test_decode_dense_on_cpu_is_the_readers_decode(tmp_path, rng, case, backend, monkeypatch):
+    """decode_dense on CPU: the numpy decoder by default, the torch reference when forced; both exact."""
+    monkeypatch.delenv("DDQ_KERNEL_BACKEND", raising=False)
+    f, (name,) = _file(tmp_path, rng, [case])
+    ref = torch.from_numpy(f.decode(name))
+    out = decode_dense(f.entry(name), f.buffers(name), "cpu", backend=backend)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert torch.equal(decode_dense(f.entry(name), f.buffers(name), "cpu", torch.float16, backend=backend),
+                       ref.to(torch.float16))
+
+
 def test_decode_overwrites_poisoned_memory(tmp_path, rng, triton_kernels, monkeypatch):
     """The kernel writes every element (zeros included): poison the allocator's memory first."""
     f, names = _file(tmp_path, rng, [CASES[1], CASES[7]])
