@@ -63,32 +63,3 @@ class Evaluator:
             k = task.mean_kl(self.ref, task.text_logprobs(model, self.tokenizer))
         return Result(s.accuracy, s.correct, s.n, s.nll, k)
 
-
-def apply_reference(model, ddq: Path) -> None:
-    """Add the delta with the numpy reference decoder (DDQFile.decode), for every encoding the reader knows.
-
-    Used by the quality benchmark where the torch loader does not decode an encoding (the baselines'
-    csr_f16 / lowrank / sign_scale); the spec makes both paths give the same values.
-    """
-    import torch
-
-    from ..reader import DDQFile
-    from ..spec import KIND_REPLACE
-
-    params = dict(model.named_parameters(remove_duplicate=False))
-    params.update(dict(model.named_buffers()))
-    done = set()
-    with DDQFile(ddq) as f:
-        for name, e in f.entries.items():
-            if e["kind"] not in ("compressed", "dense", KIND_REPLACE) or name not in params:
-                continue
-            t = params[name]
-            if id(t) in done:
-                continue
-            done.add(id(t))
-            v = torch.from_numpy(f.decode(name).copy()).to(t.device, torch.float32)
-            with torch.no_grad():
-                if e["kind"] == KIND_REPLACE:
-                    t.copy_(v.to(t.dtype))
-                else:
-                    t.copy_((t.float() + v).to(t.dtype))
