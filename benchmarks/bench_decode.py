@@ -2,8 +2,8 @@
 
     python benchmarks/bench_decode.py [--rows 4096] [--cols 4096] [--repeats 7]
 
-Setting: alpha=8, k=4, m=8 (csr_parts; seeded has no parts), h_g=128, one rows x cols tensor written to a
-temp dir. Throughput is MB (10^6 bytes) of dense fp32 output per second, median of --repeats runs of
+Setting: alpha=8, k=4, m=8 (csr_parts; seeded and seeded_rans have no parts), h_g=128, one rows x cols
+tensor per encoding written to a temp dir (seeded_rans: the seeded codes rANS-coded, SPEC.md §9.5). Throughput is MB (10^6 bytes) of dense fp32 output per second, median of --repeats runs of
 DDQFile.decode (checksums verified, as a loader would). The baseline is np.copyto of rows*cols*4 bytes into
 a preallocated array (64 MiB at 4096x4096), median of the same number of runs.
 """
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from ddq_format import DDQFile, Writer  # noqa: E402
 from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
-from ddq_format.encodings import csr_parts, seeded  # noqa: E402
+from ddq_format.encodings import csr_parts, seeded, seeded_rans  # noqa: E402
 
 ALPHA, BITS, PARTS, GROUP, SEED = 8, 4, 8, 128, 0
 
@@ -58,6 +58,8 @@ def main(argv=None) -> int:
                                    alpha=ALPHA, group_size=GROUP, seed=SEED))
             w.add("seeded", "compressed", (rows, cols), "F16",
                   seeded.encode((rows, cols), vals, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=SEED))
+            w.add("seeded_rans", "compressed", (rows, cols), "F16",
+                  seeded_rans.encode((rows, cols), vals, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=SEED))
         del kept, vals, r
 
         src = np.ones(out_bytes // 4, np.float32)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         print(f"{'what':<12} {'stored MB':>10} {'median ms':>10} {'MB/s':>10} {'vs memcpy':>10}")
         print(f"{'memcpy':<12} {'':>10} {t_copy * 1e3:10.2f} {copy_mbs:10.0f} {1.0:10.3f}")
         with DDQFile(path) as f:
-            for name in ("csr_parts", "seeded"):
+            for name in ("csr_parts", "seeded", "seeded_rans"):
                 stored = sum(b["length"] for b in f.entries[name]["buffers"].values())
                 t = median_seconds(lambda: f.decode(name), args.repeats)
                 mbs = out_bytes / t / 1e6

@@ -16,7 +16,8 @@ from .spec import FOOTER_SIZE, KIND_COMPRESSED, KIND_REMOVED, KIND_TIED, PREAMBL
 COMPONENTS = ("values", "col_indices", "row_offsets", "scalars", "dense", "padding", "header")
 # Buffer role -> component. Encodings with other roles (baselines) fall back to "dense".
 ROLE_COMPONENT = {"values": "values", "codes": "values", "signs": "values", "col_indices": "col_indices",
-                  "row_offsets": "row_offsets", "data": "dense"}
+                  "row_offsets": "row_offsets", "data": "dense",
+                  "streams": "values", "stream_offsets": "row_offsets"}  # seeded_rans: coded codes, stream starts
 
 
 def _packed_size(obj) -> int:

@@ -14,8 +14,8 @@ from .encodings import csr_parts as _csr
 from .encodings import seeded as _seeded
 from .errors import ChecksumError, DDQError, EncodingError, FormatError, VersionError
 from .header import unpack, validate
-from .spec import (ENC_CSR_PARTS, ENC_SEEDED, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR, KIND_REMOVED, KIND_SAME,
-                   KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
+from .spec import (ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR,
+                   KIND_REMOVED, KIND_SAME, KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
 
 
 class DDQFile:
@@ -133,6 +133,9 @@ class DDQFile:
             return _csr.parts_of(e, self.buffers(name), Ctx(self.path, name))
         if e.get("encoding") == ENC_SEEDED:
             return _seeded.codes_of(e, self.buffers(name))
+        if e.get("encoding") == ENC_SEEDED_RANS:
+            from .encodings import seeded_rans
+            return seeded_rans.codes_of(e, self.buffers(name))
         raise DDQError(f"entry of kind {e['kind']} has no compressed parts", path=self.path, tensor=name,
                        field="encoding")
 

@@ -3,7 +3,7 @@ values and every other module imports them from here."""
 from __future__ import annotations
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1  # the newest minor this library reads; writers record the lowest minor a file needs
 
 # File layout: preamble | data section (aligned buffers) | header (msgpack) | footer.
 MAGIC = b"\x89DDQ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation to 7 bits
@@ -44,14 +44,21 @@ ENC_SEEDED = "seeded"
 ENC_CSR_F16 = "csr_f16"
 ENC_SIGN_SCALE = "sign_scale"
 ENC_LOWRANK = "lowrank"
+# 1.1: the codes of `seeded`, entropy-coded with rANS (SPEC.md §9.5).
+ENC_SEEDED_RANS = "seeded_rans"
 ENCODINGS_BY_KIND = {
-    KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED, ENC_CSR_F16, ENC_SIGN_SCALE, ENC_LOWRANK),
+    KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED, ENC_CSR_F16, ENC_SIGN_SCALE, ENC_LOWRANK, ENC_SEEDED_RANS),
     KIND_DENSE: (ENC_RAW,),
     KIND_REPLACE: (ENC_RAW,),
 }
 # Encodings this version of the library can decode; baselines add theirs (SPEC.md table).
 ENCODING_SINCE = {ENC_RAW: (1, 0), ENC_CSR_PARTS: (1, 0), ENC_SEEDED: (1, 0), ENC_CSR_F16: (1, 0),
-                  ENC_SIGN_SCALE: (1, 0), ENC_LOWRANK: (1, 0)}
+                  ENC_SIGN_SCALE: (1, 0), ENC_LOWRANK: (1, 0), ENC_SEEDED_RANS: (1, 1)}
+
+# seeded_rans (SPEC.md §9.5): rANS with a 32-bit state renormalised 16 bits at a time.
+RANS_PROB_BITS = 12  # P: the frequency table sums to 2^P
+RANS_STATE_LOW = 1 << 16  # L: the state lives in [L, 2^32); the encoder starts and the decoder ends at L
+RANS_SYMBOLS_PER_STREAM = 1024  # writer default: rows_per_stream = ceil(this / kept_per_row)
 
 # Element types of raw buffers, little-endian.
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "I8": 1,

@@ -16,16 +16,26 @@ import numpy as np
 
 from .encodings import Encoded
 from .errors import UsageError
-from .spec import (ALIGNMENT, CHECKSUM, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, KIND_COMPRESSED, KIND_DENSE,
+from .spec import (ALIGNMENT, CHECKSUM, ENCODING_SINCE, FOOTER_MAGIC, FORMAT_MAJOR, KIND_COMPRESSED, KIND_DENSE,
                    KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up)
 
 
-def preamble(major=FORMAT_MAJOR, minor=FORMAT_MINOR) -> bytes:
+# Files start as 1.0; close() raises the minor to the lowest one defining every encoding used (SPEC.md §2).
+BASE_MINOR = 0
+
+
+def preamble(major=FORMAT_MAJOR, minor=BASE_MINOR) -> bytes:
     return MAGIC + struct.pack("<HH", major, minor) + bytes(PREAMBLE_SIZE - len(MAGIC) - 4)
 
 
-def footer(header_offset: int, header: bytes, major=FORMAT_MAJOR, minor=FORMAT_MINOR) -> bytes:
+def footer(header_offset: int, header: bytes, major=FORMAT_MAJOR, minor=BASE_MINOR) -> bytes:
     return struct.pack("<QQIHH", header_offset, len(header), zlib.crc32(header), major, minor) + FOOTER_MAGIC
+
+
+def required_minor(tensors) -> int:
+    """The lowest minor version that defines every encoding in these entries (1.0 readers keep working)."""
+    return max([BASE_MINOR] + [ENCODING_SINCE[e["encoding"]][1] for e in tensors
+                               if e.get("encoding") in ENCODING_SINCE])
 
 
 def pack_header(header: dict) -> bytes:
@@ -114,8 +124,12 @@ class Writer:
         header = pack_header(self.header)
         header_offset = PREAMBLE_SIZE + align_up(self._pos)
         self._f.write(bytes(align_up(self._pos) - self._pos))
+        minor = required_minor(self.header["tensors"])  # from the header, so resumed entries count too
         self._f.write(header)
-        self._f.write(footer(header_offset, header))
+        self._f.write(footer(header_offset, header, minor=minor))
+        if minor != BASE_MINOR:
+            self._f.seek(0)
+            self._f.write(preamble(minor=minor))
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()

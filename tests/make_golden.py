@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from ddq_format import DDQFile, Writer  # noqa: E402
 from ddq_format.binding import binding  # noqa: E402
 from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
-from ddq_format.encodings import csr_parts, raw, seeded  # noqa: E402
+from ddq_format.encodings import csr_parts, raw, seeded, seeded_rans  # noqa: E402
 from ddq_format.encodings.raw import to_bf16_bits  # noqa: E402
 from ddq_format.seeded_mask import fmix32, mask_columns  # noqa: E402
 
@@ -43,7 +43,9 @@ COMPRESSED = {
     "csr_k3_m2": ("csr_parts", (6, 24), 2, 8, 3, 2, 7, 2),
     "seeded_k4": ("seeded", (8, 40), 4, 16, 4, 1, 1234, 1),  # same input and mask as csr_k4_m8
     "seeded_k2": ("seeded", (5, 19), 2, 8, 2, 1, 2**32 - 1, 3),  # tail group of 3 columns keeps 2
+    "seeded_rans_k4": ("seeded_rans", (8, 40), 4, 16, 4, 1, 1234, 1),  # seeded_k4's codes, rANS-coded (1.1)
 }
+RANS_ROWS_PER_STREAM = 3  # seeded_rans_k4: streams of 3, 3 and 2 rows (a shorter last stream)
 CONFIG_JSON = b'{"architectures": ["ToyForCausalLM"], "model_type": "toy", "hidden_size": 8}\n'
 
 
@@ -57,6 +59,9 @@ def _write_compressed(path: Path, enc, shape, alpha, group, bits, parts, seed, s
             rows = np.repeat(np.arange(shape[0]), kept.shape[1])
             e = csr_parts.encode(shape, rows, kept.reshape(-1), vals.reshape(-1), bits=bits, parts=parts,
                                  alpha=alpha, group_size=group, seed=seed)
+        elif enc == "seeded_rans":
+            e = seeded_rans.encode(shape, vals, bits=bits, alpha=alpha, group_size=group, seed=seed,
+                                   rows_per_stream=RANS_ROWS_PER_STREAM)
         else:
             e = seeded.encode(shape, vals, bits=bits, alpha=alpha, group_size=group, seed=seed)
         w.add("w", "compressed", shape, "F16", e)
@@ -145,6 +150,9 @@ def readme(manifest: dict) -> str:
         "  40 columns with group_size 16 leave a tail group of 8 columns that keeps 2.",
         "- `seeded_k2`: 19 columns, group_size 8, alpha 2: a tail group of 3 columns keeps ceil(3/2) = 2,",
         "  rescaled by 3/2. Seed 2^32 − 1 (the largest).",
+        f"- `seeded_rans_k4` (format 1.1, SPEC.md §9.5): `seeded_k4`'s codes entropy-coded with rANS, "
+        f"rows_per_stream = {RANS_ROWS_PER_STREAM}",
+        "  (streams of 3, 3 and 2 rows); it decodes to the same array as `seeded_k4` and `csr_k4_m8`.",
         "- `mixed.ddq`: `norm.weight` dense F16 [16] (det_matrix(1,16,4,0.5)) bound to a base tensor;",
         "  `embed.weight` replace BF16 [4,8] (det_matrix(4,8,5,4.0), bound to a [3,8] base: resized);",
         "  `lm_head.weight` tied to `embed.weight`; `layers.0.same.weight` same F16 [3,3]; `old.bias`",

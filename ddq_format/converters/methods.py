@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..encodings import Encoded, csr_f16, lowrank, seeded, sign_scale
+from ..encodings import Encoded, csr_f16, lowrank, seeded, seeded_rans, sign_scale
 from .csr_rows import encode_rows
 from ..quantize import dequantize, fit, quantize
 from .dropout import groupwise_dropout_blocked
 
 METHODS = ("deltadq", "dare", "magnitude", "bitdelta", "lowrank")
-ENCODINGS = ("csr_parts", "seeded")
+ENCODINGS = ("csr_parts", "seeded", "seeded_rans")
 # --alpha when not given: DeltaDQ's 16x recipe (with k=4, m=1), DARE/magnitude drop 75%, BitDelta no dropout.
 DEFAULT_ALPHA = {"deltadq": 4, "dare": 4, "magnitude": 4, "bitdelta": 1, "lowrank": 1}
 DEFAULT_RANK = 16
@@ -62,10 +62,14 @@ def compress(delta: np.ndarray, opts: Options, seed: int, group_size: int | None
     shape = delta.shape
     m = opts.method
     if m == "deltadq":
-        seeded_enc = opts.encoding == "seeded"  # seeded keeps the spec's kept order; CSR wants columns sorted
+        # seeded(_rans) keeps the spec's kept order; CSR wants columns sorted
+        seeded_enc = opts.encoding in ("seeded", "seeded_rans")
         cols, vals = groupwise_dropout_blocked(delta, opts.alpha, group_size, seed, ROW_BLOCK,
                                                sort_columns=not seeded_enc)
         del delta
+        if opts.encoding == "seeded_rans":  # same codes as seeded, entropy-coded (SPEC.md §9.5)
+            return seeded_rans.encode(shape, vals, bits=opts.bits, alpha=opts.alpha, group_size=group_size,
+                                      seed=seed)
         if seeded_enc:
             return seeded.encode(shape, vals, bits=opts.bits, alpha=opts.alpha, group_size=group_size, seed=seed)
         return encode_rows(shape, cols, vals, bits=opts.bits, parts=opts.parts, alpha=opts.alpha,

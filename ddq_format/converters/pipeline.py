@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..spec import (CONVERT_CALIB_MAX_TOKENS, CONVERT_FALLBACK_GROUP_SIZE, CONVERT_RATIO_PRESETS,
                     CONVERT_SEED_DERIVATION, FINGERPRINT_SCHEME, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED,
                     KIND_REPLACE, KIND_SAME, KIND_TIED, MAX_ALPHA, align_up)
-from . import groupsize
+from . import groupsize, seed_search
 from .checkpoint import Checkpoint, to_f32
 from .methods import DEFAULT_ALPHA, DEFAULT_RANK, ENCODINGS, METHODS, Options, compress, tensor_group_size
 from .resume import ResumableWriter
@@ -80,6 +80,8 @@ class Summary:
     seconds: float = 0.0
     search_seconds: float = 0.0
     resumed_tensors: int = 0
+    seed_trials: int = 1
+    seed_search_seconds: float = 0.0  # calibration forward pass (trials themselves run inside the tensor work)
 
     def as_dict(self):
         return asdict(self)
@@ -122,8 +124,8 @@ def resolve_options(*, method, alpha, bits, parts, encoding, ratio, group_size, 
         raise UsageError(f"bits k={bits} outside 1..8", field="bits")
     if parts < 1 or parts & (parts - 1) or parts > (1 << bits):
         raise UsageError(f"parts m={parts} must be a power of two in 1..2^k={1 << bits}", field="parts")
-    if method == "deltadq" and encoding == "seeded" and parts != 1:
-        note(f"--encoding seeded stores whole k-bit codes: parts m={parts} does not apply (m=1)")
+    if method == "deltadq" and encoding in ("seeded", "seeded_rans") and parts != 1:
+        note(f"--encoding {encoding} stores whole k-bit codes: parts m={parts} does not apply (m=1)")
         parts = 1
     if method == "deltadq" and parts == (1 << bits):
         raise UsageError(f"parts m={parts} = 2^k leaves 0 bits per value; use m <= 2^(k-1)", field="parts")
@@ -188,7 +190,8 @@ def plan(base: Checkpoint, ft: Checkpoint, opts: Options, embeddings: str) -> li
     return tasks
 
 
-def _process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_size, seed: int) -> Result:
+def _process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_size, seed: int,
+             choose_seed=None) -> Result:
     n = task.name
     if task.kind == KIND_TIED:
         return Result(n, KIND_TIED, task.shape, task.dtype, tied_to=task.tied_to)
@@ -214,7 +217,9 @@ def _process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_
         return Result(n, KIND_DENSE, task.shape, task.dtype, raw.encode(delta, task.dtype), base=bind)
     arrays = [fb, bb]
     del fb, bb  # from here the list holds the only references: the delta replaces them, then compress frees it
-    enc = compress(_delta_from(arrays, task.dtype, base.tensors[n].dtype), opts, tensor_seed(seed, n), gt)
+    arrays = [_delta_from(arrays, task.dtype, base.tensors[n].dtype)]  # still the only reference, for compress
+    s = tensor_seed(seed, n) if choose_seed is None else choose_seed(n, arrays[0], gt)
+    enc = compress(arrays.pop(), opts, s, gt)
     return Result(n, KIND_COMPRESSED, task.shape, task.dtype, enc, base=bind, group_size=gt)
 
 
@@ -264,7 +269,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             parts: int | None = None, group_size="auto", encoding: str = "csr_parts", seed: int = 0,
             calib=None, ratio: int | None = None, workers: int = 1, resume: bool = False,
             embeddings: str = "dense", rank: int | None = None, progress: bool = True, console=None,
-            quiet: bool = False) -> Summary:
+            quiet: bool = False, seed_trials: int = 1) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
     base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`.
@@ -290,11 +295,18 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             raise UsageError(f"cannot read calibration text: {e.strerror}", path=calib, field="calib") from None
         if not calib_text.strip():
             raise UsageError("calibration text is empty", path=calib, field="calib")
+    if not isinstance(seed_trials, int) or seed_trials < 1:
+        raise UsageError(f"--seed-trials must be an integer >= 1, got {seed_trials!r}", field="seed_trials")
+    if seed_trials > 1 and not opts.uses_groups:
+        raise UsageError("--seed-trials chooses group-wise dropout seeds: it applies to --method deltadq and "
+                         "to bitdelta with --alpha > 1", field="seed_trials")
     base_ck, ft_ck = Checkpoint(base), Checkpoint(finetuned)
     tasks = plan(base_ck, ft_ck, opts, embeddings)
 
     settings = {"options": asdict(opts), "group_size": gs, "seed": seed, "embeddings": embeddings,
                 "calib": hashlib.sha256(calib_text.encode()).hexdigest()}
+    if seed_trials > 1:  # only then: N = 1 keeps today's run key (and bytes)
+        settings["seed_trials"] = seed_trials
     run_key = _run_key(base_ck, ft_ck, settings)
     recorded = ResumableWriter.recorded_start(out, run_key) if resume else None
     if resume and recorded is None:
@@ -343,6 +355,21 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             and math.isnan(algorithm["nominal_ratio"]):
         algorithm["nominal_ratio"] = None
 
+    choose_seed, cal_seconds = None, 0.0
+    if seed_trials > 1:
+        searched = [t.name for t in tasks if t.kind == KIND_COMPRESSED]
+        ids = groupsize.tokenize(ft_ck.folder, calib_text, CONVERT_CALIB_MAX_TOKENS)
+        note(f"seed search: {seed_trials} seeds per tensor, layer-output error on {len(ids)} calibration tokens "
+             f"(loading the fine-tune with transformers)")
+        cal = seed_search.calibrate(ft_ck.folder, ids, searched)
+        cal_seconds = cal.seconds
+        if recorded is None:
+            algorithm["seed_trials"] = seed_trials
+            algorithm["seed_search"] = cal.record(searched)
+
+        def choose_seed(name, delta, gt):
+            return seed_search.choose(cal, name, delta, opts, seed, gt, seed_trials)[0]
+
     metadata = {"producer": "ddq convert"}
     if ft_ck.config.get("_name_or_path"):
         metadata["finetuned"] = str(ft_ck.config["_name_or_path"])
@@ -355,7 +382,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             if fname not in have:
                 writer.add_file(fname, data)
         todo = [t for t in tasks if t.name not in set(writer.done)]
-        _write_all(writer, todo, base_ck, ft_ck, opts, chosen, seed, workers, progress, console, len(tasks))
+        _write_all(writer, todo, base_ck, ft_ck, opts, chosen, seed, workers, progress, console, len(tasks),
+                   choose_seed)
         writer.close()
     except BaseException:
         writer.abort()  # OUT.partial and the journal stay for --resume
@@ -373,7 +401,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     summary = Summary(str(out), opts.method, opts.alpha, opts.bits, opts.parts, opts.encoding, chosen, search_rec,
                       algorithm.get("nominal_ratio") or float("nan"), fp16 / stored if stored else float("nan"),
                       all_fp16 / file_bytes, fp16, stored, file_bytes, kinds, time.perf_counter() - t_start,
-                      search_seconds, resumed)
+                      search_seconds, resumed, seed_trials, cal_seconds)
     _print_summary(console, summary)
     return summary
 
@@ -385,7 +413,8 @@ def _main_dtype(ck: Checkpoint) -> str | None:
     return max(counts, key=counts.get) if counts else None
 
 
-def _write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, progress, console, total):
+def _write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, progress, console, total,
+               choose_seed=None):
     largest = max((t.numel for t in tasks), default=0) * 4
     limit = max(BUDGET_FACTOR * largest, 1)
     used = 0
@@ -409,7 +438,8 @@ def _write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, p
             while pending and pending[0][1].done():
                 write_head()
             used += cost
-            pending.append((task, pool.submit(_process, task, base_ck, ft_ck, opts, group_size, seed), cost))
+            pending.append((task, pool.submit(_process, task, base_ck, ft_ck, opts, group_size, seed, choose_seed),
+                            cost))
         while pending:
             write_head()
 
@@ -451,5 +481,7 @@ def _print_summary(console, s: Summary):
     t.add_row("true ratio, whole file", f"{s.true_ratio_file:.2f}x ({s.file_bytes:,} bytes)")
     t.add_row("tensors", ", ".join(f"{k} {v}" for k, v in sorted(s.kinds.items())))
     t.add_row("time", f"{s.seconds:.2f} s (group-size search {s.search_seconds:.2f} s)"
-              + (f", resumed after {s.resumed_tensors} tensors" if s.resumed_tensors else ""))
+              + (f", resumed after {s.resumed_tensors} tensors" if s.resumed_tensors else "")
+              + (f", seed search x{s.seed_trials} (calibration {s.seed_search_seconds:.2f} s)"
+                 if s.seed_trials > 1 else ""))
     console.print(t)
