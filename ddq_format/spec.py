@@ -92,6 +92,9 @@ def align_up(n: int, a: int = ALIGNMENT) -> int:
 CONVERT_FALLBACK_GROUP_SIZE = 256  # h_g for architectures without an adapter (rounded up to a multiple of alpha)
 CONVERT_CALIB_MAX_TOKENS = 512  # calibration tokens used by the group-size search
 CONVERT_SEED_DERIVATION = "sha256(f'{seed}:{name}')[:4] little-endian uint32"
+# --seed-trials: candidate seeds per tensor (trial 0 is the seed above, so N = 1 changes nothing).
+CONVERT_SEED_TRIAL_DERIVATION = ("trial 0: sha256(f'{seed}:{name}')[:4], trial i>0: sha256(f'{seed}:{name}:{i}')[:4], "
+                                 "little-endian uint32")
 # --ratio presets: nominal ratio -> (alpha, bits k, parts m), nominal = 16 * alpha / (k - log2 m).
 CONVERT_RATIO_PRESETS = {8: (2, 4, 1), 16: (4, 4, 1), 32: (8, 4, 1), 64: (8, 4, 4), 128: (8, 4, 8),
                          256: (16, 4, 8), 512: (32, 4, 8)}

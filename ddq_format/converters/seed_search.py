@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UsageError
+from ..spec import CONVERT_SEED_TRIAL_DERIVATION
 from .seeds import tensor_seed
 
-TRIAL_DERIVATION = ("trial 0: sha256(f'{seed}:{name}')[:4], trial i>0: sha256(f'{seed}:{name}:{i}')[:4], "
-                    "little-endian uint32")
 OBJECTIVE = ("sum over calibration tokens and over every module reading the tensor of "
              "||x (dW - dW_hat)^T||^2 (fine-tune's inputs; embeddings: the looked-up rows)")
 ROW_BLOCK = 1 << 22  # elements of D per block: bounded float64 temporaries
@@ -81,7 +80,7 @@ class Calibration:
     def record(self, searched) -> dict:
         """header["algorithm"]["seed_search"]. No timings: the header must be byte-identical across runs and
         --workers. `searched`: the tensors the search applies to; those no hooked module read keep trial 0."""
-        rec = {"objective": OBJECTIVE, "calib_tokens": int(self.tokens), "trial_seeds": TRIAL_DERIVATION}
+        rec = {"objective": OBJECTIVE, "calib_tokens": int(self.tokens), "trial_seeds": CONVERT_SEED_TRIAL_DERIVATION}
         unsearched = [n for n in searched if n not in self.uses]
         if unsearched:
             rec["unsearched"] = unsearched

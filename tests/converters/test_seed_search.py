@@ -75,7 +75,7 @@ def calib_file(tmp_path_factory):
     return p
 
 
-@pytest.mark.parametrize("arch,encoding", [("llama", "seeded"), ("gpt2", "csr_parts")])
+@pytest.mark.parametrize("arch,encoding", [("llama", "seeded"), ("gpt2", "csr_parts"), ("llama", "seeded_rans")])
 def test_chosen_seed_is_the_argmin_of_the_layer_output_error(tmp_path, models, quiet_convert, calib_file,
                                                              arch, encoding):
     base, ft = models(f"{arch}-tied", arch, tie=True)  # tied: the embedding also serves as lm_head
