@@ -10,10 +10,8 @@ a preallocated array (64 MiB at 4096x4096), median of the same number of runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,18 +21,9 @@ import numpy as np  # noqa: E402
 from ddq_format import DDQFile, Writer  # noqa: E402
 from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
 from ddq_format.encodings import csr_parts, seeded, seeded_rans  # noqa: E402
+from _common import median_seconds  # noqa: E402
 
 ALPHA, BITS, PARTS, GROUP, SEED = 8, 4, 8, 128, 0
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: page cache, mmap faults, allocator
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:

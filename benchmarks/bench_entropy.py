@@ -11,10 +11,8 @@ numpy decode time (DDQFile.decode, checksums verified) of one tensor in both fil
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,16 +23,7 @@ from ddq_format.encodings import seeded_rans  # noqa: E402
 from ddq_format.seeded_mask import kept_per_row  # noqa: E402
 from ddq_format.converters import convert  # noqa: E402
 from ddq_format.example.build import build_example  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from _common import median_seconds  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,7 @@ import tempfile
 import traceback
 import time
 from pathlib import Path
+from _common import write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -89,7 +90,7 @@ def main(argv=None):
     if args.render:
         rows = read_csv(args.render)
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(args.out_dir / "quality.csv", rows)
+        write_csv(args.out_dir / "quality.csv", rows, FIELDS)
         plot(rows, args.out_dir / "quality.png")
         write_md(rows, args.out_dir / "quality.md", note=args.note, source="the example pair",
                  embeddings=args.embeddings)
@@ -160,23 +161,13 @@ def main(argv=None):
                 print(f"{label:36s} {row['setting']:18s} true {row['true_ratio_linear']:7.1f}x linear "
                       f"{row['true_ratio_file']:7.1f}x file  acc {r.accuracy:6.1%}  nll {r.answer_nll:.3f}  "
                       f"KL {r.kl:.4f}  [{row['convert_s']}+{row['eval_s']} s]", flush=True)
-                write_csv(csv_path, rows)
+                write_csv(csv_path, rows, FIELDS)
                 out.unlink()
-    write_csv(csv_path, rows)
+    write_csv(csv_path, rows, FIELDS)
     plot(rows, args.out_dir / "quality.png")
     write_md(rows, args.out_dir / "quality.md", note=args.note, source=meta_note, embeddings=args.embeddings,
              failures=failures)
     print(f"wrote {csv_path}, quality.png, quality.md", flush=True)
-
-
-def write_csv(path: Path, rows):
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp.replace(path)
 
 
 def read_csv(paths):

@@ -14,13 +14,13 @@ reported as the sum over tensors, chosen / trial 0. Writes results/seed_search.c
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+from _common import write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -153,21 +153,11 @@ def main(argv=None):
                           f"({row['linear_stored_bytes']} B)  acc {r.correct}/{r.n}  nll {r.answer_nll:.3f}  "
                           f"KL {r.kl:.4f}  E {row['error_ratio']:.3f}  moved {row['tensors_moved']}/"
                           f"{row['tensors_searched']}  [{row['convert_s']} s convert]", flush=True)
-                    write_csv(csv_path, rows)
+                    write_csv(csv_path, rows, FIELDS)
                     out.unlink()
     seed_search.choose = choose
     write_md(rows, args.out_dir / f"{args.name}.md", r_ft, argv if argv is not None else sys.argv[1:])
     print(f"wrote {csv_path} and {args.name}.md", flush=True)
-
-
-def write_csv(path: Path, rows):
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp.replace(path)
 
 
 def write_md(rows, path: Path, r_ft, argv):
