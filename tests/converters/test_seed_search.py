@@ -199,3 +199,41 @@ def test_model_transformers_cannot_load_is_a_usage_error(tmp_path, llama, quiet_
         quiet_convert(base, bad, tmp_path / "x.ddq", seed_trials=2, group_size=8)
     assert e.value.field == "seed_trials"
     assert not (tmp_path / "x.ddq").exists()
+
+
+def test_resume_with_seed_trials_equals_uninterrupted(tmp_path, llama, quiet_convert, monkeypatch):
+    """An interrupted --seed-trials run resumes to the same bytes; resuming it with other trials starts over."""
+    from ddq_format.converters import resume
+
+    base, ft = llama
+    whole = tmp_path / "whole.ddq"
+    quiet_convert(base, ft, whole, alpha=2, bits=4, group_size=8, encoding="seeded", seed_trials=3)
+    out = tmp_path / "out.ddq"
+    real, n = resume.ResumableWriter.add, [0]
+
+    def add(self, *a, **kw):
+        if n[0] == 4:
+            raise KeyboardInterrupt  # Ctrl-C mid-run: abort() keeps the partial file and its journal
+        n[0] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(resume.ResumableWriter, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        quiet_convert(base, ft, out, alpha=2, bits=4, group_size=8, encoding="seeded", seed_trials=3)
+    monkeypatch.setattr(resume.ResumableWriter, "add", real)
+    assert not out.exists() and (tmp_path / "out.ddq.partial").exists()
+    s = quiet_convert(base, ft, out, alpha=2, bits=4, group_size=8, encoding="seeded", seed_trials=3,
+                      resume=True)
+    assert s.resumed_tensors == 4
+    assert out.read_bytes() == whole.read_bytes()
+    # A journal written with 3 trials does not match a 1-trial run: nothing is reused.
+    n[0] = 0
+    monkeypatch.setattr(resume.ResumableWriter, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        quiet_convert(base, ft, tmp_path / "two.ddq", alpha=2, bits=4, group_size=8, encoding="seeded",
+                      seed_trials=3)
+    monkeypatch.setattr(resume.ResumableWriter, "add", real)
+    s = quiet_convert(base, ft, tmp_path / "two.ddq", alpha=2, bits=4, group_size=8, encoding="seeded",
+                      resume=True)
+    assert s.resumed_tensors == 0
+    assert "seed_trials" not in open_ddq(tmp_path / "two.ddq").header["algorithm"]
