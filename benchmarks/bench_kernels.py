@@ -12,7 +12,6 @@ import math
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
 from ddq_format.encodings import csr_parts, seeded  # noqa: E402
 from ddq_format.kernels import CompressedDelta, decode_dense, multi_delta_matmul  # noqa: E402
+from _common import median_seconds  # noqa: E402
 
 ALPHA, BITS, PARTS, GROUP = 8, 4, 8, 128
 L2_ROTATE_BYTES = 160 * 2**20  # rotate among copies so each call reads from HBM, not L2 (50 MB on H100)
@@ -80,13 +80,8 @@ def gpu_time(fn, reps=20):
 
 
 def cpu_time(fn, reps=5):
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    """Milliseconds, median after a warm-up."""
+    return median_seconds(fn, reps) * 1e3
 
 
 def copies_for(nbytes):
