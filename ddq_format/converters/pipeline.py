@@ -269,10 +269,11 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             parts: int | None = None, group_size="auto", encoding: str = "csr_parts", seed: int = 0,
             calib=None, ratio: int | None = None, workers: int = 1, resume: bool = False,
             embeddings: str = "dense", rank: int | None = None, progress: bool = True, console=None,
-            quiet: bool = False, seed_trials: int = 1) -> Summary:
+            quiet: bool = False, seed_trials: int = 1, print_summary: bool = True) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
     base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`.
+    print_summary=False: return the Summary without printing its table (the CLI prints its own).
     """
     t_start = time.perf_counter()
     if console is None:
@@ -398,12 +399,13 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     kinds = {}
     for e in entries:
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-    summary = Summary(str(out), opts.method, opts.alpha, opts.bits, opts.parts, opts.encoding, chosen, search_rec,
+    result = Summary(str(out), opts.method, opts.alpha, opts.bits, opts.parts, opts.encoding, chosen, search_rec,
                       algorithm.get("nominal_ratio") or float("nan"), fp16 / stored if stored else float("nan"),
                       all_fp16 / file_bytes, fp16, stored, file_bytes, kinds, time.perf_counter() - t_start,
                       search_seconds, resumed, seed_trials, cal_seconds)
-    _print_summary(console, summary)
-    return summary
+    if print_summary:
+        _print_summary(console, result)
+    return result
 
 
 def _main_dtype(ck: Checkpoint) -> str | None:
@@ -428,8 +430,9 @@ def _write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, p
         used -= cost
         bar.update(job, advance=1, description=r.name)
 
-    bar = _progress(console, progress)
-    job = bar.add_task("tensors", total=total, completed=total - len(tasks))
+    from ..progress import make_progress
+    bar = make_progress(console, enabled=progress)
+    job = bar.add_task("tensors", total=total, completed=total - len(tasks), what="tensors")
     with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ddq-convert") as pool:
         for task in tasks:
             cost = COST[task.kind] * task.numel * 4
@@ -442,29 +445,6 @@ def _write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, p
                             cost))
         while pending:
             write_head()
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-
-def _progress(console, enabled):
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    return Progress(TextColumn("{task.description:<48.48}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
 
 
 def _print_summary(console, s: Summary):
