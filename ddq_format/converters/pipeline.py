@@ -191,7 +191,7 @@ def plan(base: Checkpoint, ft: Checkpoint, opts: Options, embeddings: str) -> li
 
 
 def _process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_size, seed: int,
-             choose_seed=None) -> Result:
+             choose_seed=None, encode_hook=None) -> Result:
     n = task.name
     if task.kind == KIND_TIED:
         return Result(n, KIND_TIED, task.shape, task.dtype, tied_to=task.tied_to)
@@ -209,6 +209,9 @@ def _process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_
         return Result(n, KIND_REPLACE, task.shape, task.dtype, raw.encode(arr, task.dtype), base=bind)
     if base.tensors[n].dtype == task.dtype and _equal(fb, bb):
         return Result(n, KIND_SAME, task.shape, task.dtype, base=bind)
+    if encode_hook is not None and task.kind in (KIND_COMPRESSED, KIND_DENSE):  # planned conversions (planned.py)
+        kind, enc = encode_hook(n, delta_blocks(fb, task.dtype, bb, base.tensors[n].dtype, "F32"))
+        return Result(n, kind, task.shape, task.dtype, enc, base=bind)
     gt = None
     if task.kind == KIND_COMPRESSED and opts.uses_groups:
         gt = tensor_group_size(group_size, task.shape[1], opts.alpha)
@@ -269,12 +272,19 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             parts: int | None = None, group_size="auto", encoding: str = "csr_parts", seed: int = 0,
             calib=None, ratio: int | None = None, workers: int = 1, resume: bool = False,
             embeddings: str = "dense", rank: int | None = None, progress: bool = True, console=None,
-            quiet: bool = False, seed_trials: int = 1, print_summary: bool = True) -> Summary:
+            quiet: bool = False, seed_trials: int = 1, print_summary: bool = True, target_ratio: float | None = None,
+            method_options: dict | None = None, _encode_hook=None, _algorithm=None) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
     base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`.
     print_summary=False: return the Summary without printing its table (the CLI prints its own).
     """
+    from . import planned
+    if _encode_hook is None and (target_ratio is not None or method in planned.METHODS):
+        return planned.convert(base, finetuned, out, method=method, target_ratio=target_ratio, calib=calib,
+                               seed=seed, seed_trials=seed_trials, workers=workers, progress=progress,
+                               console=console, quiet=quiet, print_summary=print_summary, resume=resume,
+                               options=dict(method_options or {}, alpha=alpha, bits=bits, rank=rank))
     t_start = time.perf_counter()
     if console is None:
         from rich.console import Console
@@ -308,6 +318,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
                 "calib": hashlib.sha256(calib_text.encode()).hexdigest()}
     if seed_trials > 1:  # only then: N = 1 keeps today's run key (and bytes)
         settings["seed_trials"] = seed_trials
+    if _algorithm is not None:
+        settings["planned"] = _algorithm
     run_key = _run_key(base_ck, ft_ck, settings)
     recorded = ResumableWriter.recorded_start(out, run_key) if resume else None
     if resume and recorded is None:
@@ -345,6 +357,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
                      "nominal_ratio": opts.nominal_ratio()}
         if opts.method == "lowrank":
             algorithm["rank"] = opts.rank
+        if _algorithm is not None:  # a planned conversion records its own choices
+            algorithm = dict(_algorithm)
         if search_rec is not None:
             algorithm["group_size_search"] = search_rec
         base_rec = {"architecture": (base_ck.config.get("architectures") or [None])[0],
@@ -384,7 +398,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
                 writer.add_file(fname, data)
         todo = [t for t in tasks if t.name not in set(writer.done)]
         _write_all(writer, todo, base_ck, ft_ck, opts, chosen, seed, workers, progress, console, len(tasks),
-                   choose_seed)
+                   choose_seed, _encode_hook)
         writer.close()
     except BaseException:
         writer.abort()  # OUT.partial and the journal stay for --resume
@@ -416,7 +430,7 @@ def _main_dtype(ck: Checkpoint) -> str | None:
 
 
 def _write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, progress, console, total,
-               choose_seed=None):
+               choose_seed=None, encode_hook=None):
     largest = max((t.numel for t in tasks), default=0) * 4
     limit = max(BUDGET_FACTOR * largest, 1)
     used = 0
@@ -441,7 +455,8 @@ def _write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, p
             while pending and pending[0][1].done():
                 write_head()
             used += cost
-            pending.append((task, pool.submit(_process, task, base_ck, ft_ck, opts, group_size, seed, choose_seed),
+            pending.append((task, pool.submit(_process, task, base_ck, ft_ck, opts, group_size, seed, choose_seed,
+                                                  encode_hook),
                             cost))
         while pending:
             write_head()

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..spec import ENC_CSR_F16, ENC_CSR_PARTS, ENC_LOWRANK, ENC_RAW, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SIGN_SCALE
+from ..spec import (ENC_CSR_F16, ENC_CSR_PARTS, ENC_DENSE_Q, ENC_LOWRANK, ENC_LOWRANK_Q, ENC_NM_Q, ENC_RAW, ENC_SEEDED,
+                    ENC_SEEDED_RANS, ENC_SIGN_SCALE)
 
 
 @dataclass
@@ -21,9 +22,10 @@ class Encoded:
 
 
 def registry():
-    from . import csr_f16, csr_parts, lowrank, raw, seeded, seeded_rans, sign_scale
+    from . import csr_f16, csr_parts, dense_q, lowrank, lowrank_q, nm_q, raw, seeded, seeded_rans, sign_scale
     return {ENC_RAW: raw, ENC_CSR_PARTS: csr_parts, ENC_SEEDED: seeded, ENC_CSR_F16: csr_f16,
-            ENC_SIGN_SCALE: sign_scale, ENC_LOWRANK: lowrank, ENC_SEEDED_RANS: seeded_rans}
+            ENC_SIGN_SCALE: sign_scale, ENC_LOWRANK: lowrank, ENC_SEEDED_RANS: seeded_rans,
+            ENC_LOWRANK_Q: lowrank_q, ENC_NM_Q: nm_q, ENC_DENSE_Q: dense_q}
 
 
 def get(encoding: str):

@@ -1,0 +1,239 @@
+"""Calibration statistics for the planned conversions (`--target-ratio`, deltacome, deltazip, bitdelta-distill):
+per compressed tensor, the Gram matrix of its inputs and the Fisher weight of each output row, from one
+forward and backward pass of the FINE-TUNE over the calibration text.
+
+For a linear layer y = x W^T the second-order increase of the expected loss when W's delta is replaced by an
+approximation with error E is, under the usual block-diagonal (K-FAC-like) and per-channel approximations,
+
+    err(E) = sum_r f_r * e_r H e_r^T,   H = X^T X / T (inputs),   f_r = mean_t (dL/dy_{t,r})^2,
+
+with the gradients taken on labels SAMPLED from the fine-tune's own predictions (the true Fisher, so err
+approximates 2 x KL(fine-tune || compressed) per token). The tied lm_head's rows get the exact expected
+Fisher from the same sampled labels (its expectation is p_v (1 - p_v)), and the embedding lookup adds sum over calibration tokens of |e_id|^2
+times the Fisher of the first layer's input. Errors are comparable across tensors: the budget allocator
+sums them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UsageError
+from .seed_search import _checkpoint_names
+
+FISHER_SAMPLES = 2  # sampled-label backward passes
+CHUNK = 512  # tokens per forward pass (bounds activation memory)
+FACTOR_RANK = 128  # eigen-directions of an input Gram kept exactly by the error evaluation
+
+
+@dataclass
+class TensorStats:
+    """grams: H [in, in] per module reading the tensor (float32, sums over tokens; xs: X [T, in] instead, for
+    callers that build stats by hand); f [out]: mean Fisher per output row; lookups [vocab]: embedding row
+    counts where the tensor is also looked up, lookup_f the mean Fisher of the looked-up vectors."""
+    xs: list = field(default_factory=list)
+    grams: list = field(default_factory=list)
+    f: np.ndarray | None = None
+    lookups: np.ndarray | None = None
+    lookup_f: float = 0.0
+
+    def hessian(self) -> np.ndarray | None:
+        """H = sum over uses of X^T X, float64; None if no linear module reads the tensor."""
+        if not self.xs and not self.grams:
+            return None
+        H = sum(self.grams) if self.grams else 0
+        for x in self.xs:
+            x64 = x.astype(np.float64)
+            H = H + x64.T @ x64
+        return np.asarray(H, np.float64)
+
+    def error(self, E: np.ndarray, rows: np.ndarray | None = None) -> float:
+        """Fisher-weighted output error of a delta error E [rows, in] (see the module docstring). rows: the
+        original row index of each row of E when E is a sample of the rows (the total is then scaled up)."""
+        n_rows = E.shape[0]
+        idx = np.arange(n_rows) if rows is None else np.asarray(rows)
+        f = self.f[idx] if self.f is not None else np.ones(n_rows)
+        total = 0.0
+        E64 = E.astype(np.float64)
+        for x in self.xs:
+            y = E64 @ x.astype(np.float64).T
+            total += float(np.einsum("ij,ij->i", y, y) @ f)
+        for H in self.grams:
+            L, rho = low_rank_factor(H)
+            y = E64 @ L
+            total += float((np.einsum("ij,ij->i", y, y) + rho * np.einsum("ij,ij->i", E64, E64)) @ f)
+        if self.lookups is not None:
+            sq = np.einsum("ij,ij->i", E64, E64)
+            total += self.lookup_f * float(sq @ self.lookups[idx])
+        return total * (self.total_rows(E) / n_rows if rows is not None else 1.0)
+
+    def total_rows(self, E) -> int:
+        if self.f is not None:
+            return self.f.size
+        if self.lookups is not None:
+            return self.lookups.size
+        return E.shape[0]
+
+
+_FACTORS: dict[int, tuple] = {}
+
+
+def clear_factors() -> None:
+    """Drop the cached eigen-factors (they hold references to the Grams)."""
+    _FACTORS.clear()
+
+
+def low_rank_factor(H: np.ndarray, rank: int = FACTOR_RANK) -> tuple[np.ndarray, float]:
+    """(L [in, k], rho) with H ~ L L^T + rho I: the top-k eigenpairs exactly, the rest of the trace spread
+    evenly (activation Grams are dominated by a few directions; this makes an error evaluation k/in as costly).
+    Cached per Gram (q/k/v share one)."""
+    key = id(H)
+    hit = _FACTORS.get(key)
+    if hit is not None and hit[0] is H:
+        return hit[1], hit[2]
+    n = H.shape[0]
+    k = min(rank, n)
+    H64 = np.asarray(H, np.float64)
+    if n <= 2 * k:
+        w, V = np.linalg.eigh(H64)
+        w, V = w[n - k:], V[:, n - k:]
+    else:  # randomized range finder (Halko et al.): 2 power iterations on a Gaussian sketch of k + 16
+        omega = np.random.default_rng(0).standard_normal((n, k + 16))
+        Q, _ = np.linalg.qr(H64 @ omega)
+        for _ in range(2):
+            Q, _ = np.linalg.qr(H64 @ Q)
+        w, Vs = np.linalg.eigh(Q.T @ H64 @ Q)
+        w, V = w[-k:], Q @ Vs[:, -k:]
+    w = np.clip(w, 0, None)
+    rest = max(float(np.trace(H64)) - float(w.sum()), 0.0)
+    rho = rest / (n - k) if k < n else 0.0
+    L = V * np.sqrt(np.clip(w - rho, 0, None))  # L L^T + rho I matches H on the top directions
+    _FACTORS[key] = (H, L, rho)
+    return L, rho
+
+
+@dataclass
+class Stats:
+    tokens: int
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def get(self, name: str) -> TensorStats | None:
+        return self.tensors.get(name)
+
+    def record(self) -> dict:
+        return {"objective": "sum_r f_r e_r H e_r^T (Fisher-weighted layer-output error, sampled labels)",
+                "calib_tokens": int(self.tokens), "fisher_samples": FISHER_SAMPLES}
+
+
+def load_finetune(folder):
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
+    except Exception as e:  # transformers raises many types (missing class, OOM, bad config)
+        raise UsageError(f"calibration needs the fine-tune loaded with transformers, which failed: "
+                         f"{type(e).__name__}: {e}", path=folder, field="calib") from None
+    model.eval()
+    return model
+
+
+def collect(folder, ids: np.ndarray, names, *, samples: int = FISHER_SAMPLES, seed: int = 0,
+            chunk: int = CHUNK) -> Stats:
+    """Run the fine-tune over `ids` in chunks of `chunk` tokens: one forward pass for the input Grams, then
+    `samples` backward passes of sampled-label log-likelihoods for the Fisher weights."""
+    import torch
+    t0 = time.perf_counter()
+    model = load_finetune(folder)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    chunk = min(chunk, limit or chunk)
+    ids = np.asarray(ids, np.int64)
+    chunks = [torch.as_tensor(ids[i:i + chunk]).reshape(1, -1) for i in range(0, ids.size, chunk)]
+    names = set(names)
+    by_param: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        for cand in _checkpoint_names(pname, names):
+            by_param.setdefault(id(p), []).append(cand)
+    stats = Stats(int(ids.size))
+    lin = [m for m in model.modules() if (isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D")
+           and getattr(m, "weight", None) is not None and id(m.weight) in by_param]
+    emb = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and id(m.weight) in by_param]
+    site_of: dict[int, tuple] = {}  # id(input) -> (input, site: the first module reading it), per forward; the
+    # reference keeps the id from being reused by another tensor within the pass
+    grams: dict[int, np.ndarray] = {}  # site -> sum of x^T x, float64
+    reads: dict[int, int] = {}  # id(module) -> its input site
+    grads: dict[int, np.ndarray] = {}
+    lookups: dict[int, np.ndarray] = {}
+    emb_grad = {"sum": 0.0, "n": 0}
+
+    def pre(mod, args):
+        x = args[0]
+        site = site_of.setdefault(id(x), (x, id(mod)))[1]
+        reads[id(mod)] = site
+        if site == id(mod):
+            a = x.detach().reshape(-1, x.shape[-1]).to(torch.float64).numpy()
+            grams[site] = grams.get(site, 0) + a.T @ a
+
+    def bwd(mod, gin, gout):
+        g = gout[0].detach().reshape(-1, gout[0].shape[-1]).double()
+        grads[id(mod)] = grads.get(id(mod), 0) + (g ** 2).sum(0).numpy()
+
+    def emb_fwd(mod, args, out):
+        c = np.bincount(args[0].reshape(-1).numpy(), minlength=mod.weight.shape[0]).astype(np.float64)
+        lookups[id(mod)] = lookups.get(id(mod), 0) + c / samples
+        if out.requires_grad:
+            def hook(g):
+                emb_grad["sum"] += float((g.double() ** 2).sum())
+                emb_grad["n"] += g.numel()
+            out.register_hook(hook)
+
+    handles = [m.register_forward_pre_hook(pre) for m in lin]
+    try:
+        with torch.no_grad():
+            for x in chunks:
+                site_of.clear()
+                model(x)
+        for h in handles:
+            h.remove()
+        handles = [m.register_full_backward_hook(bwd) for m in lin] + [m.register_forward_hook(emb_fwd) for m in emb]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for m in emb:
+            m.weight.requires_grad_(True)  # so the embedding output carries a gradient for its hook
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(samples):
+            for x in chunks:
+                logits = model(x).logits[0].float()
+                y = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=gen)[:, 0]
+                torch.nn.functional.cross_entropy(logits, y, reduction="sum").backward()
+                model.zero_grad(set_to_none=True)
+    finally:
+        for h in handles:
+            h.remove()
+    T = max(int(ids.size), 1)
+    g32 = {site: g.astype(np.float32) for site, g in grams.items()}  # q/k/v (gate/up) share one array
+    del grams
+    for m in lin:
+        for n in by_param[id(m.weight)]:
+            t = stats.tensors.setdefault(n, TensorStats())
+            t.grams.append(g32[reads[id(m)]])
+            f = grads.get(id(m))
+            if f is not None:
+                t.f = f / (samples * T) if t.f is None else t.f + f / (samples * T)
+    for m in emb:
+        for n in by_param[id(m.weight)]:
+            t = stats.tensors.setdefault(n, TensorStats())
+            t.lookups = lookups.get(id(m))
+            t.lookup_f = emb_grad["sum"] / max(emb_grad["n"], 1)
+    del model
+    stats.seconds = time.perf_counter() - t0
+    return stats

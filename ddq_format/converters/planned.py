@@ -1,0 +1,259 @@
+"""Conversions that need calibration statistics before any tensor is written: `--target-ratio R` (the budget
+allocator, budget.py) and the seed papers' baselines `deltacome`, `deltazip`, `bitdelta-distill`.
+
+Each runs calibration.collect once, decides what every tensor becomes, and then hands a per-tensor encoder
+to pipeline.convert (which reads, writes, resumes and reports as for every other method). Small 1-D deltas
+(norms, biases) are stored as `dense_q` 8-bit codes by every planned method, so all of them pay the same
+fixed bytes; embeddings are compressed by each method's own procedure.
+"""
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from ..spec import CONVERT_PLAN_CALIB_MAX_TOKENS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_TIED
+from . import budget, calibration, groupsize
+from .checkpoint import Checkpoint
+from .methods import Options
+from .seed_search import trial_seed
+from .seeds import tensor_seed
+
+METHODS = ("deltacome", "deltazip", "bitdelta-distill")
+DEFAULT_SEED_TRIALS = 8  # --target-ratio: seeds tried per chosen dropout tensor (benchmarks/results/seed_search.md)
+DZ_LADDER = ((2, 4, 4), (1, 4, 4), (1, 8, 4), (1, 16, 4), (1, 32, 4), (1, 32, 2), (1, 64, 2), (1, 128, 2),
+             (1, 256, 2))  # (n, m, bits): the paper's 2:4 4-bit first, then sparser
+
+
+def calib_text(calib) -> str:
+    if calib is None:
+        return groupsize.DEFAULT_CALIB_TEXT
+    try:
+        text = Path(calib).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read calibration text: {e.strerror}", path=calib, field="calib") from None
+    if not text.strip():
+        raise UsageError("calibration text is empty", path=calib, field="calib")
+    return text
+
+
+def _note(console, quiet):
+    if console is None:
+        from rich.console import Console
+        console = Console(stderr=True, quiet=quiet)
+    return console
+
+
+def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int, seed_trials: int, workers: int,
+            progress: bool, console, quiet: bool, print_summary: bool, resume: bool, options: dict):
+    from . import pipeline
+    console = _note(console, quiet)
+    if target_ratio is not None and (not isinstance(target_ratio, (int, float)) or not target_ratio >= 1):
+        raise UsageError(f"--target-ratio must be a number >= 1, got {target_ratio!r}", field="target_ratio")
+    if method not in METHODS and method != "deltadq":
+        raise UsageError(f"--target-ratio chooses DeltaDQ settings per tensor (--method deltadq) or sets the "
+                         f"budget of {', '.join(METHODS)}; not {method!r}", field="target_ratio")
+    if method == "deltadq" and any(options.get(k) is not None for k in ("alpha", "bits")):
+        raise UsageError("--target-ratio chooses alpha and bits per tensor; do not pass them too", field="target_ratio")
+    t0 = time.perf_counter()
+    base_ck, ft_ck = Checkpoint(base), Checkpoint(finetuned)
+    tasks = pipeline.plan(base_ck, ft_ck, Options(method="dare", alpha=1), "compressed")
+    names = [t.name for t in tasks if t.kind == KIND_COMPRESSED]
+    text = calib_text(calib)
+    ids = groupsize.tokenize(ft_ck.folder, text, CONVERT_PLAN_CALIB_MAX_TOKENS)
+    console.print(f"calibration: {len(ids)} tokens through the fine-tune (forward + {calibration.FISHER_SAMPLES} "
+                  f"backward passes)")
+    stats = calibration.collect(ft_ck.folder, ids, names, seed=seed)
+    ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console)
+    if method == "deltadq":
+        hook, record = plan_budget(ctx, float(target_ratio), seed_trials if seed_trials > 1 else DEFAULT_SEED_TRIALS)
+    elif method == "deltacome":
+        hook, record = plan_deltacome(ctx, float(target_ratio or 16), options.get("allocation", "paper"))
+    elif method == "deltazip":
+        hook, record = plan_deltazip(ctx, target_ratio, options)
+    else:
+        from .bitdelta_distill import plan_bitdelta
+        hook, record = plan_bitdelta(ctx, ids, options)
+    record = dict(record, calibration=stats.record(), target_ratio=target_ratio)
+    calibration.clear_factors()
+    s = pipeline.convert(base, finetuned, out, method="dare", alpha=1, embeddings="compressed", calib=calib,
+                         seed=seed, workers=workers, resume=resume, progress=progress, console=console, quiet=quiet,
+                         print_summary=False, _encode_hook=hook, _algorithm=record)
+    s.method = method
+    s.seconds = time.perf_counter() - t0
+    if print_summary:
+        pipeline._print_summary(console, s)
+        r = tensors_ratio(out)
+        console.print(f"all-tensor true ratio {r:.1f}x" + (f" (target {target_ratio:g}x)" if target_ratio else ""))
+    return s
+
+
+def tensors_ratio(path) -> float:
+    """fp16 bytes of every tensor's delta / every byte the tensors take (aux files excluded)."""
+    from ..accounting import report
+    from ..reader import DDQFile
+    with DDQFile(path) as f:
+        t = report(f)["totals"]
+    if t.get("tensors_true_ratio"):
+        return t["tensors_true_ratio"]
+    return t["delta_fp16_bytes"] / (t["stored_bytes"] - t["components"]["files"])
+
+
+class Context:
+    def __init__(self, base, ft, tasks, stats, seed, workers, console):
+        self.base, self.ft, self.tasks, self.stats = base, ft, tasks, stats
+        self.seed, self.workers, self.console = seed, workers, console
+
+    def delta(self, name: str) -> np.ndarray:
+        from .pipeline import delta_blocks
+        b, f = self.base.tensors[name], self.ft.tensors[name]
+        return delta_blocks(self.ft.read(name), f.dtype, self.base.read(name), b.dtype, "F32")
+
+    def binding(self, name):
+        from ..binding import binding
+        b = self.base.tensors[name]
+        return binding(self.base.read(name), b.shape, b.dtype)
+
+    def data_tasks(self):
+        return [t for t in self.tasks if t.kind in (KIND_COMPRESSED, KIND_DENSE)]
+
+    def all_fp16(self) -> int:
+        return sum(2 * t.numel for t in self.tasks if t.kind not in (KIND_REMOVED, KIND_TIED))
+
+    def map(self, fn, items):
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(fn, items))
+
+
+def small(name, delta):
+    """Every planned method: a 1-D delta as 8-bit codes."""
+    return KIND_DENSE, budget.encode(budget.Config("dense_q", bits=8), delta, 0)
+
+
+def fixed_overhead(ctx, record: dict) -> int:
+    """Bytes the tensors take outside their own entries: preamble and footer, the header's top-level records
+    (this algorithm `record` included; metadata and base estimated at their typical size), the entries without
+    data (same/tied/removed) and the data section's last padding."""
+    import msgpack
+    from ..spec import ENTRY_PLACEHOLDER_MAX as BIG
+    files = [{"name": n, "offset": BIG, "length": len(d), "crc32": BIG} for n, d in ctx.ft.aux_files().items()]
+    top = {"alignment": 64, "checksum": "crc32", "metadata": {"producer": "ddq convert", "finetuned": "x" * 40},
+           "base": {"architecture": "x" * 24, "model_type": "x" * 12, "num_tensors": len(ctx.tasks), "dtype": "F32",
+                    "fingerprint_scheme": "sample4096-crc32", "name": "x" * 40},
+           "algorithm": record, "files": files, "tensors": []}
+    other = [t for t in ctx.tasks if t.kind not in (KIND_COMPRESSED, KIND_DENSE)]
+    per = sum(len(msgpack.packb({"name": t.name, "kind": t.kind, "shape": list(t.shape), "dtype": t.dtype,
+                                 "base": {"shape": list(t.shape), "dtype": t.dtype, "fingerprint": "x" * 25},
+                                 **({"tied_to": t.tied_to} if t.tied_to else {})})) for t in other)
+    return 64 + 32 + 63 + len(msgpack.packb(top, use_bin_type=True)) + per
+
+
+# -- --target-ratio: the budget allocator ------------------------------------------------------------------------
+def plan_budget(ctx, ratio: float, trials: int):
+    total_budget = ctx.all_fp16() / ratio
+    ctx.console.print(f"--target-ratio {ratio:g}: {total_budget:,.0f} bytes for every tensor "
+                      f"({ctx.all_fp16():,} fp16 delta bytes)")
+
+    def options_of(task):
+        d = ctx.delta(task.name)
+        bind = ctx.binding(task.name)
+        st = ctx.stats.get(task.name)
+        rows = budget.sample_rows(d.shape[0]) if d.ndim == 2 else None
+        emb = task.name.endswith(("embed_tokens.weight", "wte.weight", "lm_head.weight", "embed_out.weight"))
+        opts = []
+        for cfg in budget.grid(d.shape, task.name, emb):
+            o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows)
+            opts.append(o)
+        return task.name, opts
+
+    t0 = time.perf_counter()
+    options = dict(ctx.map(options_of, ctx.data_tasks()))
+    ctx.console.print(f"  scored {sum(map(len, options.values()))} candidates of {len(options)} tensors "
+                      f"({time.perf_counter() - t0:.1f} s)")
+    data_names = [t.name for t in ctx.data_tasks()]
+    record = {"method": "deltadq", "planner": "budget", "encoding": "per tensor",
+              "objective": "min sum of Fisher-weighted layer-output errors s.t. all-tensor bytes <= budget",
+              "budget_bytes": int(total_budget), "seed": int(ctx.seed), "seed_trials": int(trials),
+              "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
+              "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
+    for _ in range(2):  # the record lists the configurations chosen: size it, then allocate again
+        avail = total_budget - fixed_overhead(ctx, dict(record, calibration=ctx.stats.record(), target_ratio=ratio))
+        choice = budget.allocate(options, avail)
+        configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
+        record["configs"] = [c.label() for c in configs]
+        index = {c: i for i, c in enumerate(configs)}
+        record["choice"] = [index[choice[n].cfg] for n in data_names]
+    if sum(o.bytes for o in choice.values()) > avail:
+        ctx.console.print(f"[yellow]warning: even the smallest configuration of every tensor exceeds the budget; "
+                          f"the file will be larger than --target-ratio {ratio:g} asks[/]")
+    planned_bytes = sum(o.bytes for o in choice.values())
+    ctx.console.print(f"  allocated {planned_bytes:,} bytes of {avail:,.0f}; "
+                      + ", ".join(f"{c.label()}: {sum(o.cfg == c for o in choice.values())}" for c in configs))
+
+    def hook(name, delta):
+        cfg = choice[name].cfg
+        if cfg.family not in ("rans", "sign") or trials <= 1:
+            return cfg.kind, budget.encode(cfg, delta, tensor_seed(ctx.seed, name))
+        st = ctx.stats.get(name)
+        rows = budget.sample_rows(delta.shape[0])
+        best = None
+        for i in range(trials):  # the seed search of --seed-trials, on the chosen configuration
+            s = trial_seed(ctx.seed, name, i)
+            o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows)
+            if best is None or o.error < best[0]:
+                best = (o.error, enc)
+        return cfg.kind, best[1]
+
+    return hook, record
+
+
+# -- Delta-CoMe / DeltaMix ---------------------------------------------------------------------------------------
+def plan_deltacome(ctx, ratio: float, allocation: str):
+    from . import deltacome
+    if allocation not in ("paper", "ilp"):
+        raise UsageError(f"--allocation must be paper (Delta-CoMe) or ilp (DeltaMix), got {allocation!r}",
+                         field="allocation")
+    big = [t for t in ctx.tasks if t.kind == KIND_COMPRESSED]
+    dense = [t for t in ctx.tasks if t.kind == KIND_DENSE]
+    # one per-matrix ratio r for every compressed tensor so that the whole file lands on `ratio`
+    record = {"method": "deltacome", "allocation": allocation, "matrix_ratio": 0.0, "group_size": deltacome.GROUP,
+              "quantizer": "GPTQ, asymmetric, groups of 128 per singular vector, 1% damping"}
+    fixed = fixed_overhead(ctx, record) + sum(t.numel + 300 for t in dense) + 400 * len(big)
+    room = ctx.all_fp16() / ratio - fixed
+    if room <= 0:
+        raise UsageError(f"--target-ratio {ratio:g} leaves no bytes for the compressed tensors", field="target_ratio")
+    r = sum(2 * t.numel for t in big) / room
+
+    def hook(name, delta):
+        if delta.ndim != 2:
+            return small(name, delta)
+        st = ctx.stats.get(name)
+        return KIND_COMPRESSED, deltacome.compress(delta, r, st.hessian() if st else None, allocation=allocation)
+
+    record["matrix_ratio"] = r
+    return hook, record
+
+
+# -- DeltaZip ----------------------------------------------------------------------------------------------------
+def plan_deltazip(ctx, ratio, options):
+    from . import deltazip
+    n, m, bits = options.get("nm") or deltazip.PAPER
+    if ratio is not None:  # the sparsest ladder step whose codes reach the ratio
+        per_el = [(nn * (bb + (mm - 1).bit_length()) / mm, (nn, mm, bb)) for nn, mm, bb in DZ_LADDER]
+        need = 16 / ratio
+        fits = [c for bpe, c in per_el if bpe <= need]
+        n, m, bits = fits[0] if fits else DZ_LADDER[-1]
+
+    def hook(name, delta):
+        if delta.ndim != 2:
+            return small(name, delta)
+        st = ctx.stats.get(name)
+        mm = min(m, delta.shape[1])
+        return KIND_COMPRESSED, deltazip.compress(delta, st.hessian() if st else None, n=min(n, mm), m=mm, bits=bits)
+
+    return hook, {"method": "deltazip", "n": n, "m": m, "bits": bits, "damp": 0.01,
+                  "procedure": "SparseGPT n:m OBS pruning fused with GPTQ rounding, per-row symmetric grid"}
