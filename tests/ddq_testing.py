@@ -64,3 +64,14 @@ def assemble(header, data: bytes, *, raw_header: bytes | None = None, major: int
 
 def packb(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
+
+
+def write_read(tmp_path, shape, enc, mutate=None, kind="compressed", dtype="F32"):
+    """One entry `t` written with Writer and opened again; mutate(entry) edits the header entry first."""
+    from ddq_format import open_ddq
+    p = Path(tmp_path) / "x.ddq"
+    with Writer(p) as w:
+        e = w.add("t", kind, shape, dtype, enc)
+        if mutate:
+            mutate(e)
+    return open_ddq(p)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddq_format import EncodingError, Writer, open_ddq
+from ddq_testing import write_read as _write_read
+from ddq_format import EncodingError
 from ddq_format.encodings import lowrank_q
-
-
-def _write_read(tmp_path, shape, enc, mutate=None):
-    p = tmp_path / "x.ddq"
-    with Writer(p) as w:
-        e = w.add("t", "compressed", shape, "F32", enc)
-        if mutate:
-            mutate(e)
-    return open_ddq(p)
 
 
 def _band(vectors_u, vectors_v, bits, g):

@@ -4,17 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddq_format import EncodingError, Writer, open_ddq
+from ddq_testing import write_read as _write_read
+from ddq_format import EncodingError
 from ddq_format.encodings import nm_q
-
-
-def _write_read(tmp_path, shape, enc, mutate=None):
-    p = tmp_path / "x.ddq"
-    with Writer(p) as w:
-        e = w.add("t", "compressed", shape, "F32", enc)
-        if mutate:
-            mutate(e)
-    return open_ddq(p)
 
 
 def _random_mask(rng, rows, cols, n, m):
@@ -71,7 +63,6 @@ def test_header_checks(tmp_path, field, value, match):
 
 def test_positions_out_of_order_are_refused_at_decode(tmp_path):
     from ddq_format import bitpack
-    rng = np.random.default_rng(1)
     enc = nm_q.encode((1, 4), np.array([[1, 1, 0, 0]], bool), np.zeros((1, 4), np.uint8), np.ones(1), n=2, m=4,
                       bits=4, zero=8)
     enc.buffers["positions"] = ("PACKED", bitpack.pack(np.array([1, 0], np.uint8), 2))  # decreasing in a group

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import UsageError
 from .seed_search import _checkpoint_names
 
-FISHER_SAMPLES = 2  # sampled-label backward passes
+FISHER_SAMPLES = 1  # sampled-label backward passes (per-row means over every calibration token)
 CHUNK = 512  # tokens per forward pass (bounds activation memory)
 FACTOR_RANK = 128  # eigen-directions of an input Gram kept exactly by the error evaluation
 
@@ -52,22 +52,29 @@ class TensorStats:
     def error(self, E: np.ndarray, rows: np.ndarray | None = None) -> float:
         """Fisher-weighted output error of a delta error E [rows, in] (see the module docstring). rows: the
         original row index of each row of E when E is a sample of the rows (the total is then scaled up)."""
-        n_rows = E.shape[0]
+        return self.inner(E, E, rows)
+
+    def inner(self, A: np.ndarray, B: np.ndarray, rows: np.ndarray | None = None) -> float:
+        """<A, B> in the metric of error(): sum_r f_r a_r H b_r^T (+ the lookup term)."""
+        n_rows = A.shape[0]
         idx = np.arange(n_rows) if rows is None else np.asarray(rows)
         f = self.f[idx] if self.f is not None else np.ones(n_rows)
+        A64, B64 = A.astype(np.float64), B.astype(np.float64)
+        same = A is B
         total = 0.0
-        E64 = E.astype(np.float64)
         for x in self.xs:
-            y = E64 @ x.astype(np.float64).T
-            total += float(np.einsum("ij,ij->i", y, y) @ f)
+            x64 = x.astype(np.float64).T
+            ya = A64 @ x64
+            yb = ya if same else B64 @ x64
+            total += float(np.einsum("ij,ij->i", ya, yb) @ f)
         for H in self.grams:
             L, rho = low_rank_factor(H)
-            y = E64 @ L
-            total += float((np.einsum("ij,ij->i", y, y) + rho * np.einsum("ij,ij->i", E64, E64)) @ f)
+            ya = A64 @ L
+            yb = ya if same else B64 @ L
+            total += float((np.einsum("ij,ij->i", ya, yb) + rho * np.einsum("ij,ij->i", A64, B64)) @ f)
         if self.lookups is not None:
-            sq = np.einsum("ij,ij->i", E64, E64)
-            total += self.lookup_f * float(sq @ self.lookups[idx])
-        return total * (self.total_rows(E) / n_rows if rows is not None else 1.0)
+            total += self.lookup_f * float(np.einsum("ij,ij->i", A64, B64) @ self.lookups[idx])
+        return total * (self.total_rows(A) / n_rows if rows is not None else 1.0)
 
     def total_rows(self, E) -> int:
         if self.f is not None:
@@ -128,7 +135,8 @@ class Stats:
                 "calib_tokens": int(self.tokens), "fisher_samples": FISHER_SAMPLES}
 
 
-def load_finetune(folder):
+def load_finetune(folder, why: str = "calibration", field: str = "calib"):
+    """The fine-tune in float32 with transformers (its own progress bars off: the converter draws its own)."""
     try:
         import torch
         from transformers import AutoModelForCausalLM
@@ -141,8 +149,8 @@ def load_finetune(folder):
             if bar:
                 hf_logging.enable_progress_bar()
     except Exception as e:  # transformers raises many types (missing class, OOM, bad config)
-        raise UsageError(f"calibration needs the fine-tune loaded with transformers, which failed: "
-                         f"{type(e).__name__}: {e}", path=folder, field="calib") from None
+        raise UsageError(f"{why} needs the fine-tune loaded with transformers, which failed: "
+                         f"{type(e).__name__}: {e}", path=folder, field=field) from None
     model.eval()
     return model
 
@@ -179,9 +187,9 @@ def collect(folder, ids: np.ndarray, names, *, samples: int = FISHER_SAMPLES, se
         x = args[0]
         site = site_of.setdefault(id(x), (x, id(mod)))[1]
         reads[id(mod)] = site
-        if site == id(mod):
-            a = x.detach().reshape(-1, x.shape[-1]).to(torch.float64).numpy()
-            grams[site] = grams.get(site, 0) + a.T @ a
+        if site == id(mod):  # float32 products per chunk (sgemm), summed over chunks in float64
+            a = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+            grams[site] = grams.get(site, 0) + (a.T @ a).double().numpy()
 
     def bwd(mod, gin, gout):
         g = gout[0].detach().reshape(-1, gout[0].shape[-1]).double()
@@ -221,7 +229,7 @@ def collect(folder, ids: np.ndarray, names, *, samples: int = FISHER_SAMPLES, se
             h.remove()
     T = max(int(ids.size), 1)
     g32 = {site: g.astype(np.float32) for site, g in grams.items()}  # q/k/v (gate/up) share one array
-    del grams
+    grams.clear()
     for m in lin:
         for n in by_param[id(m.weight)]:
             t = stats.tensors.setdefault(n, TensorStats())

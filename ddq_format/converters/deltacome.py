@@ -51,16 +51,18 @@ def vector_bytes(rows: int, cols: int, bits: int, group: int = GROUP) -> float:
 
 
 def paper_bands(rows: int, cols: int, budget_bytes: float, group: int = GROUP) -> list[tuple[int, int]]:
-    """Delta-CoMe's allocation: [(rank, bits)] for 8, 3 and 2 bits, in the paper's budget proportions."""
+    """Delta-CoMe's allocation: [(rank, bits)] at 8, 3 and 2 bits. The 8- and 3-bit counts keep the paper's
+    shares of the code bits (2 and 32 vectors of its 2048 vector-bits at 16x), at least one 8-bit vector; the
+    2-bit vectors fill what the true budget (codes, scales and zeros) has left."""
     rmax = min(rows, cols)
+    vec_bits = budget_bytes * 8 / (rows + cols)  # the budget in the paper's units: code bits per vector slot
     out, left, used = [], budget_bytes, 0
     for bits in (8, 3, 2):
         cost = vector_bytes(rows, cols, bits, group)
-        share = left if bits == 2 else budget_bytes * PAPER_SHARE[bits]
-        n = int(min(share, left) // cost)
+        n = int(left // cost) if bits == 2 else int(round(vec_bits * PAPER_SHARE[bits] / bits))
         if bits == 8:
-            n = max(n, 1 if left >= cost else 0)
-        n = min(n, rmax - used)
+            n = max(n, 1)
+        n = min(n, rmax - used, int(left // cost))
         if n > 0:
             out.append((n, bits))
             used += n

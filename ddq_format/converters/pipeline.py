@@ -284,7 +284,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         return planned.convert(base, finetuned, out, method=method, target_ratio=target_ratio, calib=calib,
                                seed=seed, seed_trials=seed_trials, workers=workers, progress=progress,
                                console=console, quiet=quiet, print_summary=print_summary, resume=resume,
-                               options=dict(method_options or {}, alpha=alpha, bits=bits, rank=rank))
+                               options=dict(method_options or {}, **{k: v for k, v in
+                                            (("alpha", alpha), ("bits", bits), ("rank", rank)) if v is not None}))
     t_start = time.perf_counter()
     if console is None:
         from rich.console import Console
@@ -298,14 +299,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     opts, gs = resolve_options(method=method, alpha=alpha, bits=bits, parts=parts, encoding=encoding,
                                ratio=ratio, group_size=group_size, workers=workers, embeddings=embeddings,
                                rank=rank, seed=seed, note=note)
-    calib_text = groupsize.DEFAULT_CALIB_TEXT
-    if calib is not None:
-        try:
-            calib_text = Path(calib).read_text()
-        except OSError as e:
-            raise UsageError(f"cannot read calibration text: {e.strerror}", path=calib, field="calib") from None
-        if not calib_text.strip():
-            raise UsageError("calibration text is empty", path=calib, field="calib")
+    calib_text = planned.calib_text(calib)
     if not isinstance(seed_trials, int) or seed_trials < 1:
         raise UsageError(f"--seed-trials must be an integer >= 1, got {seed_trials!r}", field="seed_trials")
     if seed_trials > 1 and not opts.uses_groups:

@@ -8,7 +8,7 @@ fixed bytes; embeddings are compressed by each method's own procedure.
 """
 from __future__ import annotations
 
-import math
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..spec import CONVERT_PLAN_CALIB_MAX_TOKENS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_TIED
+from ..spec import CONVERT_PLAN_CALIB_MAX_TOKENS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_TIED, MAX_ALPHA
 from . import budget, calibration, groupsize
 from .checkpoint import Checkpoint
 from .methods import Options
@@ -50,6 +50,9 @@ def _note(console, quiet):
 
 def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int, seed_trials: int, workers: int,
             progress: bool, console, quiet: bool, print_summary: bool, resume: bool, options: dict):
+    """options["cache"]: a dict shared by several conversions of the same pair, calibration text and seed (a
+    sweep over target ratios): the calibration statistics, the scored candidates and the seeds searched are
+    computed once."""
     from . import pipeline
     console = _note(console, quiet)
     if target_ratio is not None and (not isinstance(target_ratio, (int, float)) or not target_ratio >= 1):
@@ -59,16 +62,35 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
                          f"budget of {', '.join(METHODS)}; not {method!r}", field="target_ratio")
     if method == "deltadq" and any(options.get(k) is not None for k in ("alpha", "bits")):
         raise UsageError("--target-ratio chooses alpha and bits per tensor; do not pass them too", field="target_ratio")
+    if method == "deltacome" and options.get("allocation", "paper") not in ("paper", "ilp"):
+        raise UsageError(f"--allocation must be paper (Delta-CoMe) or ilp (DeltaMix), got "
+                         f"{options.get('allocation')!r}", field="allocation")
+    if method == "deltazip" and options.get("nm") is not None:
+        n, m, bits = options["nm"]
+        if not (1 <= n <= m <= 256 and 1 <= bits <= 8):
+            raise UsageError(f"deltazip n:m must have 1 <= n <= m <= 256 and 1 <= bits <= 8, got {n}:{m} "
+                             f"k={bits}", field="nm")
+    if method == "bitdelta-distill" and not 1 <= int(options.get("alpha") or 1) <= MAX_ALPHA:
+        raise UsageError(f"alpha must be in 1..{MAX_ALPHA}", field="alpha")
     t0 = time.perf_counter()
     base_ck, ft_ck = Checkpoint(base), Checkpoint(finetuned)
     tasks = pipeline.plan(base_ck, ft_ck, Options(method="dare", alpha=1), "compressed")
     names = [t.name for t in tasks if t.kind == KIND_COMPRESSED]
     text = calib_text(calib)
     ids = groupsize.tokenize(ft_ck.folder, text, CONVERT_PLAN_CALIB_MAX_TOKENS)
-    console.print(f"calibration: {len(ids)} tokens through the fine-tune (forward + {calibration.FISHER_SAMPLES} "
-                  f"backward passes)")
-    stats = calibration.collect(ft_ck.folder, ids, names, seed=seed)
-    ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console)
+    cache = options.get("cache")
+    key = (str(base_ck.folder), str(ft_ck.folder), hashlib.sha256(text.encode()).hexdigest(), int(seed))
+    if cache is not None and cache.get("key") != key:
+        cache.clear()
+        cache["key"] = key
+    stats = cache.get("stats") if cache is not None else None
+    if stats is None:
+        console.print(f"calibration: {len(ids)} tokens through the fine-tune (forward + "
+                      f"{calibration.FISHER_SAMPLES} backward passes)")
+        stats = calibration.collect(ft_ck.folder, ids, names, seed=seed)
+        if cache is not None:
+            cache["stats"] = stats
+    ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console, cache if cache is not None else {})
     if method == "deltadq":
         hook, record = plan_budget(ctx, float(target_ratio), seed_trials if seed_trials > 1 else DEFAULT_SEED_TRIALS)
     elif method == "deltacome":
@@ -79,10 +101,11 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
         from .bitdelta_distill import plan_bitdelta
         hook, record = plan_bitdelta(ctx, ids, options)
     record = dict(record, calibration=stats.record(), target_ratio=target_ratio)
-    calibration.clear_factors()
     s = pipeline.convert(base, finetuned, out, method="dare", alpha=1, embeddings="compressed", calib=calib,
                          seed=seed, workers=workers, resume=resume, progress=progress, console=console, quiet=quiet,
                          print_summary=False, _encode_hook=hook, _algorithm=record)
+    if cache is None:
+        calibration.clear_factors()
     s.method = method
     s.seconds = time.perf_counter() - t0
     if print_summary:
@@ -104,9 +127,9 @@ def tensors_ratio(path) -> float:
 
 
 class Context:
-    def __init__(self, base, ft, tasks, stats, seed, workers, console):
+    def __init__(self, base, ft, tasks, stats, seed, workers, console, cache):
         self.base, self.ft, self.tasks, self.stats = base, ft, tasks, stats
-        self.seed, self.workers, self.console = seed, workers, console
+        self.seed, self.workers, self.console, self.cache = seed, workers, console, cache
 
     def delta(self, name: str) -> np.ndarray:
         from .pipeline import delta_blocks
@@ -171,9 +194,13 @@ def plan_budget(ctx, ratio: float, trials: int):
         return task.name, opts
 
     t0 = time.perf_counter()
-    options = dict(ctx.map(options_of, ctx.data_tasks()))
-    ctx.console.print(f"  scored {sum(map(len, options.values()))} candidates of {len(options)} tensors "
-                      f"({time.perf_counter() - t0:.1f} s)")
+    options = ctx.cache.get("options")
+    if options is None:
+        options = dict(ctx.map(options_of, ctx.data_tasks()))
+        ctx.cache["options"] = options
+        ctx.console.print(f"  scored {sum(map(len, options.values()))} candidates of {len(options)} tensors "
+                          f"({time.perf_counter() - t0:.1f} s)")
+    seeds = ctx.cache.setdefault("seeds", {})
     data_names = [t.name for t in ctx.data_tasks()]
     record = {"method": "deltadq", "planner": "budget", "encoding": "per tensor",
               "objective": "min sum of Fisher-weighted layer-output errors s.t. all-tensor bytes <= budget",
@@ -198,6 +225,8 @@ def plan_budget(ctx, ratio: float, trials: int):
         cfg = choice[name].cfg
         if cfg.family not in ("rans", "sign") or trials <= 1:
             return cfg.kind, budget.encode(cfg, delta, tensor_seed(ctx.seed, name))
+        if (name, cfg, trials) in seeds:
+            return cfg.kind, budget.encode(cfg, delta, seeds[name, cfg, trials])
         st = ctx.stats.get(name)
         rows = budget.sample_rows(delta.shape[0])
         best = None
@@ -205,7 +234,8 @@ def plan_budget(ctx, ratio: float, trials: int):
             s = trial_seed(ctx.seed, name, i)
             o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows)
             if best is None or o.error < best[0]:
-                best = (o.error, enc)
+                best = (o.error, enc, s)
+        seeds[name, cfg, trials] = best[2]
         return cfg.kind, best[1]
 
     return hook, record
@@ -214,9 +244,6 @@ def plan_budget(ctx, ratio: float, trials: int):
 # -- Delta-CoMe / DeltaMix ---------------------------------------------------------------------------------------
 def plan_deltacome(ctx, ratio: float, allocation: str):
     from . import deltacome
-    if allocation not in ("paper", "ilp"):
-        raise UsageError(f"--allocation must be paper (Delta-CoMe) or ilp (DeltaMix), got {allocation!r}",
-                         field="allocation")
     big = [t for t in ctx.tasks if t.kind == KIND_COMPRESSED]
     dense = [t for t in ctx.tasks if t.kind == KIND_DENSE]
     # one per-matrix ratio r for every compressed tensor so that the whole file lands on `ratio`

@@ -1,0 +1,81 @@
+"""The --target-ratio allocator: exact knapsack on small instances, honest size estimates, candidates."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from ddq_format import Writer, open_ddq
+from ddq_format.accounting import report
+from ddq_format.converters import budget
+
+
+def _options(rng, n_tensors=4, n_opts=4):
+    out = {}
+    for t in range(n_tensors):
+        b = np.sort(rng.integers(10, 1000, n_opts))
+        e = np.sort(rng.random(n_opts))[::-1] * (t + 1)  # more bytes, less error
+        out[f"t{t}"] = [budget.Option(budget.Config("raw16", alpha=i), int(bb), float(ee)) for i, (bb, ee)
+                        in enumerate(zip(b, e))]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_allocation_is_close_to_the_exact_optimum(seed):
+    rng = np.random.default_rng(seed)
+    opts = _options(rng)
+    for cap in (1500, 2500, 3500):
+        got = budget.allocate(opts, cap)
+        assert sum(o.bytes for o in got.values()) <= cap
+        best = min((sum(c[i].error for i, c in zip(combo, opts.values())), combo)
+                   for combo in itertools.product(range(4), repeat=4)
+                   if sum(c[i].bytes for i, c in zip(combo, opts.values())) <= cap)[0]
+        assert sum(o.error for o in got.values()) <= best * 1.25 + 1e-9  # Lagrangian + fill: near-exact
+
+
+def test_infeasible_budget_falls_back_to_the_smallest():
+    opts = _options(np.random.default_rng(0))
+    got = budget.allocate(opts, 10)
+    assert all(got[n].bytes == min(o.bytes for o in opts[n]) for n in opts)
+
+
+def test_size_estimates_add_up_to_the_bytes_in_the_file(tmp_path):
+    """Each estimate counts its buffers' trailing padding, accounting the leading one: the totals agree."""
+    cfgs = [budget.Config("rans", alpha=4), budget.Config("rans", alpha=16, step=0.0), budget.Config("sign", alpha=8),
+            budget.Config("lowrank", rank=2), budget.Config("raw16"), budget.Config("dense_q", bits=8)]
+    rng = np.random.default_rng(1)
+    base = {"shape": [40, 96], "dtype": "F32", "fingerprint": "sample4096-crc32:0123abcd"}
+    p = tmp_path / "x.ddq"
+    est = 0
+    with Writer(p) as w:
+        for i, cfg in enumerate(cfgs):
+            d = (rng.standard_normal((40, 96) if cfg.family != "dense_q" else (96,)) * 1e-3).astype(np.float32)
+            enc = budget.encode(cfg, d, 7)
+            name = f"model.layers.{i}.mlp.up_proj.weight"
+            entry, bufs = budget.as_entry(name, d.shape, "F32", cfg.kind, enc, base)
+            est += budget.stored_bytes(entry)
+            w.add(name, cfg.kind, d.shape, "F32", enc, base=base)
+            want = budget.decode(entry, bufs)
+            assert want.shape == d.shape
+    with open_ddq(p) as f:
+        rep = report(f)
+        got = sum(t["stored_bytes"] for t in rep["tensors"])
+        trailing = -f.data_length % 64  # the data section's last padding: in the file's overhead, not an entry's
+    assert 0 <= est - got - trailing <= 16 * len(cfgs)  # never under: offsets/CRCs estimated at their widest
+
+
+def test_step_quantizer_and_unbiased_sign_scale():
+    v = np.random.default_rng(2).standard_normal(10000).astype(np.float32)
+    q = budget.step_quantizer(v, 4, 1.0)
+    assert q.zero == 8 and abs(q.scale - v.std()) < 1e-2
+    enc = budget.encode(budget.Config("sign", alpha=1), v.reshape(100, 100), 0)
+    a = np.abs(v.astype(np.float64))
+    assert enc.params["scale"] == pytest.approx((a * a).mean() / a.mean(), rel=1e-6)
+
+
+def test_grid_has_dense_q_for_vectors_and_lowrank_for_embeddings():
+    assert [c.family for c in budget.grid((576,), "n", False)] == ["dense_q"]
+    fams = {c.family for c in budget.grid((100, 64), "e", True)}
+    assert {"raw16", "rans", "lowrank"} <= fams
+    assert all(c.alpha <= 64 for c in budget.grid((100, 64), "x", False))
