@@ -10,10 +10,13 @@ config/tokenizer files are reported beside it, not inside it). Candidates per te
     equal bytes on the example, benchmarks/results/quality.md): the reference min-max grid, 1-bit signs behind
     dropout (even with the unbiased scale E[v^2]/E|v|), 2-bit codes;
   - 1-D deltas (norms, biases): `dense_q` 8-bit codes (raw binary16 plus its entry would exceed its fp16 size).
-Error: calibration.TensorStats.error, the Fisher-weighted layer-output error on the fine-tune's activations
-over the calibration text; candidates are scored on what a loader decodes (each is encoded and decoded).
-Allocation: minimise the summed error under the byte budget, a multiple-choice knapsack solved by its
-Lagrangian (bisection on the price of a byte), then the leftover bytes go to the best error-per-byte upgrades.
+Cost: each candidate is encoded and decoded (what a loader gets) and measured on the fine-tune's activations
+over the calibration text (calibration.TensorStats): its gain g and the noise N left beside it; the default
+objective prices every element's noise-to-signal ratio equally (sum of numel x N/(g^2 S), "snr"); "fisher"
+sums N/g^2 in the Fisher-weighted metric instead, which measured worse on the example (53% vs 8x% exact
+match at 128x; benchmarks/results/quality.md) and is kept as an option.
+Allocation: minimise the summed cost under the byte budget, a multiple-choice knapsack solved by its
+Lagrangian (bisection on the price of a byte), then the leftover bytes go to the best cost-per-byte upgrades.
 Seeds: the chosen dropout configurations then try `seed_trials` seeds per tensor (as --seed-trials).
 """
 from __future__ import annotations
@@ -144,7 +147,17 @@ def decode(entry: dict, bufs: dict) -> np.ndarray:
 class Option:
     cfg: Config
     bytes: int
-    error: float
+    error: float  # N / g^2: the noise left after the gain, in the Fisher-weighted output metric
+    rel: float = 0.0  # N / (g^2 S): the same relative to the delta's own size (1 / SNR)
+    numel: int = 0
+
+    def cost(self, objective: str) -> float:
+        """What the allocator sums. snr (default): numel x rel, every element of every tensor at an equal
+        price for its noise-to-signal ratio; fisher: error, tensors weighted by their calibration Fisher."""
+        return self.error if objective == "fisher" else self.numel * self.rel
+
+
+OBJECTIVES = ("snr", "fisher")
 
 
 def score(name, delta, dtype, base, cfg, seed, stats, rows) -> tuple[Option, Encoded]:
@@ -152,25 +165,26 @@ def score(name, delta, dtype, base, cfg, seed, stats, rows) -> tuple[Option, Enc
     entry, bufs = as_entry(name, delta.shape, dtype, cfg.kind, enc, base)
     nbytes = stored_bytes(entry)
     if stats is None or delta.ndim != 2:
-        return Option(cfg, nbytes, 0.0), enc
+        return Option(cfg, nbytes, 0.0, 0.0, delta.size), enc
     d_hat = decode(entry, bufs)
-    return Option(cfg, nbytes, noise_to_signal(stats, delta[rows], d_hat[rows], rows)), enc
+    err, rel = noise_to_signal(stats, delta[rows], d_hat[rows], rows)
+    return Option(cfg, nbytes, err, rel, delta.size), enc
 
 
-def noise_to_signal(stats, d, d_hat, rows) -> float:
-    """The error the allocator sums: with S = <D, D>, C = <D^, D>, Q = <D^, D^> in the Fisher metric, the
-    approximation is a gain g = C/S times D plus noise N = Q - C^2/S; the cost is N/g^2 = S (Q S / C^2 - 1).
-    A shrinking quantizer (gain < 1) is charged for the shrinkage, not rewarded for its smaller squared error:
-    on memorised facts a delta scaled down loses answers that an unbiased but noisy one keeps
-    (benchmarks/results/quality.md)."""
+def noise_to_signal(stats, d, d_hat, rows) -> tuple[float, float]:
+    """(N/g^2, N/(g^2 S)). With S = <D, D>, C = <D^, D>, Q = <D^, D^> in the Fisher metric, the approximation
+    is a gain g = C/S times D plus noise N = Q - C^2/S; N/g^2 = S (Q S / C^2 - 1). A shrinking quantizer
+    (gain < 1) is charged for the shrinkage, not rewarded for its smaller squared error: on memorised facts a
+    delta scaled down loses answers that an unbiased but noisy one keeps (benchmarks/results/quality.md)."""
     S = stats.inner(d, d, rows)
     C = stats.inner(d_hat, d, rows)
     Q = stats.inner(d_hat, d_hat, rows)
     if S <= 0:
-        return 0.0
+        return 0.0, 0.0
     if C <= 1e-12 * S:
-        return S * 1e6  # no signal left
-    return max(S * (Q * S / (C * C) - 1.0), 0.0)
+        return S * 1e6, 1e6  # no signal left
+    rel = max(Q * S / (C * C) - 1.0, 0.0)
+    return S * rel, rel
 
 
 def sample_rows(n: int, seed: int = 0) -> np.ndarray:
@@ -179,19 +193,19 @@ def sample_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, ROW_SAMPLE, replace=False))
 
 
-def allocate(options: dict[str, list[Option]], budget: float) -> dict[str, Option]:
-    """Least total error with total bytes <= budget (best effort: the Lagrangian solution, then upgrades by
-    error saved per extra byte while they fit). Falls back to the smallest option of each tensor."""
+def allocate(options: dict[str, list[Option]], budget: float, objective: str = "snr") -> dict[str, Option]:
+    """Least total cost with total bytes <= budget (best effort: the Lagrangian solution, then upgrades by
+    cost saved per extra byte while they fit). Falls back to the smallest option of each tensor."""
     names = list(options)
 
     def pick(lam):
-        return {n: min(options[n], key=lambda o: (o.error + lam * o.bytes, o.bytes)) for n in names}
+        return {n: min(options[n], key=lambda o: (o.cost(objective) + lam * o.bytes, o.bytes)) for n in names}
 
     def total(ch):
         return sum(o.bytes for o in ch.values())
 
     lo, hi = 1e-30, 1e30
-    best = {n: min(options[n], key=lambda o: (o.bytes, o.error)) for n in names}
+    best = {n: min(options[n], key=lambda o: (o.bytes, o.cost(objective))) for n in names}
     if total(best) > budget:
         return best
     for _ in range(200):
@@ -203,11 +217,12 @@ def allocate(options: dict[str, list[Option]], budget: float) -> dict[str, Optio
             lo = mid
         if hi / lo < 1 + 1e-9:
             break
-    return fill(best, options, budget)
+    return fill(best, options, budget, objective)
 
 
-def fill(choice: dict[str, Option], options: dict[str, list[Option]], budget: float) -> dict[str, Option]:
-    """Spend what the Lagrangian leaves: repeatedly take the upgrade with the most error saved per byte."""
+def fill(choice: dict[str, Option], options: dict[str, list[Option]], budget: float,
+         objective: str = "snr") -> dict[str, Option]:
+    """Spend what the Lagrangian leaves: repeatedly take the upgrade with the most cost saved per byte."""
     choice = dict(choice)
     left = budget - sum(o.bytes for o in choice.values())
     while True:
@@ -215,8 +230,9 @@ def fill(choice: dict[str, Option], options: dict[str, list[Option]], budget: fl
         for n, cur in choice.items():
             for o in options[n]:
                 extra = o.bytes - cur.bytes
-                if o.error < cur.error and 0 < extra <= left and (cur.error - o.error) / extra > gain:
-                    best, gain = (n, o), (cur.error - o.error) / extra
+                saved = cur.cost(objective) - o.cost(objective)
+                if saved > 0 and 0 < extra <= left and saved / extra > gain:
+                    best, gain = (n, o), saved / extra
         if best is None:
             return choice
         left -= best[1].bytes - choice[best[0]].bytes

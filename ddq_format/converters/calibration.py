@@ -156,9 +156,10 @@ def load_finetune(folder, why: str = "calibration", field: str = "calib"):
 
 
 def collect(folder, ids: np.ndarray, names, *, samples: int = FISHER_SAMPLES, seed: int = 0,
-            chunk: int = CHUNK) -> Stats:
+            chunk: int = CHUNK, step=None) -> Stats:
     """Run the fine-tune over `ids` in chunks of `chunk` tokens: one forward pass for the input Grams, then
-    `samples` backward passes of sampled-label log-likelihoods for the Fisher weights."""
+    `samples` backward passes of sampled-label log-likelihoods for the Fisher weights. step(done, total) is
+    called after every pass over a chunk (progress)."""
     import torch
     t0 = time.perf_counter()
     model = load_finetune(folder)
@@ -206,10 +207,14 @@ def collect(folder, ids: np.ndarray, names, *, samples: int = FISHER_SAMPLES, se
 
     handles = [m.register_forward_pre_hook(pre) for m in lin]
     try:
+        total, done = len(chunks) * (1 + samples), 0
         with torch.no_grad():
             for x in chunks:
                 site_of.clear()
                 model(x)
+                done += 1
+                if step:
+                    step(done, total)
         for h in handles:
             h.remove()
         handles = [m.register_full_backward_hook(bwd) for m in lin] + [m.register_forward_hook(emb_fwd) for m in emb]
@@ -224,6 +229,9 @@ def collect(folder, ids: np.ndarray, names, *, samples: int = FISHER_SAMPLES, se
                 y = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=gen)[:, 0]
                 torch.nn.functional.cross_entropy(logits, y, reduction="sum").backward()
                 model.zero_grad(set_to_none=True)
+                done += 1
+                if step:
+                    step(done, total)
     finally:
         for h in handles:
             h.remove()

@@ -62,6 +62,8 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
                          f"budget of {', '.join(METHODS)}; not {method!r}", field="target_ratio")
     if method == "deltadq" and any(options.get(k) is not None for k in ("alpha", "bits")):
         raise UsageError("--target-ratio chooses alpha and bits per tensor; do not pass them too", field="target_ratio")
+    if options.get("objective", "snr") not in budget.OBJECTIVES:
+        raise UsageError(f"objective must be one of {budget.OBJECTIVES}", field="objective")
     if method == "deltacome" and options.get("allocation", "paper") not in ("paper", "ilp"):
         raise UsageError(f"--allocation must be paper (Delta-CoMe) or ilp (DeltaMix), got "
                          f"{options.get('allocation')!r}", field="allocation")
@@ -87,12 +89,18 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     if stats is None:
         console.print(f"calibration: {len(ids)} tokens through the fine-tune (forward + "
                       f"{calibration.FISHER_SAMPLES} backward passes)")
-        stats = calibration.collect(ft_ck.folder, ids, names, seed=seed)
+        from ..progress import make_progress
+        bar = make_progress(console, enabled=progress)
+        job = bar.add_task("calibration", total=None, what="passes")
+        with bar:
+            stats = calibration.collect(ft_ck.folder, ids, names, seed=seed,
+                                        step=lambda d, t: bar.update(job, completed=d, total=t))
         if cache is not None:
             cache["stats"] = stats
-    ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console, cache if cache is not None else {})
+    ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console, cache if cache is not None else {}, progress)
     if method == "deltadq":
-        hook, record = plan_budget(ctx, float(target_ratio), seed_trials if seed_trials > 1 else DEFAULT_SEED_TRIALS)
+        hook, record = plan_budget(ctx, float(target_ratio), seed_trials if seed_trials > 1 else DEFAULT_SEED_TRIALS,
+                                   options.get("objective", "snr"))
     elif method == "deltacome":
         hook, record = plan_deltacome(ctx, float(target_ratio or 16), options.get("allocation", "paper"))
     elif method == "deltazip":
@@ -127,9 +135,9 @@ def tensors_ratio(path) -> float:
 
 
 class Context:
-    def __init__(self, base, ft, tasks, stats, seed, workers, console, cache):
+    def __init__(self, base, ft, tasks, stats, seed, workers, console, cache, progress=True):
         self.base, self.ft, self.tasks, self.stats = base, ft, tasks, stats
-        self.seed, self.workers, self.console, self.cache = seed, workers, console, cache
+        self.seed, self.workers, self.console, self.cache, self.progress = seed, workers, console, cache, progress
 
     def delta(self, name: str) -> np.ndarray:
         from .pipeline import delta_blocks
@@ -147,9 +155,18 @@ class Context:
     def all_fp16(self) -> int:
         return sum(2 * t.numel for t in self.tasks if t.kind not in (KIND_REMOVED, KIND_TIED))
 
-    def map(self, fn, items):
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return list(pool.map(fn, items))
+    def map(self, fn, items, what="tensors"):
+        """fn over items on `workers` threads, in order, with a progress bar."""
+        from ..progress import make_progress
+        items = list(items)
+        bar = make_progress(self.console, enabled=self.progress)
+        job = bar.add_task(what, total=len(items), what="tensors")
+        out = []
+        with bar, ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for r in pool.map(fn, items):
+                out.append(r)
+                bar.update(job, advance=1)
+        return out
 
 
 def small(name, delta):
@@ -176,7 +193,7 @@ def fixed_overhead(ctx, record: dict) -> int:
 
 
 # -- --target-ratio: the budget allocator ------------------------------------------------------------------------
-def plan_budget(ctx, ratio: float, trials: int):
+def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
     total_budget = ctx.all_fp16() / ratio
     ctx.console.print(f"--target-ratio {ratio:g}: {total_budget:,.0f} bytes for every tensor "
                       f"({ctx.all_fp16():,} fp16 delta bytes)")
@@ -196,20 +213,20 @@ def plan_budget(ctx, ratio: float, trials: int):
     t0 = time.perf_counter()
     options = ctx.cache.get("options")
     if options is None:
-        options = dict(ctx.map(options_of, ctx.data_tasks()))
+        options = dict(ctx.map(options_of, ctx.data_tasks(), "scoring candidates"))
         ctx.cache["options"] = options
         ctx.console.print(f"  scored {sum(map(len, options.values()))} candidates of {len(options)} tensors "
                           f"({time.perf_counter() - t0:.1f} s)")
     seeds = ctx.cache.setdefault("seeds", {})
     data_names = [t.name for t in ctx.data_tasks()]
     record = {"method": "deltadq", "planner": "budget", "encoding": "per tensor",
-              "objective": "min sum of Fisher-weighted layer-output errors s.t. all-tensor bytes <= budget",
+              "objective": objective, "cost": "snr: sum numel * N/(g^2 S); fisher: sum N/g^2 (Fisher-weighted)",
               "budget_bytes": int(total_budget), "seed": int(ctx.seed), "seed_trials": int(trials),
               "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
               "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
     for _ in range(2):  # the record lists the configurations chosen: size it, then allocate again
         avail = total_budget - fixed_overhead(ctx, dict(record, calibration=ctx.stats.record(), target_ratio=ratio))
-        choice = budget.allocate(options, avail)
+        choice = budget.allocate(options, avail, objective)
         configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
         record["configs"] = [c.label() for c in configs]
         index = {c: i for i, c in enumerate(configs)}
@@ -225,17 +242,17 @@ def plan_budget(ctx, ratio: float, trials: int):
         cfg = choice[name].cfg
         if cfg.family not in ("rans", "sign") or trials <= 1:
             return cfg.kind, budget.encode(cfg, delta, tensor_seed(ctx.seed, name))
-        if (name, cfg, trials) in seeds:
-            return cfg.kind, budget.encode(cfg, delta, seeds[name, cfg, trials])
+        if (name, cfg, trials, objective) in seeds:
+            return cfg.kind, budget.encode(cfg, delta, seeds[name, cfg, trials, objective])
         st = ctx.stats.get(name)
         rows = budget.sample_rows(delta.shape[0])
         best = None
         for i in range(trials):  # the seed search of --seed-trials, on the chosen configuration
             s = trial_seed(ctx.seed, name, i)
             o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows)
-            if best is None or o.error < best[0]:
-                best = (o.error, enc, s)
-        seeds[name, cfg, trials] = best[2]
+            if best is None or o.cost(objective) < best[0]:
+                best = (o.cost(objective), enc, s)
+        seeds[name, cfg, trials, objective] = best[2]
         return cfg.kind, best[1]
 
     return hook, record

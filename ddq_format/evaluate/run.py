@@ -74,14 +74,14 @@ def run(base, finetuned, files, data_path, *, sweep=(), out_dir=None, calib=None
 
 def convert_ladder(base, finetuned, out_dir, ratios, calib, workers, progress, console) -> list[Path]:
     from ..converters import convert
-    out = []
+    out, cache = [], {}  # one calibration and one scoring of the candidates for the whole ladder
     for r in ratios:
         if not r >= 1:
             raise UsageError(f"target ratio {r:g} must be >= 1", field="ratios")
         p = Path(out_dir) / f"target-{r:g}x.ddq"
         console.print(f"converting at --target-ratio {r:g} -> {p}")
         convert(base, finetuned, p, target_ratio=r, calib=calib, workers=workers, progress=progress,
-                console=console, print_summary=False)
+                console=console, print_summary=False, method_options={"cache": cache})
         out.append(p)
     return out
 

@@ -16,8 +16,8 @@ def _options(rng, n_tensors=4, n_opts=4):
     for t in range(n_tensors):
         b = np.sort(rng.integers(10, 1000, n_opts))
         e = np.sort(rng.random(n_opts))[::-1] * (t + 1)  # more bytes, less error
-        out[f"t{t}"] = [budget.Option(budget.Config("raw16", alpha=i), int(bb), float(ee)) for i, (bb, ee)
-                        in enumerate(zip(b, e))]
+        out[f"t{t}"] = [budget.Option(budget.Config("raw16", alpha=i), int(bb), float(ee), float(ee) / 10, 10)
+                        for i, (bb, ee) in enumerate(zip(b, e))]  # snr cost numel * rel equals the error here
     return out
 
 
@@ -25,8 +25,8 @@ def _options(rng, n_tensors=4, n_opts=4):
 def test_allocation_is_close_to_the_exact_optimum(seed):
     rng = np.random.default_rng(seed)
     opts = _options(rng)
-    for cap in (1500, 2500, 3500):
-        got = budget.allocate(opts, cap)
+    for cap, objective in ((1500, "snr"), (2500, "fisher"), (3500, "snr")):
+        got = budget.allocate(opts, cap, objective)
         assert sum(o.bytes for o in got.values()) <= cap
         best = min((sum(c[i].error for i, c in zip(combo, opts.values())), combo)
                    for combo in itertools.product(range(4), repeat=4)
@@ -79,3 +79,17 @@ def test_grid_has_dense_q_for_vectors_and_lowrank_for_embeddings():
     fams = {c.family for c in budget.grid((100, 64), "e", True)}
     assert {"raw16", "rans", "lowrank"} <= fams
     assert all(c.alpha <= 64 for c in budget.grid((100, 64), "x", False))
+
+
+def test_snr_objective_prices_every_element_alike():
+    """Dropout-like candidates (noise (alpha - 1) per element, bytes ~ numel / alpha): equal-SNR allocation gives
+    every tensor the same alpha, whatever its size; the Fisher objective follows the weights instead."""
+    def opts(numel, weight):
+        return [budget.Option(budget.Config("rans", alpha=a), numel // a, weight * numel * (a - 1), a - 1, numel)
+                for a in (2, 4, 8, 16, 32)]
+    options = {"big": opts(1 << 20, 1.0), "small": opts(1 << 14, 1.0), "heavy": opts(1 << 16, 1000.0)}
+    cap = sum(o[2].bytes for o in options.values())  # alpha = 8 for all fits exactly
+    got = budget.allocate(options, cap, "snr")
+    assert {n: o.cfg.alpha for n, o in got.items()} == {"big": 8, "small": 8, "heavy": 8}
+    fisher = budget.allocate(options, cap, "fisher")
+    assert fisher["heavy"].cfg.alpha < 8
