@@ -14,10 +14,6 @@ from . import encodings
 from .spec import FOOTER_SIZE, KIND_COMPRESSED, KIND_REMOVED, KIND_TIED, PREAMBLE_SIZE, align_up
 
 COMPONENTS = ("values", "col_indices", "row_offsets", "scalars", "dense", "padding", "header")
-# Buffer role -> component. Encodings with other roles (baselines) fall back to "dense".
-ROLE_COMPONENT = {"values": "values", "codes": "values", "signs": "values", "col_indices": "col_indices",
-                  "row_offsets": "row_offsets", "data": "dense",
-                  "streams": "values", "stream_offsets": "row_offsets"}  # seeded_rans: coded codes, stream starts
 
 
 def _packed_size(obj) -> int:
@@ -28,15 +24,8 @@ def nominal_ratio(entry: dict) -> float | None:
     """The paper's ratio for compressed entries; None where it has no meaning (dense, same...)."""
     if entry["kind"] != KIND_COMPRESSED:
         return None
-    module = encodings.get(entry.get("encoding"))
-    custom = getattr(module, "nominal_ratio", None)
-    if custom is not None:
-        return custom(entry)
-    p = entry.get("params", {})
-    if not {"alpha", "bits"} <= p.keys():
-        return None
-    bits = p["bits"] - int(math.log2(p.get("parts", 1)))
-    return math.inf if bits == 0 else p["alpha"] * 16 / bits
+    enc = encodings.get(entry.get("encoding"))
+    return enc.nominal_ratio(entry) if enc is not None else None
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -45,8 +34,10 @@ def _ratio(num: float, den: float) -> float | None:
 
 def tensor_report(entry: dict, padding_before: dict[tuple, int]) -> dict:
     comps = dict.fromkeys(COMPONENTS, 0)
+    enc = encodings.get(entry.get("encoding"))
+    roles = enc.roles if enc is not None else {}
     for role, b in entry.get("buffers", {}).items():
-        comps[ROLE_COMPONENT.get(role, "dense")] += b["length"]
+        comps[roles.get(role, "dense")] += b["length"]  # an encoding newer than this reader: "dense"
         comps["padding"] += padding_before.get((entry["name"], role), 0)
     params = entry.get("params", {})
     comps["scalars"] = _packed_size(params) if params else 0

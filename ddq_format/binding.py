@@ -6,9 +6,7 @@ import zlib
 import numpy as np
 
 from .errors import BindingError
-from .spec import FINGERPRINT_SAMPLES, FINGERPRINT_SCHEME
-
-_STORAGE = {"F32": np.dtype("<u4"), "F16": np.dtype("<u2"), "BF16": np.dtype("<u2")}
+from .spec import DTYPES, FINGERPRINT_SAMPLES, FINGERPRINT_SCHEME
 
 
 def sample_indices(numel: int) -> np.ndarray:
@@ -24,7 +22,7 @@ def fingerprint_bits(bits: np.ndarray, dtype: str) -> str:
     flat = np.ascontiguousarray(bits).reshape(-1)
     if flat.dtype.kind == "f":  # float arrays are reinterpreted, never value-cast (that would hash numbers)
         flat = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint16)
-    sample = flat[sample_indices(flat.size)].astype(_STORAGE[dtype])
+    sample = flat[sample_indices(flat.size)].astype(DTYPES[dtype].bits)
     return f"{FINGERPRINT_SCHEME}:{zlib.crc32(sample.tobytes()):08x}"
 
 
@@ -35,8 +33,7 @@ def fingerprint(array: np.ndarray, dtype: str) -> str:
             from .encodings.raw import to_bf16_bits
             array = to_bf16_bits(np.asarray(array, np.float32))
         return fingerprint_bits(array, dtype)
-    np_dtype = np.float32 if dtype == "F32" else np.float16
-    return fingerprint_bits(np.asarray(array, np_dtype).view(_STORAGE[dtype]), dtype)
+    return fingerprint_bits(np.asarray(array, DTYPES[dtype].numpy).view(DTYPES[dtype].bits), dtype)
 
 
 def binding(array_bits: np.ndarray, shape, dtype: str) -> dict:

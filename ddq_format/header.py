@@ -8,7 +8,7 @@ import msgpack
 from . import encodings
 from .encodings._common import Ctx
 from .errors import EncodingError, FormatError
-from .spec import (ALIGNMENT, CHECKSUM, ENCODINGS_BY_KIND, FLOAT_DTYPES, FORMAT_MINOR, KIND_TIED, KINDS, MAX_ARRAY,
+from .spec import (ALIGNMENT, CHECKSUM, MAX_ALIGNMENT, MAX_FILE_NAME_BYTES, ENCODINGS_BY_KIND, FLOAT_DTYPES, FORMAT_MINOR, KIND_TIED, KINDS, MAX_ARRAY,
                    MAX_DECODED_BYTES, MAX_DIM, MAX_FILES, MAX_MAP, MAX_NAME_BYTES, MAX_NDIM, MAX_STRING,
                    MAX_TENSORS)
 
@@ -44,7 +44,7 @@ def unpack(raw: bytes, path) -> dict:
 
 def _safe_file_name(name) -> bool:
     """Aux files are written to disk by materialize: no absolute paths, no traversal."""
-    if not isinstance(name, str) or not name or len(name.encode()) > 255 or "\\" in name or "\0" in name:
+    if not isinstance(name, str) or not name or len(name.encode()) > MAX_FILE_NAME_BYTES or "\\" in name or "\0" in name:
         return False
     return not name.startswith("/") and all(part not in ("", ".", "..") for part in name.split("/"))
 
@@ -75,7 +75,7 @@ def validate(header: dict, data_length: int, path, minor: int = FORMAT_MINOR) ->
     allowed because the file's minor version is newer than this library's). Raises FormatError/EncodingError."""
     newer_minor, unsupported = minor > FORMAT_MINOR, set()
     alignment = header.get("alignment")
-    if not _int(alignment) or alignment < ALIGNMENT or alignment & (alignment - 1) or alignment > 2**20:
+    if not _int(alignment) or alignment < ALIGNMENT or alignment & (alignment - 1) or alignment > MAX_ALIGNMENT:
         raise FormatError(f"must be a power of two >= {ALIGNMENT}, got {alignment!r}", path=path,
                           field="alignment")
     if data_length % alignment:
@@ -99,7 +99,7 @@ def validate(header: dict, data_length: int, path, minor: int = FORMAT_MINOR) ->
     file_names = set()
     for i, f in enumerate(files):
         if not isinstance(f, dict) or not _safe_file_name(f.get("name")):
-            raise FormatError("file name must be a relative path of at most 255 bytes without '..', '.', empty "
+            raise FormatError(f"file name must be a relative path of at most {MAX_FILE_NAME_BYTES} bytes without '..', '.', empty "
                               "segments, backslashes or NUL", path=path, field=f"files[{i}].name")
         if f["name"] in file_names:
             raise FormatError(f"duplicate file {f['name']!r}", path=path, field=f"files[{i}].name")

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from . import encodings
-from .encodings import csr_parts as _csr
-from .encodings import seeded as _seeded
+from .encodings._common import Ctx
 from .errors import ChecksumError, DDQError, EncodingError, FormatError, VersionError
 from .header import unpack, validate
-from .spec import (ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR,
+from .spec import (FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR,
                    KIND_REMOVED, KIND_SAME, KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
 
 
@@ -126,18 +125,14 @@ class DDQFile:
             raise FormatError(str(err), path=self.path, tensor=name, field="buffers") from None
 
     def parts(self, name: str):
-        """csr_parts: the list of raw Part(row_offsets, col_indices, codes, offset); seeded: the code matrix."""
+        """The stored parts: csr_parts the list of raw Part(row_offsets, col_indices, codes, offset);
+        seeded and seeded_rans the code matrix [rows, kept_per_row] in kept order."""
         e = self.entry(name)
-        if e.get("encoding") == ENC_CSR_PARTS:
-            from .encodings._common import Ctx
-            return _csr.parts_of(e, self.buffers(name), Ctx(self.path, name))
-        if e.get("encoding") == ENC_SEEDED:
-            return _seeded.codes_of(e, self.buffers(name))
-        if e.get("encoding") == ENC_SEEDED_RANS:
-            from .encodings import seeded_rans
-            return seeded_rans.codes_of(e, self.buffers(name))
-        raise DDQError(f"entry of kind {e['kind']} has no compressed parts", path=self.path, tensor=name,
-                       field="encoding")
+        enc = encodings.get(e.get("encoding")) if name not in self.unsupported else None
+        if enc is None or not enc.has_parts:
+            raise DDQError(f"entry of kind {e['kind']} has no compressed parts", path=self.path, tensor=name,
+                           field="encoding")
+        return enc.parts(e, self.buffers(name), Ctx(self.path, name))
 
     def close(self):
         mm = getattr(self, "_mm", None)

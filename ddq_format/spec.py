@@ -2,6 +2,8 @@
 values and every other module imports them from here."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 1  # the newest minor this library reads; writers record the lowest minor a file needs
 
@@ -24,6 +26,10 @@ MAX_ARRAY = 1_000_000
 MAX_MAP = 1_000_000
 MAX_FILES = 256  # auxiliary files (config.json, tokenizer files)
 MAX_ALPHA = 65536
+MAX_BITS = 8  # k: bits of a quantizer code (codes fit in a byte)
+MAX_SEED = 2**32 - 1  # per-entry seeds are uint32: the mask hash takes 32 bits
+MAX_ALIGNMENT = 2**20  # largest buffer alignment a header may declare
+MAX_FILE_NAME_BYTES = 255  # auxiliary file names (a relative path), in UTF-8 bytes
 
 CHECKSUM = "crc32"  # zlib/ISO-HDLC CRC-32 over a buffer's bytes
 
@@ -60,11 +66,35 @@ RANS_PROB_BITS = 12  # P: the frequency table sums to 2^P
 RANS_STATE_LOW = 1 << 16  # L: the state lives in [L, 2^32); the encoder starts and the decoder ends at L
 RANS_SYMBOLS_PER_STREAM = 1024  # writer default: rows_per_stream = ceil(this / kept_per_row)
 
-# Element types of raw buffers, little-endian.
-DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "I8": 1,
-               "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+# Element types of buffers and tensors, little-endian: the one dtype table of the project.
+@dataclass(frozen=True)
+class DType:
+    name: str  # the spec's name (also safetensors' name)
+    size: int  # bytes per element
+    numpy: str  # numpy storage dtype; BF16 is stored as its uint16 bit patterns
+    torch: str  # attribute of the torch module (torch is never imported here)
+    float: bool = False
+    bits: str | None = None  # floats: the unsigned numpy dtype of the same width (bit patterns)
+
+
+DTYPES = {d.name: d for d in (
+    DType("F32", 4, "<f4", "float32", True, "<u4"), DType("F16", 2, "<f2", "float16", True, "<u2"),
+    DType("BF16", 2, "<u2", "bfloat16", True, "<u2"),
+    DType("U8", 1, "u1", "uint8"), DType("U16", 2, "<u2", "uint16"), DType("U32", 4, "<u4", "uint32"),
+    DType("U64", 8, "<u8", "uint64"), DType("I8", 1, "i1", "int8"), DType("I16", 2, "<i2", "int16"),
+    DType("I32", 4, "<i4", "int32"), DType("I64", 8, "<i8", "int64"), DType("BOOL", 1, "u1", "bool"))}
+DTYPE_SIZES = {n: d.size for n, d in DTYPES.items()}
+NP_DTYPES = {n: d.numpy for n, d in DTYPES.items()}
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 INDEX_DTYPES = ("U8", "U16", "U32", "U64")
+OFFSET_DTYPES = ("U32", "U64")  # row offsets / stream offsets: U64 only when the count reaches 2^32
+
+
+def offsets_dtype(total: int) -> str:
+    """U32 for offsets below 2^32, else U64 (csr_parts, csr_f16, seeded_rans)."""
+    return "U32" if total < 2**32 else "U64"
+
+
 PACKED = "PACKED"  # bit-packed codes; the bit width is in the entry's params
 
 # The seeded mask hash (SPEC.md §Seeded mask). Changing any of these changes every seeded file.

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..binding import binding
+from .. import encodings
 from ..encodings import raw
 from ..errors import UsageError
 from ..spec import (CONVERT_CALIB_MAX_TOKENS, CONVERT_FALLBACK_GROUP_SIZE, CONVERT_RATIO_PRESETS,
@@ -124,7 +125,7 @@ def resolve_options(*, method, alpha, bits, parts, encoding, ratio, group_size, 
         raise UsageError(f"bits k={bits} outside 1..8", field="bits")
     if parts < 1 or parts & (parts - 1) or parts > (1 << bits):
         raise UsageError(f"parts m={parts} must be a power of two in 1..2^k={1 << bits}", field="parts")
-    if method == "deltadq" and encoding in ("seeded", "seeded_rans") and parts != 1:
+    if method == "deltadq" and not encodings.get(encoding).separate_parts and parts != 1:
         note(f"--encoding {encoding} stores whole k-bit codes: parts m={parts} does not apply (m=1)")
         parts = 1
     if method == "deltadq" and parts == (1 << bits):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..errors import EncodingError
-from ..spec import DTYPE_SIZES, MAX_ALPHA
+from ..spec import DTYPE_SIZES, MAX_ALPHA, NP_DTYPES
 
 
 class Ctx:
@@ -69,8 +69,9 @@ def view(buf, dtype):
     return np.frombuffer(buf, dtype=np.dtype(NP_DTYPES[dtype]))
 
 
-NP_DTYPES = {"F32": "<f4", "F16": "<f2", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "I8": "i1",
-             "I16": "<i2", "I32": "<i4", "I64": "<i8", "BOOL": "u1", "BF16": "<u2"}
+def as_bytes(a: np.ndarray, dtype: str) -> np.ndarray:
+    """`a` cast to the spec dtype's little-endian storage type, as a flat uint8 view (what the writer takes)."""
+    return np.ascontiguousarray(np.asarray(a).astype(NP_DTYPES[dtype], copy=False)).reshape(-1).view(np.uint8)
 
 
 def nbytes(dtype, count):

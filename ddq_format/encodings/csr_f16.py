@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec import ENC_CSR_F16, index_dtype_for
+from ..spec import ENC_CSR_F16, OFFSET_DTYPES, index_dtype_for, offsets_dtype
 from . import Encoded
-from ._common import Ctx, buffer, matrix_shape, nbytes, param, view
+from ._common import Ctx, as_bytes, buffer, matrix_shape, nbytes, param, view
 
-OFFSET_DTYPES = ("U32", "U64")
+ID = ENC_CSR_F16
+ROLES = {"row_offsets": "row_offsets", "col_indices": "col_indices", "values": "values"}
 METHODS = ("dare", "magnitude")
 
 
@@ -28,17 +29,15 @@ def encode(shape, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, *, met
     rows, cols = rows[order], cols[order]
     values = np.asarray(values, np.float32)[order].astype("<f2")
     nnz = int(values.size)
-    off_dtype = "U32" if nnz < 2**32 else "U64"
+    off_dtype = offsets_dtype(nnz)
     counts = np.bincount(rows, minlength=n_rows)
     offsets = np.zeros(n_rows + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     idx_dtype = index_dtype_for(max(n_cols - 1, 0))
-    np_off = {"U32": "<u4", "U64": "<u8"}[off_dtype]
-    np_idx = {"U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}[idx_dtype]
     params = {"method": method, "alpha": int(alpha), "nnz": nnz, "seed": int(seed)}
     return Encoded(ENC_CSR_F16, params, {
-        "row_offsets": (off_dtype, offsets.astype(np_off).view(np.uint8)),
-        "col_indices": (idx_dtype, np.ascontiguousarray(cols.astype(np_idx)).view(np.uint8)),
+        "row_offsets": (off_dtype, as_bytes(offsets, off_dtype)),
+        "col_indices": (idx_dtype, as_bytes(cols, idx_dtype)),
         "values": ("F16", values.view(np.uint8)),
     })
 
