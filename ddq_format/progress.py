@@ -8,7 +8,6 @@ and one when it ends, so a log is never silent for long and never holds one gian
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime
 
 from rich.console import Console

@@ -1,0 +1,89 @@
+"""Options of a conversion: validated together, before any checkpoint is read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import encodings
+from ..errors import UsageError
+from ..spec import CONVERT_RATIO_PRESETS, MAX_ALPHA, MAX_BITS
+from . import groupsize
+from .methods import DEFAULT_ALPHA, DEFAULT_RANK, ENCODINGS, METHODS, Options
+
+EMBEDDINGS_MODES = ("dense", "compressed")
+
+
+def resolve_options(*, method, alpha, bits, parts, encoding, ratio, group_size, workers, embeddings, rank,
+                    seed, note) -> tuple[Options, object]:
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; one of {', '.join(METHODS)}", field="method")
+    if encoding not in ENCODINGS:
+        raise UsageError(f"unknown encoding {encoding!r}; one of {', '.join(ENCODINGS)}", field="encoding")
+    if embeddings not in EMBEDDINGS_MODES:
+        raise UsageError(f"unknown embeddings mode {embeddings!r}; one of {EMBEDDINGS_MODES}", field="embeddings")
+    if ratio is not None:
+        if method != "deltadq":
+            raise UsageError("--ratio picks DeltaDQ recipes; use it with --method deltadq", field="ratio")
+        if ratio not in CONVERT_RATIO_PRESETS:
+            raise UsageError(f"no preset for ratio {ratio}; presets: {sorted(CONVERT_RATIO_PRESETS)}", field="ratio")
+        if any(v is not None for v in (alpha, bits, parts)):
+            raise UsageError("--ratio sets alpha, bits and parts; do not pass them too", field="ratio")
+        alpha, bits, parts = CONVERT_RATIO_PRESETS[ratio]
+        note(f"--ratio {ratio}: alpha={alpha}, k={bits} bits, m={parts} parts "
+             f"(nominal {16 * alpha / (bits - (parts.bit_length() - 1)):g}x)")
+    alpha = DEFAULT_ALPHA[method] if alpha is None else alpha
+    bits = 4 if bits is None else bits
+    parts = 1 if parts is None else parts
+    if not isinstance(alpha, int) or not 1 <= alpha <= MAX_ALPHA:
+        raise UsageError(f"alpha must be an integer in 1..{MAX_ALPHA}, got {alpha}", field="alpha")
+    if method == "deltadq" and alpha < 1:
+        raise UsageError("alpha must be >= 1", field="alpha")
+    if not 1 <= bits <= MAX_BITS:
+        raise UsageError(f"bits k={bits} outside 1..{MAX_BITS}", field="bits")
+    if parts < 1 or parts & (parts - 1) or parts > (1 << bits):
+        raise UsageError(f"parts m={parts} must be a power of two in 1..2^k={1 << bits}", field="parts")
+    if method == "deltadq" and not encodings.get(encoding).separate_parts and parts != 1:
+        note(f"--encoding {encoding} stores whole k-bit codes: parts m={parts} does not apply (m=1)")
+        parts = 1
+    if method == "deltadq" and parts == (1 << bits):
+        raise UsageError(f"parts m={parts} = 2^k leaves 0 bits per value; use m <= 2^(k-1)", field="parts")
+    if rank is not None and rank < 1:
+        raise UsageError("rank must be >= 1", field="rank")
+    if workers < 1:
+        raise UsageError("workers must be >= 1", field="workers")
+    if not 0 <= seed < 2**63:
+        raise UsageError("seed must be a non-negative 63-bit integer", field="seed")
+    gs = group_size
+    if isinstance(gs, str):
+        if gs != "auto":
+            try:
+                gs = int(gs)
+            except ValueError:
+                raise UsageError(f"group size must be 'auto' or an integer, got {group_size!r}",
+                                 field="group_size") from None
+    if gs != "auto":
+        if gs < 1 or gs % alpha:
+            raise UsageError(f"group size {gs} is not a positive multiple of alpha {alpha}", field="group_size")
+    opts = Options(method=method, alpha=alpha, bits=bits, parts=parts, encoding=encoding,
+                   rank=rank or DEFAULT_RANK)
+    return opts, gs
+
+
+def calibration_text(calib) -> str:
+    """The text of --calib (a file), or the built-in calibration text."""
+    if calib is None:
+        return groupsize.DEFAULT_CALIB_TEXT
+    try:
+        text = Path(calib).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read calibration text: {e.strerror}", path=calib, field="calib") from None
+    if not text.strip():
+        raise UsageError("calibration text is empty", path=calib, field="calib")
+    return text
+
+
+def check_seed_trials(seed_trials, opts: Options) -> None:
+    if not isinstance(seed_trials, int) or seed_trials < 1:
+        raise UsageError(f"--seed-trials must be an integer >= 1, got {seed_trials!r}", field="seed_trials")
+    if seed_trials > 1 and not opts.uses_groups:
+        raise UsageError("--seed-trials chooses group-wise dropout seeds: it applies to --method deltadq and "
+                         "to bitdelta with --alpha > 1", field="seed_trials")
