@@ -16,7 +16,7 @@ from _build import checkpoint_state, expected_state, finetune, save_base, tiny_m
 
 from ddq_format import BindingError, DDQFile, UsageError  # noqa: E402
 from ddq_format.loaders import apply_delta, check_base_binding, finetuned_tensor  # noqa: E402
-from ddq_format.loaders.materialize import materialize  # noqa: E402
+from ddq_format.loaders import materialize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
