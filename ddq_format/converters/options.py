@@ -1,7 +1,11 @@
 """Options of a conversion: validated together, before any checkpoint is read."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .. import encodings
 from ..errors import UsageError
@@ -68,17 +72,38 @@ def resolve_options(*, method, alpha, bits, parts, encoding, ratio, group_size, 
     return opts, gs
 
 
-def calibration_text(calib) -> str:
-    """The text of --calib (a file), or the built-in calibration text."""
+@dataclass(frozen=True)
+class Calibration:
+    """--calib: `text` (what the run key hashes: the file's text, or the built-in text) and `ids`, the token
+    ids when the file gives them (FILE.json holding a JSON list of ids), else None (the text is tokenized)."""
+    text: str
+    ids: np.ndarray | None = None
+    path: str | None = None
+
+
+def calibration_input(calib) -> Calibration:
+    """The calibration of --calib: a text file, a .json file of token ids, or the built-in text."""
     if calib is None:
-        return groupsize.DEFAULT_CALIB_TEXT
+        return Calibration(groupsize.DEFAULT_CALIB_TEXT)
     try:
         text = Path(calib).read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read calibration text: {e.strerror}", path=calib, field="calib") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read calibration text: {getattr(e, 'strerror', None) or e}", path=calib,
+                         field="calib") from None
     if not text.strip():
         raise UsageError("calibration text is empty", path=calib, field="calib")
-    return text
+    if Path(calib).suffix.lower() != ".json":
+        return Calibration(text, None, str(calib))
+    try:
+        ids = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"a .json calibration file holds token ids, and this is not JSON: {e}", path=calib,
+                         field="calib") from None
+    if not (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool)
+                                                  and 0 <= i < 2**63 for i in ids)):
+        raise UsageError("a .json calibration file must hold a non-empty JSON list of token ids (integers >= 0)",
+                         path=calib, field="calib")
+    return Calibration(text, np.asarray(ids, np.int64), str(calib))
 
 
 def check_seed_trials(seed_trials, opts: Options) -> None:

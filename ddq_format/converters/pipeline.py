@@ -8,6 +8,8 @@ Stages, in order: options (options.py) -> open both checkpoints (headers only) a
 """
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import math
@@ -18,12 +20,12 @@ from pathlib import Path
 from ..errors import UsageError
 from ..spec import (CONVERT_CALIB_MAX_TOKENS, CONVERT_FALLBACK_GROUP_SIZE, CONVERT_SEED_DERIVATION,
                     FINGERPRINT_SCHEME, KIND_COMPRESSED, KIND_REMOVED, KIND_TIED)
-from . import groupsize, seed_search
+from . import finite, groupsize, seed_search
 from .checkpoint import Checkpoint
 from .methods import Options
-from .options import calibration_text, check_seed_trials, resolve_options
+from .options import calibration_input, check_seed_trials, resolve_options
 from .plan import plan
-from .resume import ResumableWriter
+from .resume import OutputLock, ResumableWriter, partial_paths
 from .seeds import tensor_seed
 from . import summary as summary_stage
 from .summary import Summary, stored_bytes
@@ -49,58 +51,79 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     opts, gs = resolve_options(method=method, alpha=alpha, bits=bits, parts=parts, encoding=encoding,
                                ratio=ratio, group_size=group_size, workers=workers, embeddings=embeddings,
                                rank=rank, seed=seed, note=note)
-    calib_text = calibration_text(calib)
+    cal = calibration_input(calib)
     check_seed_trials(seed_trials, opts)
     base_ck, ft_ck = Checkpoint(base), Checkpoint(finetuned)
     tasks = plan(base_ck, ft_ck, opts, embeddings)
+    finite.check_small(tasks, base_ck, ft_ck)  # NaN in a norm: refused before any heavy work
 
     settings = {"options": asdict(opts), "group_size": gs, "seed": seed, "embeddings": embeddings,
-                "calib": hashlib.sha256(calib_text.encode()).hexdigest()}
+                "calib": hashlib.sha256(cal.text.encode()).hexdigest()}
     if seed_trials > 1:  # only then: N = 1 keeps today's run key (and bytes)
         settings["seed_trials"] = seed_trials
     run_key = _run_key(base_ck, ft_ck, settings)
-    recorded = ResumableWriter.recorded_start(out, run_key) if resume else None
-    if resume and recorded is None:
-        note("[yellow]--resume: no matching partial run found; starting from the beginning[/]")
+    with OutputLock(out):  # from reading the journal to publishing OUT: one run per output
+        recorded = ResumableWriter.recorded_start(out, run_key) if resume else None
+        if resume and recorded is None:
+            note("[yellow]--resume: no matching partial run found; starting from the beginning[/]")
+        search_seconds = 0.0
+        if recorded is not None:
+            algorithm, base_rec = recorded["algorithm"], recorded["base"]
+        else:
+            chosen, search_rec, search_seconds = _group_size(opts, gs, base_ck, ft_ck, cal, seed, note)
+            algorithm = _algorithm_record(opts, chosen, search_rec, seed, embeddings)
+            base_rec = _base_record(base_ck)
+        chosen, search_rec = algorithm.get("group_size"), algorithm.get("group_size_search")
+        choose_seed, cal_seconds = None, 0.0
+        if seed_trials > 1:
+            choose_seed, cal_seconds = _seed_chooser(tasks, base_ck, ft_ck, cal, opts, seed, seed_trials, note,
+                                                     algorithm if recorded is None else None)
+        ft_names, base_names = finite.checked_names(tasks, opts, chosen)
+        write_tensors = functools.partial(
+            write_all, base_ck=finite.FiniteReads(base_ck, base_names), ft_ck=finite.FiniteReads(ft_ck, ft_names),
+            opts=opts, group_size=chosen, seed=seed, workers=workers, progress=progress, console=console,
+            total=len(tasks), choose_seed=choose_seed)
+        writer = _write(out, run_key, ft_ck, base_rec, algorithm, recorded is not None, tasks, write_tensors)
+    result = _summarize(out, writer.header["tensors"], opts, algorithm, chosen, search_rec,
+                        time.perf_counter() - t_start, search_seconds, writer.resumed, seed_trials, cal_seconds)
+    if print_summary:
+        summary_stage.print_summary(console, result)
+    return result
 
-    search_seconds = 0.0
-    if recorded is not None:
-        algorithm, base_rec = recorded["algorithm"], recorded["base"]
-    else:
-        chosen, search_rec, search_seconds = _group_size(opts, gs, base_ck, ft_ck, calib_text, seed, note)
-        algorithm = _algorithm_record(opts, chosen, search_rec, seed, embeddings)
-        base_rec = _base_record(base_ck)
-    chosen, search_rec = algorithm.get("group_size"), algorithm.get("group_size_search")
 
-    choose_seed, cal_seconds = None, 0.0
-    if seed_trials > 1:
-        choose_seed, cal_seconds = _seed_chooser(tasks, ft_ck, calib_text, opts, seed, seed_trials, note,
-                                                 algorithm if recorded is None else None)
-
+def _write(out, run_key, ft_ck, base_rec, algorithm, resumed: bool, tasks, write_tensors) -> ResumableWriter:
+    """Auxiliary files, then every tensor not yet written (write_tensors(writer, todo)), into OUT.partial;
+    published as OUT on success. On any failure OUT.partial and its journal stay for --resume; a full disk
+    says so in one line."""
     metadata = {"producer": "ddq convert"}
     if ft_ck.config.get("_name_or_path"):
         metadata["finetuned"] = str(ft_ck.config["_name_or_path"])
-    writer = ResumableWriter(out, run_key=run_key, metadata=metadata, base=base_rec, algorithm=algorithm,
-                             resume=recorded is not None)
-    resumed = len(writer.done)
+    writer = None
     try:
+        writer = ResumableWriter(out, run_key=run_key, metadata=metadata, base=base_rec, algorithm=algorithm,
+                                 resume=resumed)
         have = {f["name"] for f in writer.header["files"]}
         for fname, data in ft_ck.aux_files().items():  # first, and in a fixed order: a resume adds the rest
             if fname not in have:
                 writer.add_file(fname, data)
-        todo = [t for t in tasks if t.name not in set(writer.done)]
-        write_all(writer, todo, base_ck, ft_ck, opts, chosen, seed, workers, progress, console, len(tasks),
-                  choose_seed)
+        done = set(writer.done)
+        todo = [t for t in tasks if t.name not in done]
+        write_tensors(writer, todo)
         writer.close()
+    except OSError as e:
+        if writer is not None:
+            writer.abort()
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        done = len(writer.done) if writer is not None else 0
+        raise UsageError(f"disk full ({e.strerror}) after {done} of {len(tasks)} tensors; the partial file is kept: "
+                         f"free space and run the same command with --resume to continue from there",
+                         path=partial_paths(out)[0]) from None
     except BaseException:
-        writer.abort()  # OUT.partial and the journal stay for --resume
+        if writer is not None:
+            writer.abort()  # OUT.partial and the journal stay for --resume
         raise
-
-    result = _summarize(out, writer.header["tensors"], opts, algorithm, chosen, search_rec,
-                        time.perf_counter() - t_start, search_seconds, resumed, seed_trials, cal_seconds)
-    if print_summary:
-        summary_stage.print_summary(console, result)
-    return result
+    return writer
 
 
 def _check_output(out: Path) -> Path:
@@ -111,7 +134,7 @@ def _check_output(out: Path) -> Path:
     return out
 
 
-def _group_size(opts: Options, gs, base_ck, ft_ck, calib_text, seed, note):
+def _group_size(opts: Options, gs, base_ck, ft_ck, cal, seed, note):
     """(h_g, its search record or None, search seconds): the fixed --group-size, the attention-error search on
     layer 0, or the fallback h_g for architectures without an adapter."""
     if not opts.uses_groups:
@@ -126,7 +149,7 @@ def _group_size(opts: Options, gs, base_ck, ft_ck, calib_text, seed, note):
         rec = {"proxy": None, "fallback": True, "chosen": chosen,
                "reason": f"no adapter for model_type {ft_ck.config.get('model_type')!r}"}
         return chosen, rec, 0.0
-    ids = groupsize.tokenize(ft_ck.folder, calib_text, CONVERT_CALIB_MAX_TOKENS)
+    ids = groupsize.calibration_ids(cal, ft_ck, base_ck, CONVERT_CALIB_MAX_TOKENS, "--group-size auto")
     note(f"group-size search on layer 0 ({', '.join(adapter.compressed_names)}), {len(ids)} calibration tokens")
     res = groupsize.search(adapter, base_ck, ft_ck, ids, opts, lambda n: tensor_seed(seed, n),
                            report=lambda g, e: note(f"  h_g = {g:>6}: proxy error {e:.6g}"))
@@ -156,11 +179,11 @@ def _base_record(base_ck: Checkpoint) -> dict:
     return rec
 
 
-def _seed_chooser(tasks, ft_ck, calib_text, opts, seed, seed_trials, note, algorithm):
+def _seed_chooser(tasks, base_ck, ft_ck, cal, opts, seed, seed_trials, note, algorithm):
     """(choose_seed(name, delta, h_g) -> seed, calibration seconds); records the search in `algorithm` when
     given (a resumed run keeps the record it started with)."""
     searched = [t.name for t in tasks if t.kind == KIND_COMPRESSED]
-    ids = groupsize.tokenize(ft_ck.folder, calib_text, CONVERT_CALIB_MAX_TOKENS)
+    ids = groupsize.calibration_ids(cal, ft_ck, base_ck, CONVERT_CALIB_MAX_TOKENS, "--seed-trials")
     note(f"seed search: {seed_trials} seeds per tensor, layer-output error on {len(ids)} calibration tokens "
          f"(loading the fine-tune with transformers)")
     cal = seed_search.calibrate(ft_ck.folder, ids, searched)

@@ -20,7 +20,7 @@ def materialize(
     from rich.console import Console
 
     from ..errors import DDQError
-    from .materialize import materialize as run
+    from .hf_folder import materialize as run
 
     console = Console(stderr=True, soft_wrap=True)  # paths in messages must stay greppable
     try:

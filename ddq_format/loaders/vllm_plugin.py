@@ -87,8 +87,8 @@ def refuse_packed(items, ddq_path):
 def check_names(ddq, base_dir) -> None:
     """Before any weight is read: the base's tensor names (safetensors headers) and the file's must agree."""
     from .apply import missing_from_base
-    from .materialize import base_names, base_shards
-    names = base_names(base_shards(base_dir))
+    from ..checkpoint_raw import SafetensorsCheckpoint
+    names = list(SafetensorsCheckpoint(base_dir).tensors)
     for _ in refuse_packed(((n, None) for n in names), ddq.path):  # raises on the first packed name
         pass
     missing = missing_from_base(ddq, names)

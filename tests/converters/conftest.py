@@ -38,3 +38,23 @@ def quiet_convert():
     def run(base, ft, out, **kw):
         return convert(base, ft, out, progress=False, quiet=True, **kw)
     return run
+
+
+@pytest.fixture
+def edited_copy(tmp_path):
+    """edited_copy(src, name, drop=(), **tensors): a copy of model folder `src` at tmp_path/name, its
+    model.safetensors updated with `tensors` (name -> numpy array) and files named in `drop` removed."""
+    import shutil
+
+    def make(src, name, drop=(), **tensors):
+        from safetensors.numpy import load_file, save_file
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        if tensors:
+            sd = load_file(dst / "model.safetensors")
+            sd.update(tensors)
+            save_file(sd, dst / "model.safetensors")
+        for f in drop:
+            (dst / f).unlink()
+        return dst
+    return make

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from ddq_format.converters import convert  # noqa: E402
 from ddq_format.loaders import apply_delta, attach_deltas, patch_model, use_deltas  # noqa: E402
-from ddq_format.loaders.materialize import materialize  # noqa: E402
+from ddq_format.loaders import materialize  # noqa: E402
 from tests.tiny_models import make_pair  # noqa: E402
 
 BF16_RTOL = 2e-2
