@@ -180,18 +180,12 @@ def materialize(base, ddq, out, *, max_shard_size=DEFAULT_SHARD_BYTES, device=No
     try:
         writer = _ShardWriter(tmp, max_bytes)
         stream = iter_finetuned(ddq, iter_base(shards, device), device, check=verify_binding)
-        if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            cols = (TextColumn("materialize"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.description}"))
-            with Progress(*cols, transient=True) as bar:
-                task = bar.add_task("", total=len(names))
-                for name, t in stream:
-                    writer.add(name, t)
-                    bar.update(task, advance=1, description=name)
-        else:
+        from ..progress import make_progress  # a bar on a terminal, timestamped lines in logs
+        with make_progress(enabled=progress, transient=True) as bar:
+            task = bar.add_task("materialize", total=len(names), what="tensors")
             for name, t in stream:
                 writer.add(name, t)
+                bar.update(task, advance=1, description=name)
         weight_files = writer.finish()
         origin = _aux_files(ddq, base, tmp)
         os.chmod(tmp, 0o755)
