@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .cli_common import Command, Group, check_roles, fail
+from .cli_common import Command, Group, check_roles, fail, tagged
 
 app = typer.Typer(help="Tools for .ddq compressed fine-tune deltas (DeltaDQ).", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False, cls=Group,
@@ -76,6 +76,8 @@ _CAUSES = (("base.fingerprint", "not the base this delta was made from"),
            ("CRC-32", "the file is damaged (changed after it was written: transfer, disk or an edit)"),
            ("padding", "the file is damaged (changed after it was written: transfer, disk or an edit)"),
            ("bad magic", "not a .ddq file"),
+           ("unknown encoding", "written by a newer ddq (an encoding this version does not know), or damaged"),
+           ("is not readable by this library", "written by a newer, incompatible ddq (major version)"),
            ("cannot open", "the file cannot be read"),
            ("truncated", "the file is truncated (an interrupted copy or download?)"))
 
@@ -113,17 +115,18 @@ def verify(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file.")
     shown = faults if verbose else faults[:VERIFY_SHOWN]
     err = Console(stderr=True, soft_wrap=True)
     for f in shown:
-        err.print(f"[red]FAULT[/red] {f}", highlight=False)
+        err.print(tagged("FAULT", "red", f), highlight=False)
     if len(shown) < len(faults):
-        err.print(f"... {len(faults) - len(shown)} more fault(s) (--verbose prints all)", highlight=False)
+        err.print(f"... {len(faults) - len(shown)} more fault(s) (--verbose prints all)", highlight=False,
+                  markup=False)
     if faults:
         n_t = len(_tensors_in(faults))
-        console.print(f"[red]FAILED[/red] {file}: {len(faults)} fault(s)"
-                      + (f" in {n_t} tensor(s)" if n_t else "") + f"; most likely cause: {_cause(faults)}",
+        console.print(tagged("FAILED", "red", f"{file}: {len(faults)} fault(s)"
+                             + (f" in {n_t} tensor(s)" if n_t else "") + f"; most likely cause: {_cause(faults)}"),
                       highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"[green]OK[/green] {file}: sound (structure, checksums, every tensor decoded"
-                  + (f"; bound to {base})" if base else "; no --base given, binding not checked)"),
+    console.print(tagged("OK", "green", f"{file}: sound (structure, checksums, every tensor decoded"
+                         + (f"; bound to {base})" if base else "; no --base given, binding not checked)")),
                   highlight=False, soft_wrap=True)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .spec import MAGIC
@@ -14,14 +15,20 @@ from .spec import MAGIC
 err_console = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (greppable)
 
 
+def tagged(tag: str, style: str, message) -> Text:
+    """`tag message` with only the tag styled: messages hold paths, tensor names and header values, which
+    must never be read as rich markup (`[/x]` in a name would raise)."""
+    return Text.assemble((tag, style), " ", str(message))
+
+
 def fail(message, code: int = 2):
     """Print `error: message` on one line to stderr and exit (2: bad input or usage; 1 is verify's faults)."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(tagged("error:", "red", message), highlight=False)
     raise typer.Exit(code)
 
 
 def warn(message, console: Console | None = None):
-    (console or err_console).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    (console or err_console).print(tagged("warning:", "yellow", message), highlight=False)
 
 
 # -- help ------------------------------------------------------------------------------------------------

