@@ -122,7 +122,7 @@ def check_output(out: Path, *, overwrite: bool, folder: bool, inputs=(), flag: s
         if out.is_dir() != folder:
             fail(f"{out} is {'a file' if out.is_file() else 'a folder'}; {flag} takes the {what} to write")
         if not overwrite:
-            fail(f"{out} exists; pass --overwrite to replace it")
+            fail(f"{out}: output exists; pass --overwrite to replace it")
     parent = out.parent
     if not parent.is_dir():
         fail(f"{parent} does not exist: create the folder first, or choose another {flag}")

@@ -110,17 +110,17 @@ def test_every_writer_refuses_an_existing_output_with_the_same_words(pair, conve
     out, _ = converted
     before = out.read_bytes()
     res = _ddq("convert", base, ft, "-o", out)
-    assert res.exit_code == 2 and f"error: {out} exists; pass --overwrite to replace it" in res.stderr
+    assert res.exit_code == 2 and f"error: {out}: output exists; pass --overwrite to replace it" in res.stderr
     assert out.read_bytes() == before
     folder = tmp_path / "hf"
     folder.mkdir()
     res = _ddq("materialize", base, out, "-o", folder)
-    assert res.exit_code == 2 and f"error: {folder} exists; pass --overwrite to replace it" in res.stderr
+    assert res.exit_code == 2 and f"error: {folder}: output exists; pass --overwrite to replace it" in res.stderr
     assert "overwrite=True" not in res.stderr  # no API wording in the CLI
     existing = tmp_path / "e.ddq"
     existing.write_bytes(b"keep")
     res = _ddq("example", "run", "--out", existing)
-    assert res.exit_code == 2 and f"error: {existing} exists; pass --overwrite to replace it" in res.stderr
+    assert res.exit_code == 2 and f"error: {existing}: output exists; pass --overwrite to replace it" in res.stderr
     assert existing.read_bytes() == b"keep"
 
 

@@ -28,18 +28,19 @@ Method = Literal[METHODS]
 Encoding = Literal[ENCODINGS]
 Embeddings = Literal[EMBEDDINGS_MODES]
 INFO_EXAMPLES = 5  # prompts shown by `ddq example info`
+ANSWER_TOKENS = 4  # SmolLM2's tokenizer: ' 192' is ' ', '1', '9', '2'
 
 
 def _log(msg: str):
     console.print(msg, highlight=False, markup=False)
 
 
-def get_pair(force: bool = False, cache: Path | None = None):
+def get_pair(force: bool = False, cache: Path | None = None, recipe=None):
     from ..progress import make_progress
     from .build import build_example
 
     with make_progress(console) as progress:
-        pair = build_example(cache=cache, force=force, progress=progress, log=_log)
+        pair = build_example(recipe, cache=cache, force=force, progress=progress, log=_log)
     m = pair.meta
     _log(f"example pair {'built' if pair.built else 'reused'}: {pair.root}")
     _log(f"  base      = {m['source']}")
@@ -52,12 +53,22 @@ def get_pair(force: bool = False, cache: Path | None = None):
 @example_app.command("build", cls=Command)
 def build(force: bool = typer.Option(False, "--force", help="Rebuild even when the cached pair exists."),
           cache: Path = typer.Option(None, "--cache", metavar="DIR",
-                                     help="Cache folder. [default: $XDG_CACHE_HOME/ddq/example]")):
-    """Build (or reuse) the example pair and print where it is and how it scores."""
-    from ..errors import DDQError
+                                     help="Cache folder. [default: $XDG_CACHE_HOME/ddq/example]"),
+          facts: int = typer.Option(None, "--facts", metavar="N", min=1,
+                                    help="A smaller pair for a quick reproducibility check: N facts (its own "
+                                         "cache entry; `run` and `info` use the default pair)."),
+          epochs: int = typer.Option(None, "--epochs", metavar="N", min=1, help="With --facts: N epochs.")):
+    """Build (or reuse) the example pair and print where it is, how it scores and its sha256."""
+    from dataclasses import replace
 
+    from ..errors import DDQError
+    from .build import Recipe
+
+    recipe = Recipe()
+    if facts is not None or epochs is not None:
+        recipe = replace(recipe, n_facts=facts or recipe.n_facts, epochs=epochs or recipe.epochs)
     try:
-        pair = get_pair(force, cache)
+        pair = get_pair(force, cache, recipe)
     except DDQError as e:
         fail(e)
     m = pair.meta
@@ -65,6 +76,10 @@ def build(force: bool = typer.Option(False, "--force", help="Rebuild even when t
          f"on {m['task']['n_prompts']} prompts (teacher-forced exact match)")
     _log(f"  base:      {pair.base}\n  finetuned: {pair.finetuned}")
     _log(f"  fine-tune sha256 {m['sha256']['finetuned']}")
+    mach = m.get("machine")
+    if mach:
+        _log(f"  built on {mach['cpu']} ({mach['cpu_capability']}), {mach['threads']} threads, torch "
+             f"{m['versions']['torch']}: another CPU or SIMD level gives other bits")
 
 
 @example_app.command("info", cls=Command)
@@ -85,11 +100,14 @@ def info(cache: Path = typer.Option(None, "--cache", metavar="DIR",
         _log(f"         exact match {m['accuracy']['base']:.1%}")
         _log(f"tuned:   {pair.finetuned}  (full-parameter fine-tune, sha256 {m['sha256']['finetuned'][:12]}...)")
         _log(f"         exact match {m['accuracy']['finetuned']:.1%} on {m['task']['n_prompts']} prompts")
+        if m.get("machine"):
+            _log(f"built:   on {m['machine']['cpu']} ({m['machine']['cpu_capability']}, "
+                 f"{m['machine']['threads']} threads), {m['seconds']['total']:.0f} s")
     _log(f"task:    {recipe.n_facts} memorized facts, random 4-letter key -> 3-digit value (seed {recipe.seed})")
     _log(f"prompt:  {task.PROMPT!r} + answer {task.ANSWER!r}; scored by teacher-forced exact match")
     _log("         (every answer token must be the model's argmax: what greedy decoding would emit)")
     facts = task.make_facts(recipe.n_facts, recipe.seed)
-    t = Table(title="example prompts and the answers the fine-tune learned", title_justify="left")
+    t = Table(title="example prompts and the answers the fine-tune was trained on", title_justify="left")
     t.add_column("prompt")
     t.add_column("answer")
     for f in facts[:INFO_EXAMPLES]:
@@ -102,8 +120,8 @@ def info(cache: Path = typer.Option(None, "--cache", metavar="DIR",
              f"  tok = AutoTokenizer.from_pretrained({str(pair.finetuned)!r})\n"
              f"  m = AutoModelForCausalLM.from_pretrained({str(pair.finetuned)!r})\n"
              f"  ids = tok({f.prompt!r}, return_tensors='pt').input_ids\n"
-             f"  print(tok.decode(m.generate(ids, max_new_tokens=3, do_sample=False)[0, ids.shape[1]:]))"
-             f"  # {f.answer.strip()!r}")
+             f"  print(tok.decode(m.generate(ids, max_new_tokens={ANSWER_TOKENS}, do_sample=False)[0, ids.shape[1]:]))"
+             f"  # trained on {f.answer!r}")
 
 
 def inspect_file(path: Path) -> int:
