@@ -182,3 +182,22 @@ def test_example_run_command_on_a_cached_tiny_pair(tmp_path):
     assert acc["base"] == pytest.approx(pair.meta["accuracy"]["base"])
     assert summary["compressed_true_ratio"] > 1
     assert "exact match" in res.output and "reused" in res.output and "compressed" in res.output
+
+
+def test_example_build_facts_and_epochs_make_a_smaller_recipe(tmp_path, monkeypatch):
+    """`ddq example build --facts N --epochs E`: a quick reproducibility check gets its own recipe (cache key)."""
+    from typer.testing import CliRunner
+
+    from ddq_format.example.command import example_app
+
+    seen = []
+
+    def fake(recipe=None, **kw):
+        seen.append(recipe)
+        raise build.UsageError("stop here")
+    monkeypatch.setattr(build, "build_example", fake)
+    res = CliRunner().invoke(example_app, ["build", "--facts", "64", "--epochs", "1", "--cache", str(tmp_path)])
+    assert res.exit_code == 2 and "stop here" in res.output
+    r = seen[0]
+    assert (r.n_facts, r.epochs) == (64, 1) and r.key() != build.Recipe().key()
+    assert (r.seed, r.threads, r.batch_size) == (build.Recipe().seed, build.Recipe().threads, build.Recipe().batch_size)

@@ -29,8 +29,8 @@ def settings(method, alpha, bits, parts, encoding, ratio, embeddings, group_size
     """The options convert runs with: the user's, then CONVERT_DEFAULTS. --ratio and --parts > 1 mean the
     paper's csr_parts layout (the only one with parts), unless --encoding says otherwise."""
     deltadq = method == "deltadq"
-    if encoding is None:
-        encoding = ENC_CSR_PARTS if deltadq and (ratio is not None or (parts or 1) > 1) else D["encoding"]
+    if encoding is None:  # baselines have their own encodings; the record keeps the library default for them
+        encoding = ENC_CSR_PARTS if not deltadq or ratio is not None or (parts or 1) > 1 else D["encoding"]
     s = {"method": method, "encoding": encoding, "embeddings": embeddings or D["embeddings"],
          "group_size": group_size or D["group_size"], "ratio": ratio, "alpha": alpha, "bits": bits, "parts": parts}
     if deltadq and ratio is None:  # other methods keep their own defaults (pipeline.DEFAULT_ALPHA)
@@ -46,8 +46,11 @@ def choice_line(s: dict, defaulted: bool) -> str:
     else:
         knobs = " ".join(f"{n}={s[k]}" for k, n in (("alpha", "alpha"), ("bits", "k"), ("parts", "m"))
                          if s[k] is not None)
-        what = f"{s['method']} {s['encoding']} {knobs}".rstrip()
-    what += f", h_g {'searched' if s['group_size'] == 'auto' else s['group_size']}, embeddings {s['embeddings']}"
+        enc = s["encoding"] if s["method"] == "deltadq" else ""
+        what = " ".join(x for x in (s["method"], enc, knobs) if x)
+    if s["method"] in ("deltadq", "bitdelta"):  # the methods with group-wise dropout
+        what += f", h_g {'searched' if s['group_size'] == 'auto' else s['group_size']}"
+    what += f", embeddings {s['embeddings']}"
     return f"settings: {what} ({'defaults: ' + CONVERT_DEFAULTS_WHY if defaulted else 'from your options'})"
 
 
