@@ -128,3 +128,18 @@ CONVERT_SEED_TRIAL_DERIVATION = ("trial 0: sha256(f'{seed}:{name}')[:4], trial i
 # --ratio presets: nominal ratio -> (alpha, bits k, parts m), nominal = 16 * alpha / (k - log2 m).
 CONVERT_RATIO_PRESETS = {8: (2, 4, 1), 16: (4, 4, 1), 32: (8, 4, 1), 64: (8, 4, 4), 128: (8, 4, 8),
                          256: (16, 4, 8), 512: (32, 4, 8)}
+
+# What `ddq convert BASE FINETUNED -o X` does with no options: the recommended file. One table, so that a new
+# recommendation (e.g. issue 11's --target-ratio) changes it here only. Chosen from the quality benchmark on
+# the example pair (benchmarks/results/quality.md, entropy.md): DeltaDQ at alpha=8, k=4 keeps 90.6% exact
+# match of the fine-tune's 95.3%, best of every method from 8x to ~250x true; seeded_rans stores the same
+# codes as seeded (identical accuracy) in 1.3-1.7x fewer bytes; embeddings compressed, since a dense
+# embedding delta alone would be most of the file.
+CONVERT_DEFAULTS = {"method": "deltadq", "encoding": ENC_SEEDED_RANS, "alpha": 8, "bits": 4, "parts": 1,
+                    "embeddings": "compressed", "group_size": "auto"}
+CONVERT_DEFAULTS_WHY = ("the quality benchmark's best accuracy per true byte on the example pair: 90.6% of the "
+                        "fine-tune's 95.3% exact match; seeded_rans stores seeded's codes in 1.3-1.7x fewer bytes")
+# Warnings after a conversion (ddq convert): one tensor taking more than this share of the file; a delta
+# touching less than this share of the model's elements (tiny: wrong pair?).
+CONVERT_WARN_TENSOR_SHARE = 0.5
+CONVERT_WARN_CHANGED_SHARE = 0.01

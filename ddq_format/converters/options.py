@@ -9,11 +9,26 @@ import numpy as np
 
 from .. import encodings
 from ..errors import UsageError
-from ..spec import CONVERT_RATIO_PRESETS, MAX_ALPHA, MAX_BITS
+from ..spec import CONVERT_DEFAULTS as D
+from ..spec import CONVERT_RATIO_PRESETS, ENC_CSR_PARTS, MAX_ALPHA, MAX_BITS
 from . import groupsize
 from .methods import DEFAULT_ALPHA, DEFAULT_RANK, ENCODINGS, METHODS, Options
 
 EMBEDDINGS_MODES = ("dense", "compressed")
+
+
+def settings(method, alpha, bits, parts, encoding, ratio, embeddings, group_size) -> dict:
+    """The options a conversion runs with, for the CLI and the API alike: the user's, then CONVERT_DEFAULTS. --ratio and --parts > 1 mean the
+    paper's csr_parts layout (the only one with parts), unless --encoding says otherwise."""
+    deltadq = method == "deltadq"
+    if encoding is None:  # baselines have their own encodings; the record keeps the library default for them
+        encoding = ENC_CSR_PARTS if not deltadq or ratio is not None or (parts or 1) > 1 else D["encoding"]
+    s = {"method": method, "encoding": encoding, "embeddings": embeddings or D["embeddings"],
+         "group_size": group_size or D["group_size"], "ratio": ratio, "alpha": alpha, "bits": bits, "parts": parts}
+    if deltadq and ratio is None:  # other methods keep their own defaults (pipeline.DEFAULT_ALPHA)
+        s.update(alpha=D["alpha"] if alpha is None else alpha, bits=D["bits"] if bits is None else bits,
+                 parts=D["parts"] if parts is None else parts)
+    return s
 
 
 def resolve_options(*, method, alpha, bits, parts, encoding, ratio, group_size, workers, embeddings, rank,

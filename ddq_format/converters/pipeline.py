@@ -24,6 +24,7 @@ from . import finite, groupsize, seed_search
 from .checkpoint import Checkpoint
 from .methods import Options
 from .options import calibration_input, check_seed_trials, resolve_options
+from .options import settings as with_defaults
 from .plan import plan
 from .resume import OutputLock, ResumableWriter, partial_paths
 from .seeds import tensor_seed
@@ -33,13 +34,14 @@ from .write import write_all
 
 
 def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None = None, bits: int | None = None,
-            parts: int | None = None, group_size="auto", encoding: str = "csr_parts", seed: int = 0,
+            parts: int | None = None, group_size="auto", encoding: str | None = None, seed: int = 0,
             calib=None, ratio: int | None = None, workers: int = 1, resume: bool = False,
-            embeddings: str = "dense", rank: int | None = None, progress: bool = True, console=None,
+            embeddings: str | None = None, rank: int | None = None, progress: bool = True, console=None,
             quiet: bool = False, seed_trials: int = 1, print_summary: bool = True) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
-    base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`.
+    base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`; what
+    is not given comes from spec.CONVERT_DEFAULTS exactly as on the command line (options.settings).
     print_summary=False: return the Summary without printing its table (the CLI prints its own).
     """
     t_start = time.perf_counter()
@@ -48,9 +50,11 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         console = Console(stderr=True, quiet=quiet)
     note = console.print
     out = _check_output(Path(out))
-    opts, gs = resolve_options(method=method, alpha=alpha, bits=bits, parts=parts, encoding=encoding,
-                               ratio=ratio, group_size=group_size, workers=workers, embeddings=embeddings,
-                               rank=rank, seed=seed, note=note)
+    s = with_defaults(method, alpha, bits, parts, encoding, ratio, embeddings, group_size)
+    embeddings = s["embeddings"]
+    opts, gs = resolve_options(method=method, alpha=s["alpha"], bits=s["bits"], parts=s["parts"],
+                               encoding=s["encoding"], ratio=ratio, group_size=s["group_size"], workers=workers,
+                               embeddings=embeddings, rank=rank, seed=seed, note=note)
     cal = calibration_input(calib)
     check_seed_trials(seed_trials, opts)
     base_ck, ft_ck = Checkpoint(base), Checkpoint(finetuned)

@@ -35,7 +35,15 @@ def quiet_convert():
     """convert() without progress bar or printing."""
     from ddq_format.converters import convert
 
+    from ddq_format.converters.methods import DEFAULT_ALPHA
+
     def run(base, ft, out, **kw):
+        # These tests were written for the library's own settings (csr_parts, dense embeddings, the method's
+        # alpha), not the recommended CONVERT_DEFAULTS that an unqualified convert() uses; pin them.
+        kw.setdefault("embeddings", "dense")
+        if kw.get("method", "deltadq") == "deltadq" and kw.get("ratio") is None:
+            kw.setdefault("encoding", "csr_parts")
+            kw.setdefault("alpha", DEFAULT_ALPHA["deltadq"])
         return convert(base, ft, out, progress=False, quiet=True, **kw)
     return run
 

@@ -47,7 +47,7 @@ HOLDER = textwrap.dedent("""
         n[0] += 1
         return real(self, *a, **k)
     resume.ResumableWriter.add = add
-    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, progress=False, quiet=True)
+    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, embeddings="dense", progress=False, quiet=True)
 """)
 
 
@@ -65,14 +65,15 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_publishes_a_so
             time.sleep(0.05)
         assert waiting.exists(), "the first run never reached its fourth tensor"
         second = subprocess.run([sys.executable, "-m", "ddq_format.cli", "convert", str(base), str(ft), "-o",
-                                 str(out), "--alpha", "2", "--bits", "4", "--parts", "4", "-q"],
+                                 str(out), "--alpha", "2", "--bits", "4", "--parts", "4", "--embeddings", "dense", "-q"],
                                 capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
         assert second.returncode == 2, second.stderr
         assert f"another ddq convert (pid {first.pid}) is writing this output" in second.stderr
         assert "Traceback" not in second.stderr
         # --resume is a run on the same output too: refused as well, nothing of the first run touched
         second = subprocess.run([sys.executable, "-m", "ddq_format.cli", "convert", str(base), str(ft), "-o",
-                                 str(out), "--alpha", "2", "--bits", "4", "--parts", "4", "-q", "--resume"],
+                                 str(out), "--alpha", "2", "--bits", "4", "--parts", "4", "--embeddings", "dense", "-q",
+                                 "--resume"],
                                 capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
         assert second.returncode == 2 and "another ddq convert" in second.stderr
     finally:
@@ -144,7 +145,7 @@ def test_disk_full_is_one_clear_line_and_resume_continues(tmp_path, llama, quiet
     quiet_convert(base, ft, whole, **KW)
     out = tmp_path / "out.ddq"
     disk_fills_after(whole.stat().st_size // 2)  # the aux files and the first tensors fit
-    r = cli(base, ft, "-o", out, "--alpha", 2, "--bits", 4, "--parts", 4, "-q")
+    r = cli(base, ft, "-o", out, "--alpha", 2, "--bits", 4, "--parts", 4, "--embeddings", "dense", "-q")
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     line = r.output.strip()
     assert line.startswith(f"error: {out}.partial: disk full (No space left on device) after ")

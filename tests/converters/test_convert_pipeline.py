@@ -162,7 +162,7 @@ KILLER = textwrap.dedent("""
         n[0] += 1
         return real(self, *a, **k)
     resume.ResumableWriter.add = add
-    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, workers=2, progress=False, quiet=True)
+    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, embeddings="dense", workers=2, progress=False, quiet=True)
 """)
 
 

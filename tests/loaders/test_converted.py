@@ -27,7 +27,7 @@ def test_converted_qwen2_bf16(tmp_path):
     ddqs = []
     for i, ft in enumerate((ft_a, ft_b)):
         ddqs.append(tmp_path / f"{i}.ddq")
-        convert(base, ft, ddqs[-1], alpha=2, bits=8, parts=1, group_size=8, quiet=True, progress=False)
+        convert(base, ft, ddqs[-1], alpha=2, bits=8, parts=1, group_size=8, embeddings="dense", encoding="csr_parts", quiet=True, progress=False)
     load = lambda p: AutoModelForCausalLM.from_pretrained(p).eval()  # noqa: E731
     ids = torch.randint(0, 300, (3, 6), generator=torch.Generator().manual_seed(0))
     refs = []
