@@ -354,10 +354,17 @@ def test_buffer_length_mismatch_with_shape(tmp_path, sample):
 
 def test_huge_shapes_rejected_before_allocation(tmp_path):
     assert MAX_DECODED_BYTES < 2**40
+    header = {"alignment": 64, "checksum": "crc32", "tensors": [
+        {"name": "big", "kind": "same", "shape": [2**20, 2**20], "dtype": "F32"}]}  # 4 TiB of zeros
+    expect(tmp_path, assemble(header, b""), FormatError, "shape")  # refused at open, nothing allocated
+
+
+def test_writer_refuses_what_the_reader_rejects(tmp_path):
     path = tmp_path / "h.ddq"
-    with Writer(path) as w:
-        w.add("big", "same", [2**20, 2**20], "F32")  # 4 TiB of zeros: refused at open, nothing allocated
-    expect(tmp_path, path.read_bytes(), FormatError, "shape")
+    with pytest.raises(FormatError, match="shape"):
+        with Writer(path) as w:
+            w.add("big", "same", [2**20, 2**20], "F32")
+    assert list(tmp_path.iterdir()) == []  # nothing published, no temp file left
 
 
 # ---- encoding parameters --------------------------------------------------------------------------------------
