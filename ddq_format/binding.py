@@ -21,7 +21,7 @@ def sample_indices(numel: int) -> np.ndarray:
 def _flat_bits(bits: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(bits).reshape(-1)
     if flat.dtype.kind == "f":  # float arrays are reinterpreted, never value-cast (that would hash numbers)
-        flat = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint16)
+        flat = flat.view(f"<u{flat.dtype.itemsize}")
     return flat
 
 
