@@ -61,24 +61,25 @@ def _params_bytes(entry_bytes: bytes) -> int:
 
 
 def tensor_report(entry: dict, entry_bytes: bytes, padding_before: dict[tuple, int]) -> dict:
+    # Kinds without data ignore `encoding` and `params` (SPEC.md §5.2), so the report does too.
+    data_kind = entry["kind"] in ENCODINGS_BY_KIND
+    enc = encodings.get(entry.get("encoding")) if data_kind else None
+    params = entry.get("params", {}) if data_kind else {}
     comps = dict.fromkeys(COMPONENTS, 0)
-    enc = encodings.get(entry.get("encoding")) if entry["kind"] in ENCODINGS_BY_KIND else None
     roles = enc.roles if enc is not None else {}
     for role, b in entry.get("buffers", {}).items():
         comps[roles.get(role, "dense")] += b["length"]  # a role this reader does not know: "dense"
         comps["padding"] += padding_before.get((entry["name"], role), 0)
-    comps["scalars"] = _params_bytes(entry_bytes) if entry.get("params") else 0
+    comps["scalars"] = _params_bytes(entry_bytes) if params else 0
     comps["header"] = len(entry_bytes) - comps["scalars"]
     stored = sum(comps.values())
     numel = math.prod(entry["shape"])
     # A removed tensor has no delta; a tied one is the same delta as its target, counted there once.
     fp16 = 0 if entry["kind"] in (KIND_REMOVED, KIND_TIED) else 2 * numel
-    # Kinds without data ignore an `encoding` key (SPEC.md §5.1), so the report does too.
-    enc_id = entry.get("encoding") if entry["kind"] in ENCODINGS_BY_KIND else None
-    return {"name": entry["name"], "kind": entry["kind"], "encoding": enc_id,
+    return {"name": entry["name"], "kind": entry["kind"], "encoding": entry.get("encoding") if data_kind else None,
             "shape": entry["shape"], "dtype": entry["dtype"], "delta_fp16_bytes": fp16, "stored_bytes": stored,
             "true_ratio": _ratio(fp16, stored), "nominal_ratio": nominal_ratio(entry), "components": comps,
-            "params": entry.get("params", {})}
+            "params": params}
 
 
 def report(ddq) -> dict:

@@ -3,9 +3,10 @@ sizes are enforced before or while objects are built, so a small header cannot d
 
 How: the top-level map is walked with msgpack's Unpacker, whose `skip()` finds each value's byte span in C
 without building anything. The `tensors` array's length is checked against MAX_TENSORS before any entry is
-built; each entry (at most MAX_ENTRY_BYTES) is then built by msgpack with hooks that count objects, measure
-depth and reject duplicate keys. Every other top-level value is first scanned (a loop that only counts, capped
-at MAX_SECTION_OBJECTS steps over all of them) and built only if it passes. Python's cyclic GC is paused while building (paused_gc).
+built; each entry (at most MAX_ENTRY_BYTES) is then built by msgpack with a hook that counts objects,
+measures depth and rejects duplicate keys. Every other top-level value is first scanned (a loop that only
+counts, capped at MAX_SECTION_OBJECTS steps over all of them) and built only if it passes. Python's cyclic
+GC is paused while building (paused_gc).
 """
 from __future__ import annotations
 

@@ -297,3 +297,17 @@ def test_unknown_encoding_in_newer_minor_is_a_verify_fault_and_reports(sample_fi
     assert t["encoding"] == "from_the_future" and t["nominal_ratio"] is None and t["components"]["dense"] > 0
     faults = verify(tmp_path / "x.ddq")
     assert len(faults) == 1 and "a.csr" in faults[0] and "newer than this reader" in faults[0]
+
+
+def test_accounting_measures_entries_on_the_wire(sample_file, tmp_path):
+    """Header bytes per entry come from the file's own msgpack (float32 scales, wide ints), not a re-encoding."""
+    from ddq_format.accounting import report
+    header, data = split_file(sample_file)
+    raw = msgpack.packb(header, use_bin_type=True, use_single_float=True)  # scales as float 32: 4 bytes fewer
+    with _open(tmp_path, assemble(None, data, raw_header=raw)) as f:
+        rep = report(f)
+        e = f.entries["a.csr"]
+    t = {x["name"]: x for x in rep["tensors"]}["a.csr"]
+    assert t["components"]["scalars"] == len(msgpack.packb(e["params"], use_single_float=True))
+    assert t["components"]["header"] + t["components"]["scalars"] == len(msgpack.packb(e, use_single_float=True))
+    assert sum(rep["totals"]["components"].values()) == rep["file_bytes"]

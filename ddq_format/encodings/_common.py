@@ -29,7 +29,9 @@ def param(entry, key, ctx, kind=int, lo=None, hi=None):
     if kind is float:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise ctx.fail("must be a finite number", f"params.{key}")
-        if float(np.float32(v)) != float(v):
+        with np.errstate(over="ignore"):  # a float beyond binary32's range rounds to inf: not exact, refused below
+            exact = float(np.float32(v)) == float(v)
+        if not exact:
             raise ctx.fail("must be exactly representable in binary32", f"params.{key}")
         v = float(v)
     if lo is not None and v < lo or hi is not None and v > hi:

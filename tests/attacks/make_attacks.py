@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 
 from ddq_format import Writer  # noqa: E402
 from ddq_format import bitpack  # noqa: E402
-from ddq_format.encodings import Encoded, csr_f16, csr_parts, lowrank, raw, seeded, seeded_rans, sign_scale  # noqa: E402
+from ddq_format.encodings import (Encoded, csr_f16, csr_parts, lowrank, raw, seeded, seeded_rans,  # noqa: E402
+                                  sign_scale)
 from ddq_format.spec import (MAX_ARRAY, MAX_DEPTH, MAX_TENSORS, MAX_TOP_KEYS,  # noqa: E402
                              RANS_MAX_STREAM_SYMBOLS)
 from ddq_testing import assemble, split_file  # noqa: E402
