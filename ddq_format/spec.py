@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # the newest minor this library reads; writers record the lowest minor a file needs
+FORMAT_MINOR = 2  # the newest minor this library reads; writers record the lowest minor a file needs
 
 # File layout: preamble | data section (aligned buffers) | header (msgpack) | footer.
 MAGIC = b"\x89DDQ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation to 7 bits
@@ -14,22 +14,35 @@ PREAMBLE_SIZE = 64  # magic(8) major(u16) minor(u16) then zeros; also the data s
 FOOTER_SIZE = 32  # header_offset(u64) header_length(u64) header_crc32(u32) major(u16) minor(u16) magic(8)
 ALIGNMENT = 64  # every buffer's offset is a multiple of this (relative to the data section)
 
-# Caps applied to untrusted input before anything is allocated.
+# Caps applied to untrusted input before anything is allocated (SPEC.md §3.3, §5.1).
 MAX_HEADER_BYTES = 64 * 1024 * 1024
-MAX_TENSORS = 1_000_000
+MAX_DEPTH = 32  # nesting of maps and arrays in the header; the top-level map is depth 1
+MAX_HEADER_OBJECTS = 2**23  # msgpack values in the whole header (every key, value and element counts once)
+MAX_SECTION_OBJECTS = 2**18  # msgpack values in all top-level values other than `tensors`, together
+MAX_TOP_KEYS = 1024  # keys of the top-level map
+MAX_ENTRY_BYTES = 2**16  # the msgpack encoding of one tensor entry
+MAX_TENSORS = 2**17  # 131 072 entries: room for per-expert weights of very large MoE (61 x 384 x 3 = 70 272)
 MAX_NDIM = 8
 MAX_DIM = 2**31 - 1
 MAX_NAME_BYTES = 1024
-MAX_DECODED_BYTES = 2**36  # a decoded dense fp32 tensor larger than 64 GiB is refused
+MAX_DECODED_BYTES = 2**36  # shape cap: a decoded float32 tensor (zero dims skipped) of at most 64 GiB
 MAX_STRING = 16 * 1024 * 1024
-MAX_ARRAY = 1_000_000
-MAX_MAP = 1_000_000
+MAX_ARRAY = MAX_TENSORS
+MAX_MAP = MAX_TENSORS
 MAX_FILES = 256  # auxiliary files (config.json, tokenizer files)
 MAX_ALPHA = 65536
 MAX_BITS = 8  # k: bits of a quantizer code (codes fit in a byte)
 MAX_SEED = 2**32 - 1  # per-entry seeds are uint32: the mask hash takes 32 bits
+MAX_DARE_SEED = 2**64 - 1  # csr_f16's informative sampler seed (numpy PCG64 takes 64 bits)
 MAX_ALIGNMENT = 2**20  # largest buffer alignment a header may declare
 MAX_FILE_NAME_BYTES = 255  # auxiliary file names (a relative path), in UTF-8 bytes
+
+# The reader's default decode budget (SPEC.md §11, max_decoded_bytes): a decode may allocate up to
+# max(FLOOR, RATIO x the entry's stored bytes) for its float32 result unless the caller sets a bound. RATIO is
+# above every DeltaDQ setting the paper uses (1024x at its 512x nominal), so only a file crafted to amplify
+# (66 KB -> GiBs) is refused by default.
+DECODE_BUDGET_FLOOR = 2**28
+DECODE_BUDGET_RATIO = 4096
 
 CHECKSUM = "crc32"  # zlib/ISO-HDLC CRC-32 over a buffer's bytes
 
@@ -65,6 +78,8 @@ ENCODING_SINCE = {ENC_RAW: (1, 0), ENC_CSR_PARTS: (1, 0), ENC_SEEDED: (1, 0), EN
 RANS_PROB_BITS = 12  # P: the frequency table sums to 2^P
 RANS_STATE_LOW = 1 << 16  # L: the state lives in [L, 2^32); the encoder starts and the decoder ends at L
 RANS_SYMBOLS_PER_STREAM = 1024  # writer default: rows_per_stream = ceil(this / kept_per_row)
+RANS_MAX_STREAM_SYMBOLS = 2**16  # rows_per_stream * kept_per_row: a stream decodes sequentially, so this bounds
+# the latency of one tensor whatever the lanes (SPEC.md §9.5)
 
 # Element types of buffers and tensors, little-endian: the one dtype table of the project.
 @dataclass(frozen=True)
@@ -90,6 +105,11 @@ INDEX_DTYPES = ("U8", "U16", "U32", "U64")
 OFFSET_DTYPES = ("U32", "U64")  # row offsets / stream offsets: U64 only when the count reaches 2^32
 
 
+def dtype_max(name: str) -> int:
+    """Largest value an unsigned integer dtype holds (U8 -> 255)."""
+    return 2 ** (8 * DTYPES[name].size) - 1
+
+
 def offsets_dtype(total: int) -> str:
     """U32 for offsets below 2^32, else U64 (csr_parts, csr_f16, seeded_rans)."""
     return "U32" if total < 2**32 else "U64"
@@ -107,6 +127,24 @@ PERM_ROUNDS = 3
 # Base-model fingerprint: crc32 over up to this many elements sampled evenly (SPEC.md §Base binding).
 FINGERPRINT_SAMPLES = 4096
 FINGERPRINT_SCHEME = "sample4096-crc32"
+# Optional full digest of a base tensor (format 1.2, SPEC.md §5.3): SHA-256 of all its storage bytes.
+DIGEST_SCHEME = "sha256"
+
+# Features beyond encodings and the minor version that defines them (writers label files with the lowest
+# minor covering every feature used, SPEC.md §2).
+BASE_DIGEST_SINCE = (1, 2)
+
+
+def minor_needed(tensors) -> int:
+    """The lowest minor version that defines every encoding and feature these entries use."""
+    minor = 0
+    for e in tensors:
+        enc = e.get("encoding") if e.get("kind") in ENCODINGS_BY_KIND else None  # other kinds ignore the key
+        if isinstance(enc, str):
+            minor = max(minor, ENCODING_SINCE.get(enc, (1, 0))[1])
+        if isinstance(e.get("base"), dict) and "digest" in e["base"]:
+            minor = max(minor, BASE_DIGEST_SINCE[1])
+    return minor
 
 def index_dtype_for(max_value: int) -> str:
     """Narrowest unsigned dtype that holds values 0..max_value."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec import ENC_CSR_F16, OFFSET_DTYPES, index_dtype_for, offsets_dtype
+from ..spec import ENC_CSR_F16, INDEX_DTYPES, MAX_DARE_SEED, OFFSET_DTYPES, index_dtype_for, offsets_dtype
 from . import Encoded
 from ._common import Ctx, as_bytes, buffer, matrix_shape, nbytes, param, view
 
@@ -48,20 +48,11 @@ def check(entry, ctx):
     if method not in METHODS:
         raise ctx.fail(f"must be one of {METHODS}", "params.method")
     param(entry, "alpha", ctx, int, 1, None)
-    param(entry, "seed", ctx, int, 0, 2**64 - 1)
+    param(entry, "seed", ctx, int, 0, MAX_DARE_SEED)
     nnz = param(entry, "nnz", ctx, int, 0, n_rows * n_cols)
-    ro = buffer(entry, "row_offsets", ctx, OFFSET_DTYPES)
-    if ro["dtype"] == "U32" and nnz >= 2**32:
-        raise ctx.fail("U32 row offsets cannot hold nnz >= 2^32", "buffers.row_offsets.dtype")
-    if ro["length"] != nbytes(ro["dtype"], n_rows + 1):
-        raise ctx.fail(f"length {ro['length']} but {n_rows + 1} offsets need {nbytes(ro['dtype'], n_rows + 1)}",
-                       "buffers.row_offsets.length")
-    ci = buffer(entry, "col_indices", ctx, ("U8", "U16", "U32", "U64"))
-    if nnz and n_cols - 1 >= 2 ** (8 * nbytes(ci["dtype"], 1)):
-        raise ctx.fail(f"{ci['dtype']} cannot hold column index {n_cols - 1}", "buffers.col_indices.dtype")
-    if ci["length"] != nbytes(ci["dtype"], nnz):
-        raise ctx.fail(f"length {ci['length']} but nnz={nnz} needs {nbytes(ci['dtype'], nnz)}",
-                       "buffers.col_indices.length")
+    buffer(entry, "row_offsets", ctx, OFFSET_DTYPES, count=n_rows + 1, holds=nnz, what="row offset")
+    buffer(entry, "col_indices", ctx, INDEX_DTYPES, count=nnz, holds=n_cols - 1 if nnz else None,
+           what="column index")
     buffer(entry, "values", ctx, ("F16",), nbytes("F16", nnz))
 
 

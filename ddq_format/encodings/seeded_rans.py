@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import EncodingError
 from ..quantize import Quantizer, fit, quantize
 from ..seeded_mask import kept_per_row
-from ..spec import ENC_SEEDED_RANS, NP_DTYPES, OFFSET_DTYPES, offsets_dtype, RANS_PROB_BITS, RANS_STATE_LOW, RANS_SYMBOLS_PER_STREAM
+from ..spec import (ENC_SEEDED_RANS, NP_DTYPES, OFFSET_DTYPES, RANS_MAX_STREAM_SYMBOLS, RANS_PROB_BITS, RANS_STATE_LOW,
+                    RANS_SYMBOLS_PER_STREAM, offsets_dtype)
 from . import Encoded
 from ._common import as_bytes, buffer, param, view
 from .seeded import check_params, scatter
@@ -177,10 +178,15 @@ def encode(shape, values: np.ndarray, *, bits: int, alpha: int, group_size: int,
 
 
 def check(entry, ctx):
-    """Header-only checks (SPEC.md §11): params, the frequency table and every buffer length bound."""
+    """Header-only checks (SPEC.md §9.5, §11): params, the frequency table, the symbols per stream and every
+    buffer length bound."""
     bits, count = check_params(entry, ctx)
     n_rows = entry["shape"][0]
+    per_row = count // n_rows if n_rows else 0
     b = param(entry, "rows_per_stream", ctx, int, 1, max(n_rows, 1))
+    if b * per_row > RANS_MAX_STREAM_SYMBOLS:  # a stream decodes sequentially: this bounds one tensor's latency
+        raise ctx.fail(f"{b} rows of {per_row} codes make {b * per_row} symbols per stream, more than "
+                       f"{RANS_MAX_STREAM_SYMBOLS}", "params.rows_per_stream")
     freqs = entry["params"].get("freqs")
     if (not isinstance(freqs, list) or len(freqs) != 1 << bits
             or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= M for v in freqs)):
@@ -188,17 +194,11 @@ def check(entry, ctx):
     if sum(freqs) != M:
         raise ctx.fail(f"frequencies sum to {sum(freqs)}, not 2^{P} = {M}", "params.freqs")
     ns = n_streams(n_rows, b)
-    off = buffer(entry, "stream_offsets", ctx, OFFSET_DTYPES)
-    size = 4 if off["dtype"] == "U32" else 8
-    if off["length"] != (ns + 1) * size:
-        raise ctx.fail(f"length {off['length']} but {ns} streams need {(ns + 1) * size}",
-                       "buffers.stream_offsets.length")
     st = buffer(entry, "streams", ctx, ("U8",))
     lo, hi = 4 * ns, 4 * ns + 2 * count  # state + at most one word per code
     if not lo <= st["length"] <= hi or st["length"] % 2:
         raise ctx.fail(f"length {st['length']} is not an even number in {lo}..{hi}", "buffers.streams.length")
-    if off["dtype"] == "U32" and st["length"] >= 2**32:
-        raise ctx.fail("U32 offsets cannot locate 2^32 or more stream bytes", "buffers.stream_offsets.dtype")
+    buffer(entry, "stream_offsets", ctx, OFFSET_DTYPES, count=ns + 1, holds=st["length"], what="stream offset")
 
 
 def _fail(entry, msg, field):
