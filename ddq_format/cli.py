@@ -53,10 +53,10 @@ def inspect(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file."
             as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (every tensor).")):
     """What a .ddq file holds: how it was made, its sizes with nominal, true and all-tensor ratios, its largest
     tensors (--tensors: all of them; --json: everything)."""
-    from .cli_report import json_safe, print_summary, print_tensor_table
+    from .cli_report import print_summary, print_tensor_table
     rep = _open_report(file)
     if as_json:
-        print(json.dumps(json_safe(rep), indent=2))
+        print(json.dumps(rep, indent=2, allow_nan=False))  # report() is JSON-safe by construction
         return
     out = console if console.is_terminal else Console(width=240)  # piped: wide tables stay whole
     if tensors:
@@ -101,6 +101,9 @@ def _tensors_in(faults: list[str]) -> set[str]:
 def verify(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file."),
            base: Path = typer.Option(None, "--base", metavar="BASE",
                                      help="Base model folder (safetensors) to check the binding against."),
+           full: bool = typer.Option(False, "--full", help="With --base: hash every element of every bound base "
+                                     "tensor against its recorded digest (a tensor without one is a fault saying "
+                                     "only the sampled fingerprint could be checked)."),
            verbose: bool = typer.Option(False, "--verbose", "-v",
                                         help=f"Print every fault line (default: the first {VERIFY_SHOWN}).")):
     """Check structure, every checksum, every tensor and (with --base) the base binding. Ends with one line:
@@ -109,7 +112,9 @@ def verify(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file.")
     roles = [("FILE", "ddq", file)] + ([("--base", "model", base)] if base is not None else [])
     check_roles("verify", roles)
     try:
-        faults = run_verify(file, base)
+        if full and base is None:
+            fail("--full checks the base binding: give the base with --base BASE")
+        faults = run_verify(file, base, full=full)
     except Exception as e:  # verify reports faults as lines; an exception is a bug in ddq, said on one line
         fail(f"{file}: verify could not finish ({type(e).__name__}: {e}); please report this as a bug")
     shown = faults if verbose else faults[:VERIFY_SHOWN]

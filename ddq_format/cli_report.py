@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .accounting import json_safe
 from .cli_common import tagged
 from .spec import CONVERT_WARN_TENSOR_SHARE, KIND_COMPRESSED
 
@@ -24,25 +25,10 @@ VALUE_CHARS = 160  # a header value longer than this is cut in the summary (--js
 
 
 # -- values ----------------------------------------------------------------------------------------------
-def json_safe(obj):
-    """A JSON-serializable copy: bytes (msgpack bin) -> hex string, non-finite floats -> null, tuples ->
-    lists, anything else unknown -> its repr. `ddq inspect --json` must never fail on a header the reader
-    accepts."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj).hex()
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return repr(obj)
-
-
 def short(v, limit: int = VALUE_CHARS) -> str:
     """One line for any header value."""
+    if isinstance(v, dict) and set(v) == {"hex"} and isinstance(v["hex"], str):  # msgpack bin (accounting)
+        v = bytes.fromhex(v["hex"]) if len(v["hex"]) % 2 == 0 else v["hex"].encode()
     if isinstance(v, (bytes, bytearray, memoryview)):
         b = bytes(v)
         s = f"<{len(b)} bytes: {b[:16].hex()}{'…' if len(b) > 16 else ''}>"
@@ -51,7 +37,7 @@ def short(v, limit: int = VALUE_CHARS) -> str:
     elif isinstance(v, float):
         s = f"{v:.6g}"
     elif isinstance(v, (dict, list, tuple)):
-        s = json.dumps(json_safe(v), separators=(", ", ": "))
+        s = json.dumps(json_safe(v), separators=(", ", ": "), allow_nan=False)
     else:
         s = str(v)
     s = s.replace("\n", " ").replace("\r", " ")

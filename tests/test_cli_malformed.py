@@ -162,6 +162,6 @@ def test_inspect_bin_values_become_hex_in_json(sample_file, tmp_path):
     res = runner.invoke(app, ["inspect", str(p), "--json"])
     assert res.exit_code == 0, res.output
     alg = json.loads(res.stdout)["algorithm"]
-    assert alg["blob"] == "0102" and alg["nested"] == {"x": ["03", {"y": ""}]}
+    assert alg["blob"] == {"hex": "0102"} and alg["nested"] == {"x": [{"hex": "03"}, {"y": {"hex": ""}}]}
     summary = runner.invoke(app, ["inspect", str(p)])
     assert summary.exit_code == 0 and "<2 bytes: 0102>" in summary.stdout

@@ -302,3 +302,12 @@ def test_example_info_prints_cache_prompt_format_and_examples(tmp_path):
     assert repr(task.PROMPT) in res.stdout
     facts = task.make_facts(Recipe().n_facts, Recipe().seed)
     assert facts[0].prompt in res.stdout and facts[0].answer.strip() in res.stdout
+
+
+def test_verify_full_needs_a_base_and_says_what_it_could_check(pair, converted):
+    base, _ = pair
+    out, _ = converted
+    res = _ddq("verify", out, "--full")
+    assert res.exit_code == 2 and "--full checks the base binding" in res.output
+    res = _ddq("verify", out, "--base", base, "--full")  # convert wrote no full digests: said, not passed
+    assert res.exit_code == 1 and "sampled fingerprint" in res.output and "Traceback" not in res.output
