@@ -113,6 +113,7 @@ def table(d) -> torch.Tensor:
 
 
 _MULTI_CACHE: dict = {}
+_MULTI_CACHE_SIZE = 4096  # one entry per layer and slot set: a 7B model with every linear patched needs 224
 
 
 def multi_tables(deltas):
@@ -130,7 +131,7 @@ def multi_tables(deltas):
         members = [d for d in present if d.layout is layout]
         if members:
             launches.append((layout.kind, layout.consts(members)))
-    if len(_MULTI_CACHE) >= 16:
+    if len(_MULTI_CACHE) >= _MULTI_CACHE_SIZE:
         _MULTI_CACHE.pop(next(iter(_MULTI_CACHE)))
     _MULTI_CACHE[key] = (tuple(deltas), (tab, launches))
     return tab, launches

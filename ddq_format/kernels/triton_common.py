@@ -9,6 +9,8 @@ regenerated with the spec's uint32 hash (seeded_mask.py), bit-exact. Packed code
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
@@ -25,10 +27,19 @@ GOLD3 = tl.constexpr(3 * GOLDEN & 0xFFFFFFFF)
 GOLD4 = tl.constexpr(4 * GOLDEN & 0xFFFFFFFF)
 SALT = tl.constexpr(SEED_SALT)
 NF = tl.constexpr(common.NF)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def device(fn):
+    """Decorator of the kernels' device helpers: triton.jit when compiling; a plain function under the
+    interpreter, where a launch already maps triton.language to numpy and every call of a jit helper would
+    map it again (about 1 ms each: CI time)."""
+    return fn if INTERPRETED else triton.jit(fn)
+
 KIND_FIELD = tl.constexpr(common.KIND_FIELD)
 
 # -- hashing ----------------------------------------------------------------------------------------
-@triton.jit
+@device
 def fmix32(x):
     x = x ^ (x >> 16)
     x = x * C1
@@ -37,14 +48,14 @@ def fmix32(x):
     return x ^ (x >> 16)
 
 
-@triton.jit
+@device
 def perm_round(x, a, m, msk, sh):
     x = (x + a) & msk
     x = (x * m) & msk
     return x ^ (x >> sh)
 
 
-@triton.jit
+@device
 def perm_unround(x, a, minv, msk, sh):
     """Inverse of perm_round: x ^ (x >> sh) is its own inverse on w bits because 2*sh >= w."""
     x = x ^ (x >> sh)
@@ -52,7 +63,7 @@ def perm_unround(x, a, minv, msk, sh):
     return (x - a) & msk
 
 
-@triton.jit
+@device
 def inv_odd(m):
     """Inverse of odd m modulo 2^32 (Newton: each step doubles the correct low bits, 3 -> 48)."""
     v = m
@@ -62,13 +73,13 @@ def inv_odd(m):
     return v * (2 - m * v)
 
 
-@triton.jit
+@device
 def row_hash(seed, r):
     """h1 of SPEC §9.3.2 for rows r (uint32)."""
     return fmix32(fmix32(seed ^ SALT) ^ r.to(tl.uint32))
 
 
-@triton.jit
+@device
 def group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G):
     """Per (row, group) of h1 [R] x g [GPC]: group length L, kept count n, bit mask, shift, the three
     (add, multiplier) round keys and the rotation mod L; computed once per (row, group) tile."""
@@ -87,7 +98,7 @@ def group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G):
             (k2 >> 8) | 1, rot)
 
 
-@triton.jit
+@device
 def unpack(base, idx, bits, valid):
     """Code number idx (int64) of an LSB-first stream of `bits`-bit codes, as int32."""
     bit = idx * bits
@@ -98,7 +109,7 @@ def unpack(base, idx, bits, valid):
     return ((lo | (hi << 8)) >> sh) & ((1 << bits) - 1)
 
 
-@triton.jit
+@device
 def row_codes(codes, r, per_row, bits):
     """Byte pointer and bit shift of the first code of rows r (64-bit math once per row, so the per-element
     offsets below stay 32-bit; the host keeps per_row * bits < 2^31)."""
@@ -106,7 +117,7 @@ def row_codes(codes, r, per_row, bits):
     return codes + (bit >> 3), (bit & 7).to(tl.int32)
 
 
-@triton.jit
+@device
 def unpack_in_row(rowptr, rowsh, e, bits, valid):
     """Code e (int32) of the row whose codes start at (rowptr, rowsh), as int32."""
     b = rowsh + e * bits
@@ -118,7 +129,7 @@ def unpack_in_row(rowptr, rowsh, e, bits, valid):
 
 
 # -- table rows ---------------------------------------------------------------------------------------
-@triton.jit
+@device
 def seeded_fields(tp):
     codes = tl.load(tp + 0).to(tl.pointer_type(tl.uint8))
     seed = tl.load(tp + 1).to(tl.uint32)
@@ -136,7 +147,7 @@ def seeded_fields(tp):
     return codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row
 
 
-@triton.jit
+@device
 def csr_fields(tp, RO64: tl.constexpr, CI_BYTES: tl.constexpr):
     if RO64:
         ro = tl.load(tp + 0).to(tl.pointer_type(tl.int64))
@@ -159,7 +170,7 @@ def csr_fields(tp, RO64: tl.constexpr, CI_BYTES: tl.constexpr):
     return ro, ci, vals, scale, zero, pbits, m, width, ps, mx
 
 
-@triton.jit
+@device
 def csr_segment(ro, ps, j, r, rmask, rows, RO64: tl.constexpr):
     """(first element, length) of row r in part j."""
     base = ro + j * (rows + 1) + r
@@ -171,7 +182,7 @@ def csr_segment(ro, ps, j, r, rmask, rows, RO64: tl.constexpr):
     return tl.load(ps + j) + st, en - st
 
 
-@triton.jit
+@device
 def csr_cols(ci, idx, valid, CI_BYTES: tl.constexpr):
     c = tl.load(ci + idx, mask=valid, other=0).to(tl.int32)
     if CI_BYTES == 2:

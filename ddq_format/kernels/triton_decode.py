@@ -11,11 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import csr_cols, csr_fields, csr_segment, row_codes, row_hash, seeded_fields, unpack, unpack_in_row
+from .triton_common import INTERPRETED, csr_cols, device, csr_fields, csr_segment, row_codes, row_hash, seeded_fields, unpack, unpack_in_row
 from .triton_seeded import kept_columns, kept_index
 
 
-@triton.jit
+@device
 def _zero_rows(out_ptr, r, rmask, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     c = tl.arange(0, BLOCK_C)
     z = tl.zeros([BLOCK_R, BLOCK_C], out_ptr.dtype.element_ty)
@@ -98,21 +98,24 @@ def seeded_rows(tab, out, consts):
     rows, cols = out.shape
     gp, gpc = consts["GP"], consts["GPC_ROWS"]
     block_r = max(1, min(4, 512 // (gp * gpc)))  # ~512 output elements per step (114 registers at 1024)
+    block_r = 16 if INTERPRETED else block_r  # fewer programs: less interpreter time
     seeded_rows_decode_kernel[(triton.cdiv(rows, block_r),)](tab, out, rows, cols, BLOCK_R=block_r, GPC=gpc,
                                                              GP=gp, WALK=consts["WALK"])
 
 
 def seeded_scatter(tab, out, consts):
     rows, cols = out.shape
-    seeded_scatter_decode_kernel[(triton.cdiv(rows, 4),)](tab, out, rows, cols, BLOCK_R=4, GPC=consts["GPC"],
+    br = 16 if INTERPRETED else 4
+    seeded_scatter_decode_kernel[(triton.cdiv(rows, br),)](tab, out, rows, cols, BLOCK_R=br, GPC=consts["GPC"],
                                                           KP=consts["KP"], BLOCK_C=min(1024, consts["BLOCK_COLS"]),
                                                           WALK=consts["WALK"])
 
 
 def csr_scatter(tab, out, consts):
     rows, cols = out.shape
-    csr_scatter_decode_kernel[(triton.cdiv(rows, 4),)](tab, out, rows, cols, RO64=consts["RO64"],
-                                                       CI_BYTES=consts["CI_BYTES"], BLOCK_R=4, BLOCK_E=64,
+    br = 16 if INTERPRETED else 4
+    csr_scatter_decode_kernel[(triton.cdiv(rows, br),)](tab, out, rows, cols, RO64=consts["RO64"],
+                                                        CI_BYTES=consts["CI_BYTES"], BLOCK_R=br, BLOCK_E=64,
                                                        BLOCK_C=min(1024, consts["BLOCK_COLS"]))
 
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (KIND_FIELD, NF, csr_cols, csr_fields, csr_segment, row_codes, row_hash, seeded_fields,
+from .triton_common import (INTERPRETED, KIND_FIELD, NF, device, csr_cols, csr_fields, csr_segment, row_codes, row_hash, seeded_fields,
                             unpack, unpack_in_row)
 from .triton_seeded import kept_columns
 
@@ -43,6 +43,8 @@ def delta_tiles(block_b: int, kp: int, gpc_max: int) -> tuple[int, int, int]:
     values per thread for 2+ tokens (tests/kernels/aot_check.py: 232 registers at 16, 90-130 at 4)."""
     br, nw = (8, 4) if block_b <= 4 else (2, 2)
     br, nw = int(_ENV["DDQ_BLOCK_R"] or br), int(_ENV["DDQ_NUM_WARPS"] or nw)
+    if INTERPRETED:  # registers are free there and each program costs interpreter time: big tiles
+        return max(br, 16), nw, gpc_max
     per_thread = 4 if block_b > 1 else 16
     gpc = max(1, min(gpc_max, per_thread * 32 * nw // (br * kp * block_b)))
     return br, nw, 1 << (gpc.bit_length() - 1)
@@ -53,7 +55,7 @@ def fused_tiles(block_b: int, group_size: int | None, gpc_max: int) -> tuple[int
     (16 fp16 of W per thread and step) for one token; 16 x 128 feeding tl.dot for 2-16 tokens. When the group
     size divides BLOCK_C the steps are aligned to groups (the mask of a step's groups reads its x tile)."""
     br, bc = (8, 256) if block_b == 1 else (16, 128)
-    br = int(_ENV["DDQ_FUSED_BLOCK_R"] or br)
+    br = int(_ENV["DDQ_FUSED_BLOCK_R"] or (16 if INTERPRETED else br))
     bc = int(_ENV["DDQ_FUSED_BLOCK_C"] or bc)
     if group_size and group_size & (group_size - 1) == 0 and group_size <= 1024:
         bc = max(bc, group_size)
@@ -62,7 +64,7 @@ def fused_tiles(block_b: int, group_size: int | None, gpc_max: int) -> tuple[int
 
 
 # -- device code ---------------------------------------------------------------------------------------
-@triton.jit
+@device
 def _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, c0, cols, BLOCK_C: tl.constexpr,
                DOT: tl.constexpr, F32: tl.constexpr):
     c = c0 + tl.arange(0, BLOCK_C)
@@ -79,7 +81,7 @@ def _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, c0, cols, BLOCK
     return bacc
 
 
-@triton.jit
+@device
 def _seeded_cols(rowptr, rowsh, bits, zero, h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail, G,
                  ngroups, g_sc, GPC: tl.constexpr, WALK: tl.constexpr, XT: tl.constexpr):
     """Gather offsets into x (column, times the token-major stride under XT), code - z and validity of the
@@ -92,13 +94,13 @@ def _seeded_cols(rowptr, rowsh, bits, zero, h1, rmask, g0, il, full, keep, tail,
     return col, v, valid
 
 
-@triton.jit
+@device
 def _gather(col, valid, gbase, bok):
     return tl.load(gbase[None, None, None, :] + col[:, :, :, None],
                    mask=valid[:, :, :, None] & bok[None, None, None, :], other=0.0).to(tl.float32)
 
 
-@triton.jit
+@device
 def _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, rmask, g0, il, full, keep, tail, keep_tail, w_full,
                  w_tail, G, ngroups, gbase, g_sc, bok, GPC: tl.constexpr, KP: tl.constexpr, WALK: tl.constexpr,
                  XT: tl.constexpr):
@@ -110,13 +112,13 @@ def _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, rmask, g0, il, full, keep,
     return dacc
 
 
-@triton.jit
+@device
 def _tokens4(g_ptr, g_sb, b0, c: tl.constexpr, TB: tl.constexpr, B):
     pos = b0 + c * TB + tl.arange(0, TB)
     return g_ptr + pos.to(tl.int64) * g_sb, pos < B
 
 
-@triton.jit
+@device
 def _seeded_step4(d0, d1, d2, d3, rowptr, rowsh, bits, zero, h1, rmask, g0, il, full, keep, tail, keep_tail,
                   w_full, w_tail, G, ngroups, g_ptr, g_sb, g_sc, b0, B, GPC: tl.constexpr, WALK: tl.constexpr,
                   XT: tl.constexpr, TB: tl.constexpr):
@@ -136,14 +138,14 @@ def _seeded_step4(d0, d1, d2, d3, rowptr, rowsh, bits, zero, h1, rmask, g0, il, 
     return d0, d1, d2, d3
 
 
-@triton.jit
+@device
 def _cat4(d0, d1, d2, d3, BLOCK_R: tl.constexpr, TB: tl.constexpr):
     """[R, TB] x 4 -> [R, 4 * TB], chunk c at columns c*TB.."""
     j = tl.join(tl.join(d0, d1), tl.join(d2, d3))  # [R, TB, 2, 2]: (row, i, c % 2, c // 2)
     return tl.reshape(tl.permute(j, (0, 3, 2, 1)), (BLOCK_R, 4 * TB))
 
 
-@triton.jit
+@device
 def _csr_product(tp, gbase, g_sc, bok, r, rmask, rows, active, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr, SEGMENTS: tl.constexpr,
                  XT: tl.constexpr):
@@ -197,69 +199,73 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
         bok = pos < B
         tok = pos
         active = 1  # unused: only SEGMENTS launches mix layouts
-    tp = tab + d * NF
-    if XT:
-        gbase = g_ptr + pos.to(tl.int64) * g_sb
-    else:
-        gbase = g_ptr + tok.to(tl.int64) * g_sb
-    n_it = 0
-    if DELTA == 1:
-        codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tp)
-        ngroups = full + (tail > 0).to(tl.int32)
-        if SEGMENTS:
-            ngroups = tl.where(active, ngroups, 0)
-        h1 = row_hash(seed, r)
-        rowptr, rowsh = row_codes(codes, r, per_row, bits)
-        rowptr = rowptr[:, None, None]
-        rowsh = rowsh[:, None, None]
-        il = tl.arange(0, KP)
-        if TB == BLOCK_B:
-            dacc = tl.zeros([BLOCK_R, GPC, KP, BLOCK_B], tl.float32)
+    run = True
+    if SEGMENTS:
+        run = tl.max(bok.to(tl.int32), 0) > 0  # empty tiles and other layouts' tiles do nothing
+    if run:
+        tp = tab + d * NF
+        if XT:
+            gbase = g_ptr + pos.to(tl.int64) * g_sb
         else:
-            d0 = tl.zeros([BLOCK_R, TB], tl.float32)
-            d1 = tl.zeros([BLOCK_R, TB], tl.float32)
-            d2 = tl.zeros([BLOCK_R, TB], tl.float32)
-            d3 = tl.zeros([BLOCK_R, TB], tl.float32)
-        n_it = tl.cdiv(ngroups, GPC)
-    if HAS_BASE:
-        n_it = tl.maximum(n_it, tl.cdiv(cols, BLOCK_C))
-        if DOT:
-            bacc = tl.zeros([BLOCK_B, BLOCK_R], tl.float32)
-        else:
-            bacc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    for it in range(0, n_it):
+            gbase = g_ptr + tok.to(tl.int64) * g_sb
+        n_it = 0
+        if DELTA == 1:
+            codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tp)
+            ngroups = full + (tail > 0).to(tl.int32)
+            if SEGMENTS:
+                ngroups = tl.where(active, ngroups, 0)
+            h1 = row_hash(seed, r)
+            rowptr, rowsh = row_codes(codes, r, per_row, bits)
+            rowptr = rowptr[:, None, None]
+            rowsh = rowsh[:, None, None]
+            il = tl.arange(0, KP)
+            if TB == BLOCK_B:
+                dacc = tl.zeros([BLOCK_R, GPC, KP, BLOCK_B], tl.float32)
+            else:
+                d0 = tl.zeros([BLOCK_R, TB], tl.float32)
+                d1 = tl.zeros([BLOCK_R, TB], tl.float32)
+                d2 = tl.zeros([BLOCK_R, TB], tl.float32)
+                d3 = tl.zeros([BLOCK_R, TB], tl.float32)
+            n_it = tl.cdiv(ngroups, GPC)
         if HAS_BASE:
-            bacc = _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, it * BLOCK_C, cols, BLOCK_C, DOT,
-                              x_ptr.dtype.element_ty == tl.float32)
+            n_it = tl.maximum(n_it, tl.cdiv(cols, BLOCK_C))
+            if DOT:
+                bacc = tl.zeros([BLOCK_B, BLOCK_R], tl.float32)
+            else:
+                bacc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+        for it in range(0, n_it):
+            if HAS_BASE:
+                bacc = _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, it * BLOCK_C, cols, BLOCK_C, DOT,
+                                  x_ptr.dtype.element_ty == tl.float32)
+            if DELTA == 1:
+                if TB == BLOCK_B:
+                    dacc = _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, rmask, it * GPC, il, full, keep, tail,
+                                        keep_tail, w_full, w_tail, G, ngroups, gbase, g_sc, bok, GPC, KP, WALK, XT)
+                else:
+                    d0, d1, d2, d3 = _seeded_step4(d0, d1, d2, d3, rowptr, rowsh, bits, zero, h1, rmask, it * GPC, il,
+                                                   full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, g_ptr, g_sb,
+                                                   g_sc, tl.program_id(1) * BLOCK_B, B, GPC, WALK, XT, TB)
+        y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
         if DELTA == 1:
             if TB == BLOCK_B:
-                dacc = _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, rmask, it * GPC, il, full, keep, tail,
-                                    keep_tail, w_full, w_tail, G, ngroups, gbase, g_sc, bok, GPC, KP, WALK, XT)
+                y = tl.sum(tl.sum(dacc, 2), 1) * scale
             else:
-                d0, d1, d2, d3 = _seeded_step4(d0, d1, d2, d3, rowptr, rowsh, bits, zero, h1, rmask, it * GPC, il,
-                                               full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, g_ptr, g_sb,
-                                               g_sc, tl.program_id(1) * BLOCK_B, B, GPC, WALK, XT, TB)
-    y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
-    if DELTA == 1:
-        if TB == BLOCK_B:
-            y = tl.sum(tl.sum(dacc, 2), 1) * scale
-        else:
-            y = _cat4(d0, d1, d2, d3, BLOCK_R, TB) * scale
-    if DELTA == 2:
-        y = _csr_product(tp, gbase, g_sc, bok, r, rmask, rows, active, RO64, CI_BYTES, BLOCK_R, BLOCK_E, BLOCK_B,
-                         SEGMENTS, XT)
-    if HAS_BASE:
-        if DOT:
-            y += tl.trans(bacc)
-        else:
-            y += tl.sum(bacc, 1)[:, None]
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + r, mask=rmask, other=0.0).to(tl.float32)[:, None]
-    optr = out_ptr + tok[None, :].to(tl.int64) * sob + r[:, None]
-    omask = rmask[:, None] & bok[None, :]
-    if ACCUM:
-        y += tl.load(optr, mask=omask, other=0.0).to(tl.float32)
-    tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=omask)
+                y = _cat4(d0, d1, d2, d3, BLOCK_R, TB) * scale
+        if DELTA == 2:
+            y = _csr_product(tp, gbase, g_sc, bok, r, rmask, rows, active, RO64, CI_BYTES, BLOCK_R, BLOCK_E, BLOCK_B,
+                             SEGMENTS, XT)
+        if HAS_BASE:
+            if DOT:
+                y += tl.trans(bacc)
+            else:
+                y += tl.sum(bacc, 1)[:, None]
+            if HAS_BIAS:
+                y += tl.load(bias_ptr + r, mask=rmask, other=0.0).to(tl.float32)[:, None]
+        optr = out_ptr + tok[None, :].to(tl.int64) * sob + r[:, None]
+        omask = rmask[:, None] & bok[None, :]
+        if ACCUM:
+            y += tl.load(optr, mask=omask, other=0.0).to(tl.float32)
+        tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 # -- host side -----------------------------------------------------------------------------------------

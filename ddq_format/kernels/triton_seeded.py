@@ -11,32 +11,32 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import group_keys, inv_odd, perm_round, perm_unround
+from .triton_common import device, group_keys, inv_odd, perm_round, perm_unround
 
 
-@triton.jit
+@device
 def _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh):
     return perm_round(perm_round(perm_round(x, a0, m0, msk, sh), a1, m1, msk, sh), a2, m2, msk, sh)
 
 
-@triton.jit
+@device
 def _inv(x, a0, i0, a1, i1, a2, i2, msk, sh):
     return perm_unround(perm_unround(perm_unround(x, a2, i2, msk, sh), a1, i1, msk, sh), a0, i0, msk, sh)
 
 
-@triton.jit
+@device
 def _any(m):
     return tl.max(tl.max(tl.max(m.to(tl.int32), 2), 1), 0) > 0
 
 
-@triton.jit
+@device
 def _keys3(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G):
     L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
     return (L[:, :, None], n[:, :, None], msk[:, :, None], sh[:, :, None], a0[:, :, None], m0[:, :, None],
             a1[:, :, None], m1[:, :, None], a2[:, :, None], m2[:, :, None], rot[:, :, None])
 
 
-@triton.jit
+@device
 def kept_columns(h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
                  GPC: tl.constexpr, WALK: tl.constexpr):
     """Columns [R, GPC, KP] (int32) of kept elements il of groups g0..g0+GPC-1, their kept index within
@@ -57,7 +57,7 @@ def kept_columns(h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail,
     return g3 * G + pos.to(tl.int32), g3 * keep + il[None, None, :], valid
 
 
-@triton.jit
+@device
 def kept_index(h1, rmask, g0, jj, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
                GPC: tl.constexpr, WALK: tl.constexpr):
     """For column offsets jj [GP] inside groups g0..g0+GPC-1: (in-range [R, GPC, GP], kept [R, GPC, GP],

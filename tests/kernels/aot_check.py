@@ -105,9 +105,10 @@ def compile_calls(calls, arch: int):
     return out
 
 
-def scenarios():
+def scenarios(quick: bool = False):
     """The launches the dispatch makes for representative deltas (alpha 8, k 4, h_g 128; a cycle-walking
-    group; csr_parts m 8; seeded_rans), at batch 1, 5 and 16, fp16."""
+    group; csr_parts m 8; seeded_rans), at batch 1, 5 and 16, fp16. quick: the serving-path subset (batch 1
+    and 16 of seeded, batch 1 of csr_parts, SGMV, decode, rANS lanes)."""
     from kernel_builders import make_delta
     from ddq_format.kernels import CompressedDelta, delta_segments
     from ddq_format.kernels import dispatch, triton_decode, triton_linear, triton_rans
@@ -129,19 +130,20 @@ def scenarios():
     b = torch.randn(64, dtype=torch.float16)
 
     def calls():
-        for d in (seeded, walk, csr):
+        for d in (seeded, csr) if quick else (seeded, walk, csr):
             tab, consts = dispatch.table(d), d.layout.consts([d])
-            for B in (1, 5, 16):
+            for B in ((1, 16) if d is seeded else (1,)) if quick else (1, 5, 16):
                 x = torch.randn(B, 512 if d is not walk else 480, dtype=torch.float16)
                 wd = w if d is not walk else torch.randn(64, 480, dtype=torch.float16)
                 triton_linear.fused_linear(x, wd, b, d.layout.kind, tab, consts)
                 triton_linear.delta_matmul(x, d.layout.kind, tab, consts, 64)
             decoder = triton_decode.seeded_rows if d.layout.kind == 1 else triton_decode.csr_scatter
             triton_decode.run(decoder, tab, d.shape, torch.float16, "cpu", consts)
-        triton_decode.run(triton_decode.seeded_scatter, dispatch.table(seeded), seeded.shape, torch.float16, "cpu",
-                          seeded.layout.consts([seeded]))
-        triton_linear.fused_linear(torch.randn(1, 512, dtype=torch.float16), w, b, 0, dispatch.table(seeded), {})
-        for B, n in ((16, 16), (64, 16)):
+        if not quick:
+            triton_decode.run(triton_decode.seeded_scatter, dispatch.table(seeded), seeded.shape, torch.float16,
+                              "cpu", seeded.layout.consts([seeded]))
+            triton_linear.fused_linear(torch.randn(1, 512, dtype=torch.float16), w, b, 0, dispatch.table(seeded), {})
+        for B, n in ((16, 16),) if quick else ((16, 16), (64, 16)):
             x = torch.randn(B, 512, dtype=torch.float16)
             seg = delta_segments(torch.arange(B) % n, n)
             tab, launches = dispatch.multi_tables([seeded, csr] * (n // 2))
@@ -161,9 +163,10 @@ def main():
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--sass", type=Path)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     seen, rows = set(), []
-    for r in compile_calls(scenarios(), a.arch):
+    for r in compile_calls(scenarios(a.quick), a.arch):
         key = (r["kernel"], json.dumps(r["config"], sort_keys=True), r["num_warps"])
         if key in seen:
             continue

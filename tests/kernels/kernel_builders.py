@@ -7,6 +7,10 @@ from ddq_format.converters.dropout import groupwise_dropout
 from ddq_format.encodings import csr_parts, seeded, seeded_rans
 from ddq_format.reader import DDQFile
 from ddq_format.writer import Writer
+from seeding import stable_rng  # noqa: F401  (re-exported)
+
+MATMUL_TOL = 1e-5  # relative Frobenius error of a float32 product vs float64
+HALF_TOL = 2e-3  # the same for float16 inputs and outputs (one fp16 rounding of x and of the result)
 
 
 def make_delta(rng, rows, cols, *, encoding, alpha, group_size, bits, parts=1, seed=None, rows_per_stream=None):
