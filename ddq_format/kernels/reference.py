@@ -138,8 +138,8 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     pad = (-stream.numel()) % 8
     if pad:
         stream = torch.cat([stream, stream.new_zeros(pad)])
-    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.int16, device=codes.device)
-    return (stream.reshape(-1, 8).to(torch.int16) * weights).sum(1).to(torch.uint8)[: (n * bits + 7) // 8]
+    place = torch.arange(8, dtype=torch.int16, device=codes.device)  # no host tensor: CUDA-graph safe
+    return (stream.reshape(-1, 8).to(torch.int16) << place).sum(1).to(torch.uint8)[: (n * bits + 7) // 8]
 
 
 def decode(d) -> torch.Tensor:

@@ -190,7 +190,8 @@ def rans_codes(entry, buffers, device, backend) -> torch.Tensor:
     _check_stream_offsets(entry, off.astype(np.int64), raw.size, b * per_row, last)
     words = upload(raw, "U16", dev)
     off_w = torch.from_numpy(off.astype(np.int64) // 2).to(dev)
-    codes, state = triton_rans.decode_lanes(words, off_w, p["freqs"], ns, b * per_row, last)
+    table = torch.from_numpy(triton_rans.decoder_table(p["freqs"])).to(dev)
+    codes, state = triton_rans.decode_lanes(words, off_w, table, ns, b * per_row, last)
     bad = (state[:, 0] != RANS_STATE_LOW) | (state[:, 1] != off_w[1:])
     if bool(bad.any()):  # one sync at load time
         j = int(bad.nonzero()[0, 0])

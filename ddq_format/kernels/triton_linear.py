@@ -32,7 +32,7 @@ from .triton_seeded import kept_columns
 FUSED_MAX_BATCH = 16  # tokens one fused launch serves (one batch tile); above: cuBLAS base + delta kernel
 DELTA_CHUNK = 16  # tokens per delta-only launch
 _ENV = {k: os.environ.get(k) for k in ("DDQ_BLOCK_R", "DDQ_NUM_WARPS", "DDQ_FUSED_BLOCK_R", "DDQ_FUSED_BLOCK_C",
-                                        "DDQ_CSR_BLOCK_E")}
+                                        "DDQ_FUSED_NUM_WARPS", "DDQ_CSR_BLOCK_E")}  # tile overrides (benchmark sweeps)
 CSR_BLOCK_E = int(_ENV["DDQ_CSR_BLOCK_E"] or 32)
 
 
@@ -316,7 +316,8 @@ def fused_linear(x, weight, bias, kind, tab, consts) -> torch.Tensor:
     bb = 1 if B == 1 else 16
     br, bc, gpc = fused_tiles(bb, consts.get("G") if kind == 1 else None, consts.get("GPC", 1))
     xt = x.t().contiguous() if bb > 1 and kind else None
-    _launch((triton.cdiv(rows, br), 1), x, out, tab, consts, kind=kind, block_b=bb, block_r=br, num_warps=4,
+    nw = int(_ENV["DDQ_FUSED_NUM_WARPS"] or 4)
+    _launch((triton.cdiv(rows, br), 1), x, out, tab, consts, kind=kind, block_b=bb, block_r=br, num_warps=nw,
             xt=xt, weight=weight, bias=bias, dot=bb > 1, block_c=bc, gpc=gpc, tb=_token_chunk(bb, kind, consts))
     return out
 

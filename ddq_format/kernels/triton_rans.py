@@ -59,17 +59,17 @@ def decoder_table(freqs) -> np.ndarray:
     return packed.astype(np.uint32).view(np.int32)
 
 
-def decode_lanes(streams: torch.Tensor, offsets: torch.Tensor, freqs, n_streams: int, per_stream: int,
-                 last_count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_lanes(streams: torch.Tensor, offsets: torch.Tensor, table: torch.Tensor, n_streams: int,
+                 per_stream: int, last_count: int, out: torch.Tensor | None = None):
     """(codes uint8 [(n_streams - 1) * per_stream + last_count], int64 [n_streams, 2] final state and word
-    position). `streams` holds the stream bytes as int16 words, `offsets` the int64 word offsets [N + 1]."""
+    position). `streams`: the stream bytes as int16 words; `offsets`: int64 word offsets [N + 1]; `table`:
+    decoder_table on the device. No host sync and no host copy (CUDA-graph safe); the caller checks the
+    states. `out` (uint8, at least n_streams * per_stream): where the codes go."""
     dev = streams.device
     total = (n_streams - 1) * per_stream + last_count if n_streams else 0
-    codes = torch.empty(max(n_streams * per_stream, 1), dtype=torch.uint8, device=dev)
+    codes = out if out is not None else torch.empty(max(n_streams * per_stream, 1), dtype=torch.uint8, device=dev)
     state = torch.empty((n_streams, 2), dtype=torch.int64, device=dev)
     if n_streams:
-        table = torch.from_numpy(decoder_table(freqs)).to(dev)
-        words = streams if streams.numel() else torch.zeros(1, dtype=torch.int16, device=dev)
-        rans_lanes_kernel[(triton.cdiv(n_streams, BLOCK_S),)](words, offsets, table, codes, state, n_streams,
+        rans_lanes_kernel[(triton.cdiv(n_streams, BLOCK_S),)](streams, offsets, table, codes, state, n_streams,
                                                              per_stream, last_count, BLOCK_S=BLOCK_S, num_warps=1)
     return codes[:total], state

@@ -153,7 +153,8 @@ def scenarios(quick: bool = False):
         off = np.frombuffer(rans_bufs["stream_offsets"].tobytes(), "<u4").astype(np.int64) // 2
         per_stream = p["rows_per_stream"] * 64  # 64 kept per row
         triton_rans.decode_lanes(torch.from_numpy(rans_bufs["streams"].copy()).view(torch.int16),
-                                 torch.from_numpy(off), p["freqs"], off.size - 1, per_stream,
+                                 torch.from_numpy(off), torch.from_numpy(triton_rans.decoder_table(p["freqs"])),
+                                 off.size - 1, per_stream,
                                  64 * 64 - (off.size - 2) * per_stream)
     return record(calls)
 
