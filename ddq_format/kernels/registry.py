@@ -78,7 +78,7 @@ class SeededLayout:
     def consts(self, deltas) -> dict:
         """Triton constants shared by a launch over `deltas`: padded kept per group (KP, at most 64, a loop
         covers more), groups per matmul tile (~64 kept elements per row), whether any group needs cycle-walking,
-        and for decode the padded group width (GP, at most 512) and groups per row tile (~256 columns)."""
+        and for decode the padded group width (GP, at most 512; a loop covers more) and the group count."""
         if max(d.kept_per_row * d.params["bits"] for d in deltas) >= 2**31 - 8:
             raise UsageError("rows of more than 2^31 code bits exceed the kernels' 32-bit offsets; use "
                              "backend='torch'", tensor=deltas[0].name, field="shape")
@@ -87,8 +87,9 @@ class SeededLayout:
         G = max(d.params["group_size"] for d in deltas)
         gp = min(512, next_pow2(G))
         walk = any(not is_pow2(d.params["group_size"]) or not is_pow2(d.groups[2]) for d in deltas)
+        groups = max(d.groups[0] + (d.groups[2] > 0) for d in deltas)
         return {"KP": kp, "KEEP": keep, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
-                "GPC_ROWS": max(1, 256 // gp) if next_pow2(G) <= gp else 1, "G": G,
+                "GROUPS": next_pow2(groups), "G": G,
                 "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 
     def reference_decode(self, d) -> torch.Tensor:

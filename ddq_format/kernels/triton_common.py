@@ -81,21 +81,20 @@ def row_hash(seed, r):
 
 @device
 def group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G):
-    """Per (row, group) of h1 [R] x g [GPC]: group length L, kept count n, bit mask, shift, the three
-    (add, multiplier) round keys and the rotation mod L; computed once per (row, group) tile."""
+    """Elementwise over h1 (row hashes) and g (group indices) of one shape: group length L, kept count n,
+    bit mask, shift, the three (add, multiplier) round keys and the rotation mod L of each (row, group)."""
     is_tail = g == full
     L = tl.maximum(tl.where(is_tail, tail, G), 1).to(tl.uint32)  # no remainder by 0 in padding lanes
     n = tl.where(is_tail, keep_tail, keep)
     w = tl.where(is_tail, w_tail, w_full).to(tl.uint32)
-    msk = ((tl.full([1], 1, tl.uint32) << w) - 1)[None, :]
-    sh = ((w + 1) >> 1)[None, :]
-    h2 = fmix32(h1[:, None] + g[None, :].to(tl.uint32) * GOLD)
+    msk = (tl.full(w.shape, 1, tl.uint32) << w) - 1
+    sh = (w + 1) >> 1
+    h2 = fmix32(h1 + g.to(tl.uint32) * GOLD)
     k0 = fmix32(h2 + GOLD)
     k1 = fmix32(h2 + GOLD2)
     k2 = fmix32(h2 + GOLD3)
-    rot = fmix32(h2 + GOLD4) % L[None, :]
-    return (L[None, :], n[None, :], msk, sh, k0 & msk, (k0 >> 8) | 1, k1 & msk, (k1 >> 8) | 1, k2 & msk,
-            (k2 >> 8) | 1, rot)
+    rot = fmix32(h2 + GOLD4) % L
+    return L, n, msk, sh, k0 & msk, (k0 >> 8) | 1, k1 & msk, (k1 >> 8) | 1, k2 & msk, (k2 >> 8) | 1, rot
 
 
 @device

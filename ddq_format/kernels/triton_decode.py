@@ -26,21 +26,25 @@ def _zero_rows(out_ptr, r, rmask, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.const
 
 @triton.jit
 def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, GPC: tl.constexpr,
-                              GP: tl.constexpr, WALK: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+                              NQ: tl.constexpr, LANES: tl.constexpr, WALK: tl.constexpr):
+    """A program owns BLOCK_R rows; each step covers GPC groups of them as BLOCK_R * GPC (row, group) pairs
+    x NQ * LANES columns (one pair per warp when LANES = 32)."""
+    p = tl.arange(0, BLOCK_R * GPC)
+    r = tl.program_id(0) * BLOCK_R + p // GPC
+    gl = p % GPC
     rmask = r < rows
     codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tab)
     ngroups = full + (tail > 0).to(tl.int32)
     h1 = row_hash(seed, r)
-    jj = tl.arange(0, GP)
-    orow = (out_ptr + r.to(tl.int64) * cols)[:, None, None]
     rowptr, rowsh = row_codes(codes, r, per_row, bits)
-    rowptr = rowptr[:, None, None]
-    rowsh = rowsh[:, None, None]
+    rowptr = rowptr[None, :, None]
+    rowsh = rowsh[None, :, None]
+    orow = (out_ptr + r.to(tl.int64) * cols)[None, :, None]
+    jj = tl.arange(0, NQ)[:, None, None] * LANES + tl.arange(0, LANES)[None, None, :]
     for g0 in range(0, ngroups, GPC):
-        for j0 in range(0, G, GP):  # one pass unless a group is wider than GP columns
-            inside, kept, kidx, col = kept_index(h1, rmask, g0, j0 + jj, full, keep, tail, keep_tail, w_full,
-                                                 w_tail, G, ngroups, GPC, WALK)
+        for j0 in range(0, G, NQ * LANES):  # one pass unless a group is wider than NQ * LANES columns
+            inside, kept, kidx, col = kept_index(h1, rmask, g0 + gl, j0 + jj, full, keep, tail, keep_tail, w_full,
+                                                 w_tail, G, ngroups, WALK)
             q = unpack_in_row(rowptr, rowsh, kidx, bits, kept)
             v = tl.where(kept, scale * (q - zero).to(tl.float32), 0.0)
             tl.store(orow + col, v.to(out_ptr.dtype.element_ty), mask=inside)
@@ -96,11 +100,14 @@ def csr_scatter_decode_kernel(tab, out_ptr, rows, cols, RO64: tl.constexpr, CI_B
 # -- host side -----------------------------------------------------------------------------------------
 def seeded_rows(tab, out, consts):
     rows, cols = out.shape
-    gp, gpc = consts["GP"], consts["GPC_ROWS"]
-    block_r = max(1, min(4, 512 // (gp * gpc)))  # ~512 output elements per step (114 registers at 1024)
-    block_r = 16 if INTERPRETED else block_r  # fewer programs: less interpreter time
+    gp = consts["GP"]
+    lanes = min(32, gp)
+    pairs = 4 * 32 // lanes  # 4 warps: one pair per thread column, nothing computed twice
+    gpc = min(pairs, consts["GROUPS"])
+    block_r = 16 if INTERPRETED else pairs // gpc  # the interpreter: fewer programs, less CI time
     seeded_rows_decode_kernel[(triton.cdiv(rows, block_r),)](tab, out, rows, cols, BLOCK_R=block_r, GPC=gpc,
-                                                             GP=gp, WALK=consts["WALK"])
+                                                             NQ=gp // lanes, LANES=lanes, WALK=consts["WALK"],
+                                                             num_warps=4)
 
 
 def seeded_scatter(tab, out, consts):

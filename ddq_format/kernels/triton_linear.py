@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .triton_common import (INTERPRETED, KIND_FIELD, NF, device, csr_cols, csr_fields, csr_segment, row_codes, row_hash, seeded_fields,
                             unpack, unpack_in_row)
-from .triton_seeded import kept_columns
+from .triton_seeded import kept_columns, kept_columns_pairs
 
 FUSED_MAX_BATCH = 16  # tokens one fused launch serves (one batch tile); above: cuBLAS base + delta kernel
 DELTA_CHUNK = 16  # tokens per delta-only launch
@@ -36,31 +36,45 @@ _ENV = {k: os.environ.get(k) for k in ("DDQ_BLOCK_R", "DDQ_NUM_WARPS", "DDQ_FUSE
 CSR_BLOCK_E = int(_ENV["DDQ_CSR_BLOCK_E"] or 32)
 
 
-def delta_tiles(block_b: int, kp: int, gpc_max: int) -> tuple[int, int, int]:
-    """(BLOCK_R, num_warps, groups per step) of the delta-only and SGMV launches. Rows and warps as measured
-    on an H100 for the previous per-token kernel (benchmarks/results/kernels-h100.md: 8 rows x 4 warps for
-    1-4 tokens, 2 x 2 for 8-16); groups per step so the [rows, groups, kept, tokens] product holds about 4
-    values per thread for 2+ tokens (tests/kernels/aot_check.py: 232 registers at 16, 90-130 at 4)."""
+def delta_tiles(block_b: int, kp: int, gpc_max: int, groups: int) -> tuple[int, int, int]:
+    """(BLOCK_R, num_warps, groups per step) of the delta-only and SGMV launches.
+
+    One token: 8 rows x 16 groups = 128 (row, group) pairs, one per thread, so no key is computed twice
+    (tests/kernels/aot_check.py: ~3x fewer instructions than 8 x 4 pairs spread over the kept elements).
+    2-16 tokens: rows and warps as measured on an H100 for the previous kernel (8 x 4 warps up to 4 tokens,
+    2 x 2 above, benchmarks/results/kernels-h100.md); groups per step so the [rows, groups, kept, tokens]
+    product holds about 4 values per thread (232 registers at 16, 90-130 at 4)."""
     br, nw = (8, 4) if block_b <= 4 else (2, 2)
     br, nw = int(_ENV["DDQ_BLOCK_R"] or br), int(_ENV["DDQ_NUM_WARPS"] or nw)
-    if INTERPRETED:  # registers are free there and each program costs interpreter time: big tiles
+    if block_b == 1:
+        if INTERPRETED:  # registers are free there and each program costs interpreter time: big tiles
+            return 16, nw, groups
+        return br, nw, max(1, min(groups, 32 * nw // br))
+    if INTERPRETED:
         return max(br, 16), nw, gpc_max
-    per_thread = 4 if block_b > 1 else 16
-    gpc = max(1, min(gpc_max, per_thread * 32 * nw // (br * kp * block_b)))
+    gpc = max(1, min(gpc_max, 4 * 32 * nw // (br * kp * block_b)))
     return br, nw, 1 << (gpc.bit_length() - 1)
 
 
-def fused_tiles(block_b: int, group_size: int | None, gpc_max: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_C, groups per step) of the fused launch. Not tuned on a GPU yet: 8 rows x 256 columns
-    (16 fp16 of W per thread and step) for one token; 16 x 128 feeding tl.dot for 2-16 tokens. When the group
-    size divides BLOCK_C the steps are aligned to groups (the mask of a step's groups reads its x tile)."""
-    br, bc = (8, 256) if block_b == 1 else (16, 128)
+def fused_tiles(block_b: int, consts: dict) -> tuple[int, int, int, int, int]:
+    """(BLOCK_R, BLOCK_C, num_warps, seeded groups per delta step, column chunks per delta step) of the fused
+    launch. Not tuned on a GPU yet. One token: W in 8 x 256 chunks (16 fp16 per thread and step), the seeded
+    delta as 8 rows x 16 groups = 128 (row, group) pairs every 16 * h_g / 256 chunks (one pair per thread).
+    2-16 tokens: 16 x 128 chunks feeding tl.dot, the seeded groups of the same chunk (when h_g divides it)."""
+    br, bc, nw = (8, 256, 4) if block_b == 1 else (16, 128, 4)
     br = int(_ENV["DDQ_FUSED_BLOCK_R"] or (16 if INTERPRETED else br))
     bc = int(_ENV["DDQ_FUSED_BLOCK_C"] or bc)
-    if group_size and group_size & (group_size - 1) == 0 and group_size <= 1024:
-        bc = max(bc, group_size)
-        return br, bc, bc // group_size
-    return br, bc, gpc_max if block_b == 1 else 1
+    nw = int(_ENV["DDQ_FUSED_NUM_WARPS"] or nw)
+    G = consts.get("G")
+    if G is None:  # csr_parts: its loop follows the base loop
+        return br, bc, nw, 1, 1
+    if block_b == 1:
+        gpc = max(1, min(consts["GROUPS"], 32 * nw // br))
+        return br, bc, nw, gpc, max(1, gpc * G // bc)
+    if G & (G - 1) == 0 and G <= 1024:
+        bc = max(bc, G)
+        return br, bc, nw, bc // G, 1
+    return br, bc, nw, 1, 1
 
 
 # -- device code ---------------------------------------------------------------------------------------
@@ -110,6 +124,21 @@ def _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, rmask, g0, il, full, keep,
                                      keep_tail, w_full, w_tail, G, ngroups, g_sc, GPC, WALK, XT)
         dacc += _gather(col, valid, gbase, bok) * v[:, :, :, None]
     return dacc
+
+
+@device
+def _seeded_pairs_step(pacc, rowptr, rowsh, bits, zero, h1, pmask, g, il, full, keep, tail, keep_tail, w_full,
+                       w_tail, G, ngroups, gone, g_sc, KP: tl.constexpr, WALK: tl.constexpr, XT: tl.constexpr):
+    """One token (gone: its x row, or its xᵀ column): pacc [P] += the products of the pairs' groups."""
+    for i0 in range(0, tl.maximum(keep, keep_tail), KP):  # one pass unless a group keeps more than KP
+        col, kidx, valid = kept_columns_pairs(h1, pmask, g, i0 + il, full, keep, tail, keep_tail, w_full, w_tail,
+                                              G, ngroups, WALK)
+        v = (unpack_in_row(rowptr[None, :], rowsh[None, :], kidx, bits, valid) - zero).to(tl.float32)
+        if XT:
+            col = col * g_sc
+        xv = tl.load(gone + col, mask=valid, other=0.0).to(tl.float32)
+        pacc += tl.sum(xv * v, 0)
+    return pacc
 
 
 @device
@@ -178,11 +207,12 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                   ACCUM: tl.constexpr, XT: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GPC: tl.constexpr,
                   KP: tl.constexpr, WALK: tl.constexpr, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
-                  BLOCK_E: tl.constexpr, TB: tl.constexpr):
+                  BLOCK_E: tl.constexpr, TB: tl.constexpr, DSTEP: tl.constexpr):
     """DELTA: 0 none (base only), 1 seeded codes, 2 csr_parts. x gathers for the delta read g_ptr +
     token * g_sb + column * g_sc, token = position in the sorted order when XT (xᵀ), else the token id.
     TB < BLOCK_B (fused 16-token tiles, not SEGMENTS): the seeded products are reduced per step in 4 token
-    chunks of TB."""
+    chunks of TB. BLOCK_B == 1: the seeded tile is BLOCK_R x GPC (row, group) pairs, one delta step every
+    DSTEP column chunks of the base."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < rows
     bl = tl.arange(0, BLOCK_B)
@@ -214,19 +244,34 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
             ngroups = full + (tail > 0).to(tl.int32)
             if SEGMENTS:
                 ngroups = tl.where(active, ngroups, 0)
-            h1 = row_hash(seed, r)
-            rowptr, rowsh = row_codes(codes, r, per_row, bits)
-            rowptr = rowptr[:, None, None]
-            rowsh = rowsh[:, None, None]
             il = tl.arange(0, KP)
-            if TB == BLOCK_B:
+            if BLOCK_B == 1:  # one token: (row, group) pairs along the threads, each pair's keys once
+                pp = tl.arange(0, BLOCK_R * GPC)
+                rp = tl.program_id(0) * BLOCK_R + pp // GPC
+                gl = pp % GPC
+                pmask = rp < tl.where(tl.sum(bok.to(tl.int32), 0) > 0, rows, 0)
+                h1 = row_hash(seed, rp)
+                rowptr, rowsh = row_codes(codes, rp, per_row, bits)
+                if XT:
+                    gone = g_ptr + tl.sum(pos.to(tl.int64), 0) * g_sb
+                else:
+                    gone = g_ptr + tl.sum(tok.to(tl.int64), 0) * g_sb
+                pacc = tl.zeros([BLOCK_R * GPC], tl.float32)
+            else:
+                h1 = row_hash(seed, r)
+                rowptr, rowsh = row_codes(codes, r, per_row, bits)
+                rowptr = rowptr[:, None, None]
+                rowsh = rowsh[:, None, None]
+            if BLOCK_B == 1:
+                pass
+            elif TB == BLOCK_B:
                 dacc = tl.zeros([BLOCK_R, GPC, KP, BLOCK_B], tl.float32)
             else:
                 d0 = tl.zeros([BLOCK_R, TB], tl.float32)
                 d1 = tl.zeros([BLOCK_R, TB], tl.float32)
                 d2 = tl.zeros([BLOCK_R, TB], tl.float32)
                 d3 = tl.zeros([BLOCK_R, TB], tl.float32)
-            n_it = tl.cdiv(ngroups, GPC)
+            n_it = tl.cdiv(ngroups, GPC) * DSTEP
         if HAS_BASE:
             n_it = tl.maximum(n_it, tl.cdiv(cols, BLOCK_C))
             if DOT:
@@ -238,7 +283,12 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                 bacc = _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, it * BLOCK_C, cols, BLOCK_C, DOT,
                                   x_ptr.dtype.element_ty == tl.float32)
             if DELTA == 1:
-                if TB == BLOCK_B:
+                if BLOCK_B == 1:
+                    if it % DSTEP == 0:  # fused: one delta step (GPC groups) per DSTEP column chunks
+                        pacc = _seeded_pairs_step(pacc, rowptr, rowsh, bits, zero, h1, pmask, (it // DSTEP) * GPC + gl,
+                                                  il, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, gone,
+                                                  g_sc, KP, WALK, XT)
+                elif TB == BLOCK_B:
                     dacc = _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, rmask, it * GPC, il, full, keep, tail,
                                         keep_tail, w_full, w_tail, G, ngroups, gbase, g_sc, bok, GPC, KP, WALK, XT)
                 else:
@@ -247,7 +297,9 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                                                    g_sc, tl.program_id(1) * BLOCK_B, B, GPC, WALK, XT, TB)
         y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
         if DELTA == 1:
-            if TB == BLOCK_B:
+            if BLOCK_B == 1:
+                y = tl.sum(tl.reshape(pacc, (BLOCK_R, GPC)), 1)[:, None] * scale
+            elif TB == BLOCK_B:
                 y = tl.sum(tl.sum(dacc, 2), 1) * scale
             else:
                 y = _cat4(d0, d1, d2, d3, BLOCK_R, TB) * scale
@@ -270,7 +322,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
 
 # -- host side -----------------------------------------------------------------------------------------
 def _launch(grid, x, out, tab, consts, *, kind, block_b, block_r, num_warps, xt=None, weight=None, bias=None,
-            tiles=None, order=None, accumulate=False, dot=False, block_c=16, gpc=1, tb=None):
+            tiles=None, order=None, accumulate=False, dot=False, block_c=16, gpc=1, tb=None, dstep=1):
     rows, cols = out.shape[1], x.shape[1]
     g, g_sb, g_sc = (xt, 1, xt.stride(0)) if xt is not None else (x, x.stride(0), 1)
     dummy = tab
@@ -282,7 +334,7 @@ def _launch(grid, x, out, tab, consts, *, kind, block_b, block_r, num_warps, xt=
         ACCUM=accumulate, XT=xt is not None, DOT=dot, BLOCK_B=block_b, BLOCK_R=block_r, BLOCK_C=block_c,
         GPC=gpc, KP=consts.get("KP", 1), WALK=consts.get("WALK", False),
         RO64=consts.get("RO64", False), CI_BYTES=consts.get("CI_BYTES", 2), BLOCK_E=CSR_BLOCK_E,
-        TB=tb or block_b, num_warps=num_warps)
+        TB=tb or block_b, DSTEP=dstep, num_warps=num_warps)
 
 
 def delta_matmul(x, kind, tab, consts, rows) -> torch.Tensor:
@@ -294,7 +346,7 @@ def delta_matmul(x, kind, tab, consts, rows) -> torch.Tensor:
     for s in range(0, B, DELTA_CHUNK):
         xs = x[s:s + DELTA_CHUNK]
         bb = 1 << (xs.shape[0] - 1).bit_length()
-        br, nw, gpc = delta_tiles(bb, consts.get("KP", 1), consts.get("GPC", 1))
+        br, nw, gpc = delta_tiles(bb, consts.get("KP", 1), consts.get("GPC", 1), consts.get("GROUPS", 1))
         xt = xs.t().contiguous() if xs.shape[0] > 1 else None
         _launch((triton.cdiv(rows, br), 1), xs, out[s:s + DELTA_CHUNK], tab, consts, kind=kind, block_b=bb,
                 block_r=br, num_warps=nw, xt=xt, gpc=gpc)
@@ -314,11 +366,11 @@ def fused_linear(x, weight, bias, kind, tab, consts) -> torch.Tensor:
     if B == 0 or rows == 0:
         return out.zero_()
     bb = 1 if B == 1 else 16
-    br, bc, gpc = fused_tiles(bb, consts.get("G") if kind == 1 else None, consts.get("GPC", 1))
+    br, bc, nw, gpc, dstep = fused_tiles(bb, consts if kind == 1 else {})
     xt = x.t().contiguous() if bb > 1 and kind else None
-    nw = int(_ENV["DDQ_FUSED_NUM_WARPS"] or 4)
     _launch((triton.cdiv(rows, br), 1), x, out, tab, consts, kind=kind, block_b=bb, block_r=br, num_warps=nw,
-            xt=xt, weight=weight, bias=bias, dot=bb > 1, block_c=bc, gpc=gpc, tb=_token_chunk(bb, kind, consts))
+            xt=xt, weight=weight, bias=bias, dot=bb > 1, block_c=bc, gpc=gpc, tb=_token_chunk(bb, kind, consts),
+            dstep=dstep)
     return out
 
 
@@ -331,7 +383,7 @@ def multi_matmul(x, out, launches, segments) -> None:
     bb = segments.block_b
     xt = x.index_select(0, segments.order).t().contiguous() if bb > 1 else None
     for kind, tab, consts in launches:
-        br, nw, gpc = delta_tiles(bb, consts.get("KP", 1), consts.get("GPC", 1))
+        br, nw, gpc = delta_tiles(bb, consts.get("KP", 1), consts.get("GPC", 1), consts.get("GROUPS", 1))
         _launch((triton.cdiv(rows, br), segments.tiles.shape[0]), x, out, tab, consts, kind=kind, block_b=bb,
                 block_r=br, num_warps=nw, xt=xt, tiles=segments.tiles, order=segments.order, accumulate=True,
                 gpc=gpc)

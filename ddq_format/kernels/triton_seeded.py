@@ -30,8 +30,15 @@ def _any(m):
 
 
 @device
+def _any2(m):
+    return tl.max(tl.max(m.to(tl.int32), 1), 0) > 0
+
+
+@device
 def _keys3(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G):
-    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
+    """Keys of the (row, group) pairs of h1 [R] x g [GPC], as [R, GPC, 1]."""
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1[:, None], g[None, :], full, keep, tail, keep_tail,
+                                                            w_full, w_tail, G)
     return (L[:, :, None], n[:, :, None], msk[:, :, None], sh[:, :, None], a0[:, :, None], m0[:, :, None],
             a1[:, :, None], m1[:, :, None], a2[:, :, None], m2[:, :, None], rot[:, :, None])
 
@@ -58,18 +65,49 @@ def kept_columns(h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail,
 
 
 @device
-def kept_index(h1, rmask, g0, jj, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
-               GPC: tl.constexpr, WALK: tl.constexpr):
-    """For column offsets jj [GP] inside groups g0..g0+GPC-1: (in-range [R, GPC, GP], kept [R, GPC, GP],
-    kept index within the row (int32), column (int32))."""
-    g = g0 + tl.arange(0, GPC)
-    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = _keys3(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
-    i0 = inv_odd(m0)
-    i1 = inv_odd(m1)
-    i2 = inv_odd(m2)
-    j = jj[None, None, :].to(tl.uint32)
-    inside = rmask[:, None, None] & (g < ngroups)[None, :, None] & (j < L)
-    y = tl.where(inside, j + L - rot, 0)  # (j - rot) mod L, rot < L
+def kept_columns_pairs(h1, pmask, g, il, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
+                       WALK: tl.constexpr):
+    """Forward mask for kept indices il [KC] of the (row, group) pairs h1 [P] x g [P]: columns (int32),
+    kept index within the row (int32) and validity, each [KC, P]. Pairs run along the threads and kept
+    elements along each thread's registers, so a pair's keys are computed by one thread, once."""
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
+    L = L[None, :]
+    msk = msk[None, :]
+    sh = sh[None, :]
+    a0, m0, a1, m1, a2, m2 = a0[None, :], m0[None, :], a1[None, :], m1[None, :], a2[None, :], m2[None, :]
+    valid = (pmask & (g < ngroups))[None, :] & (il[:, None] < n[None, :])
+    x = tl.where(valid, il[:, None], 0).to(tl.uint32)
+    x = _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh)
+    if WALK:
+        need = valid & (x >= L)
+        while _any2(need):
+            x = tl.where(need, _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh), x)
+            need = valid & (x >= L)
+    pos = x + rot[None, :]
+    pos = tl.where(pos >= L, pos - L, pos)
+    g2 = g[None, :]
+    return g2 * G + pos.to(tl.int32), g2 * keep + il[:, None], valid
+
+
+@device
+def kept_index(h1, pmask, g, jj, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, WALK: tl.constexpr):
+    """Inverse mask for column offsets jj [NQ, 1, LANES] of the (row, group) pairs h1 [P] x g [P]: (in
+    range, kept, kept index within the row (int32), column (int32)), each [NQ, P, LANES]. The pairs run
+    along the warps and lanes along the columns: every warp owns whole groups, so a pair's keys are computed
+    once per warp (tests/kernels/aot_check.py: per-warp keys cut the decode's instructions ~2.5x)."""
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
+    i0 = inv_odd(m0)[None, :, None]
+    i1 = inv_odd(m1)[None, :, None]
+    i2 = inv_odd(m2)[None, :, None]
+    L = L[None, :, None]
+    msk = msk[None, :, None]
+    sh = sh[None, :, None]
+    a0 = a0[None, :, None]
+    a1 = a1[None, :, None]
+    a2 = a2[None, :, None]
+    j = jj.to(tl.uint32)
+    inside = (pmask & (g < ngroups))[None, :, None] & (j < L)
+    y = tl.where(inside, j + L - rot[None, :, None], 0)  # (j - rot) mod L, rot < L
     y = tl.where(y >= L, y - L, y)
     x = _inv(y, a0, i0, a1, i1, a2, i2, msk, sh)
     if WALK:
@@ -77,6 +115,6 @@ def kept_index(h1, rmask, g0, jj, full, keep, tail, keep_tail, w_full, w_tail, G
         while _any(need):
             x = tl.where(need, _inv(x, a0, i0, a1, i1, a2, i2, msk, sh), x)
             need = inside & (x >= L)
-    kept = inside & (x < n.to(tl.uint32))
+    kept = inside & (x < n[None, :, None].to(tl.uint32))
     g3 = g[None, :, None]
-    return inside, kept, g3 * keep + x.to(tl.int32), g3 * G + jj[None, None, :]
+    return inside, kept, g3 * keep + x.to(tl.int32), g3 * G + jj

@@ -98,7 +98,7 @@ def compile_calls(calls, arch: int):
         src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
         k = triton.compile(src, target=target, options=opts)
         res = resources(k.asm["cubin"])
-        keys = ("HAS_BASE", "DELTA", "SEGMENTS", "DOT", "BLOCK_B", "BLOCK_R", "BLOCK_C", "GPC", "KP", "GP", "TB",
+        keys = ("HAS_BASE", "DELTA", "SEGMENTS", "DOT", "BLOCK_B", "BLOCK_R", "BLOCK_C", "GPC", "KP", "NQ", "LANES", "TB",
                 "WALK", "BLOCK_S")
         out.append({"kernel": fn.__name__, "config": {k_: v for k_, v in consts.items() if k_ in keys},
                     "num_warps": opts.get("num_warps", 4), **res})
@@ -122,19 +122,21 @@ def scenarios(quick: bool = False):
         bufs = {k: np.ascontiguousarray(a).view(np.uint8).reshape(-1) for k, (_, a) in enc.buffers.items()}
         return entry, bufs, CompressedDelta.from_entry(entry, bufs, "cpu", backend="torch")
 
-    seeded = delta(64, 512, encoding="seeded", alpha=8, group_size=128, bits=4)[2]
+    seeded = delta(64, 4096, encoding="seeded", alpha=8, group_size=128, bits=4)[2]  # 32 groups, as a 7B layer
+    seeded512 = delta(64, 512, encoding="seeded", alpha=8, group_size=128, bits=4)[2]
     walk = delta(64, 480, encoding="seeded", alpha=4, group_size=48, bits=3)[2]
     csr = delta(64, 512, encoding="csr_parts", alpha=8, group_size=128, bits=4, parts=8)[2]
     rans_entry, rans_bufs, _ = delta(64, 512, encoding="seeded_rans", alpha=8, group_size=128, bits=4)
     w = torch.randn(64, 512, dtype=torch.float16)
+    w4k = torch.randn(64, 4096, dtype=torch.float16)
     b = torch.randn(64, dtype=torch.float16)
 
     def calls():
         for d in (seeded, csr) if quick else (seeded, walk, csr):
             tab, consts = dispatch.table(d), d.layout.consts([d])
             for B in ((1, 16) if d is seeded else (1,)) if quick else (1, 5, 16):
-                x = torch.randn(B, 512 if d is not walk else 480, dtype=torch.float16)
-                wd = w if d is not walk else torch.randn(64, 480, dtype=torch.float16)
+                x = torch.randn(B, d.shape[1], dtype=torch.float16)
+                wd = {512: w, 4096: w4k}.get(d.shape[1]) if d is not walk else torch.randn(64, 480, dtype=torch.float16)
                 triton_linear.fused_linear(x, wd, b, d.layout.kind, tab, consts)
                 triton_linear.delta_matmul(x, d.layout.kind, tab, consts, 64)
             decoder = triton_decode.seeded_rows if d.layout.kind == 1 else triton_decode.csr_scatter
@@ -142,11 +144,11 @@ def scenarios(quick: bool = False):
         if not quick:
             triton_decode.run(triton_decode.seeded_scatter, dispatch.table(seeded), seeded.shape, torch.float16,
                               "cpu", seeded.layout.consts([seeded]))
-            triton_linear.fused_linear(torch.randn(1, 512, dtype=torch.float16), w, b, 0, dispatch.table(seeded), {})
+            triton_linear.fused_linear(torch.randn(1, 4096, dtype=torch.float16), w4k, b, 0, dispatch.table(seeded), {})
         for B, n in ((16, 16),) if quick else ((16, 16), (64, 16)):
             x = torch.randn(B, 512, dtype=torch.float16)
             seg = delta_segments(torch.arange(B) % n, n)
-            tab, launches = dispatch.multi_tables([seeded, csr] * (n // 2))
+            tab, launches = dispatch.multi_tables([seeded512, csr] * (n // 2))
             triton_linear.multi_matmul(x, torch.zeros(B, 64, dtype=torch.float16), [(k, tab, c) for k, c in launches],
                                        seg)
         p = rans_entry["params"]
