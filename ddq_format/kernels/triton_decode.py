@@ -16,12 +16,17 @@ from .triton_seeded import kept_columns, kept_index
 
 
 @device
-def _zero_rows(out_ptr, r, rmask, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _zeroed_rows(out_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The program's rows (and mask), zero-filled before the scatter that overwrites some elements."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < rows
     c = tl.arange(0, BLOCK_C)
     z = tl.zeros([BLOCK_R, BLOCK_C], out_ptr.dtype.element_ty)
     for c0 in range(0, cols, BLOCK_C):
         cc = c0 + c
         tl.store(out_ptr + r[:, None].to(tl.int64) * cols + cc[None, :], z, mask=rmask[:, None] & (cc < cols)[None, :])
+    tl.debug_barrier()  # the zeros land before the values that overwrite some of them
+    return r, rmask
 
 
 @triton.jit
@@ -53,11 +58,8 @@ def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, G
 @triton.jit
 def seeded_scatter_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, GPC: tl.constexpr,
                                  KP: tl.constexpr, BLOCK_C: tl.constexpr, WALK: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = r < rows
     codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tab)
-    _zero_rows(out_ptr, r, rmask, cols, BLOCK_R, BLOCK_C)
-    tl.debug_barrier()  # the zeros land before the kept values that overwrite some of them
+    r, rmask = _zeroed_rows(out_ptr, rows, cols, BLOCK_R, BLOCK_C)
     ngroups = full + (tail > 0).to(tl.int32)
     h1 = row_hash(seed, r)
     il = tl.arange(0, KP)
@@ -77,11 +79,8 @@ def seeded_scatter_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr
 @triton.jit
 def csr_scatter_decode_kernel(tab, out_ptr, rows, cols, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
                               BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = r < rows
     ro, ci, vals, scale, zero, pbits, m, width, ps, mx = csr_fields(tab, RO64, CI_BYTES)
-    _zero_rows(out_ptr, r, rmask, cols, BLOCK_R, BLOCK_C)
-    tl.debug_barrier()  # the zeros land before the stored values that overwrite some of them
+    r, rmask = _zeroed_rows(out_ptr, rows, cols, BLOCK_R, BLOCK_C)
     ae = tl.arange(0, BLOCK_E)
     rowbase = r[:, None].to(tl.int64) * cols
     for j in range(0, m):

@@ -26,12 +26,21 @@ def _inv(x, a0, i0, a1, i1, a2, i2, msk, sh):
 
 @device
 def _any(m):
-    return tl.max(tl.max(tl.max(m.to(tl.int32), 2), 1), 0) > 0
+    return tl.max(tl.reshape(m.to(tl.int32), [m.numel]), 0) > 0
 
 
 @device
-def _any2(m):
-    return tl.max(tl.max(m.to(tl.int32), 1), 0) > 0
+def _walk(x, live, L, a0, m0, a1, m1, a2, m2, msk, sh, INVERSE: tl.constexpr):
+    """Cycle-walking (SPEC §9.3.2): apply P (or P^-1) again where the value is still >= L; never needed when
+    every group length is a power of two (WALK=False)."""
+    need = live & (x >= L)
+    while _any(need):
+        if INVERSE:
+            x = tl.where(need, _inv(x, a0, m0, a1, m1, a2, m2, msk, sh), x)
+        else:
+            x = tl.where(need, _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh), x)
+        need = live & (x >= L)
+    return x
 
 
 @device
@@ -53,11 +62,8 @@ def kept_columns(h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail,
     valid = rmask[:, None, None] & (g < ngroups)[None, :, None] & (il[None, None, :] < n)
     x = tl.where(valid, il[None, None, :], 0).to(tl.uint32)
     x = _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh)
-    if WALK:  # cycle-walking; never needed when every group length is a power of two
-        need = valid & (x >= L)
-        while _any(need):
-            x = tl.where(need, _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh), x)
-            need = valid & (x >= L)
+    if WALK:
+        x = _walk(x, valid, L, a0, m0, a1, m1, a2, m2, msk, sh, False)
     pos = x + rot
     pos = tl.where(pos >= L, pos - L, pos)
     g3 = g[None, :, None]
@@ -79,10 +85,7 @@ def kept_columns_pairs(h1, pmask, g, il, full, keep, tail, keep_tail, w_full, w_
     x = tl.where(valid, il[:, None], 0).to(tl.uint32)
     x = _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh)
     if WALK:
-        need = valid & (x >= L)
-        while _any2(need):
-            x = tl.where(need, _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh), x)
-            need = valid & (x >= L)
+        x = _walk(x, valid, L, a0, m0, a1, m1, a2, m2, msk, sh, False)
     pos = x + rot[None, :]
     pos = tl.where(pos >= L, pos - L, pos)
     g2 = g[None, :]
@@ -111,10 +114,7 @@ def kept_index(h1, pmask, g, jj, full, keep, tail, keep_tail, w_full, w_tail, G,
     y = tl.where(y >= L, y - L, y)
     x = _inv(y, a0, i0, a1, i1, a2, i2, msk, sh)
     if WALK:
-        need = inside & (x >= L)
-        while _any(need):
-            x = tl.where(need, _inv(x, a0, i0, a1, i1, a2, i2, msk, sh), x)
-            need = inside & (x >= L)
+        x = _walk(x, inside, L, a0, i0, a1, i1, a2, i2, msk, sh, True)
     kept = inside & (x < n[None, :, None].to(tl.uint32))
     g3 = g[None, :, None]
     return inside, kept, g3 * keep + x.to(tl.int32), g3 * G + jj

@@ -34,3 +34,10 @@ def triton_kernels():
             "Interpreted"):
         mods = {m: importlib.reload(mods[m]) for m in _MODULES}
     return mods
+
+
+@pytest.fixture
+def rng(request):
+    """Inputs seeded from the test's name by a stable hash (seeding.stable_rng)."""
+    from seeding import stable_rng
+    return stable_rng(request.node.name)

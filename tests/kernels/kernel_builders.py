@@ -36,6 +36,12 @@ def write_file(path, specs, rng):
     return DDQFile(path)
 
 
+def write_cases(tmp_path, rng, cases):
+    """A file with one entry per (rows, cols, kwargs) case, named t0, t1, ...: (DDQFile, names)."""
+    specs = [(f"t{i}", r, c, kw) for i, (r, c, kw) in enumerate(cases)]
+    return write_file(tmp_path / "d.ddq", specs, rng), [s[0] for s in specs]
+
+
 def cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_builders import CUDA, DEVICE, HALF_TOL, MATMUL_TOL, stable_rng, write_file
+from kernel_builders import CUDA, DEVICE, HALF_TOL, MATMUL_TOL, stable_rng, write_cases
 
 from ddq_format.errors import EncodingError, UsageError
 from ddq_format.kernels import CompressedDelta, decode_dense, multi_delta_matmul
@@ -35,16 +35,6 @@ CASES = [
 IDS = [f"{kw['encoding']}-{r}x{c}-k{kw['bits']}-a{kw['alpha']}-g{kw['group_size']}" for r, c, kw in CASES]
 
 
-@pytest.fixture
-def rng(request):
-    return stable_rng(request.node.name)
-
-
-def _file(tmp_path, rng, cases):
-    specs = [(f"t{i}", r, c, kw) for i, (r, c, kw) in enumerate(cases)]
-    return write_file(tmp_path / "d.ddq", specs, rng), [s[0] for s in specs]
-
-
 def _rel(y, ref):
     return float((y.double().cpu() - ref).norm() / ref.norm())
 
@@ -63,7 +53,7 @@ def test_rng_is_stable_across_processes():
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_decode_bit_exact(tmp_path, rng, case, backend, triton_kernels):
-    f, (name,) = _file(tmp_path, rng, [case])
+    f, (name,) = write_cases(tmp_path, rng, [case])
     d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), DEVICE, backend=backend)
     ref = torch.from_numpy(f.decode(name))
     dense = d.to_dense(backend=backend)
@@ -77,7 +67,7 @@ def test_decode_bit_exact(tmp_path, rng, case, backend, triton_kernels):
                          ids=[i for i, c in zip(IDS, CASES) if c[2]["encoding"] != "csr_parts"][:3])
 def test_previous_scatter_decode_still_exact(tmp_path, rng, case, triton_kernels):
     """The zero-fill + scatter seeded decode stays available (the benchmark measures it beside seeded_rows)."""
-    f, (name,) = _file(tmp_path, rng, [case])
+    f, (name,) = write_cases(tmp_path, rng, [case])
     d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), DEVICE)
     out = dispatch.decode(d, torch.float32, "triton", kernel="triton seeded_scatter")
     assert torch.equal(out.cpu(), torch.from_numpy(f.decode(name)))
@@ -89,7 +79,7 @@ def test_decode_dense_is_the_readers_decode(tmp_path, rng, case, backend, monkey
     """decode_dense: on CPU the numpy decoder by default, else the rule's kernels (seeded_rans: its lanes'
     8-bit codes read directly by the seeded decode); all exact."""
     monkeypatch.delenv("DDQ_KERNEL_BACKEND", raising=False)
-    f, (name,) = _file(tmp_path, rng, [case])
+    f, (name,) = write_cases(tmp_path, rng, [case])
     ref = torch.from_numpy(f.decode(name))
     dev = "cpu" if backend is None else DEVICE
     out = decode_dense(f.entry(name), f.buffers(name), dev, backend=backend)
@@ -100,7 +90,7 @@ def test_decode_dense_is_the_readers_decode(tmp_path, rng, case, backend, monkey
 
 def test_decode_overwrites_poisoned_memory(tmp_path, rng, triton_kernels, monkeypatch):
     """The kernels write every element (zeros included): poison the allocator's memory first."""
-    f, names = _file(tmp_path, rng, [CASES[1], CASES[9], CASES[13]])
+    f, names = write_cases(tmp_path, rng, [CASES[1], CASES[9], CASES[13]])
     real_empty = torch.empty
 
     def poisoned(*a, **kw):
@@ -120,7 +110,7 @@ MM_IDS = [IDS[i] for i in (0, 1, 2, 6, 8, 9, 10, 13)]
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_matmul(tmp_path, rng, case, batch, backend, triton_kernels):
-    f, (name,) = _file(tmp_path, rng, [case])
+    f, (name,) = write_cases(tmp_path, rng, [case])
     d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), DEVICE)
     x = torch.from_numpy(rng.standard_normal((batch, d.shape[1])))
     ref = x @ torch.from_numpy(f.decode(name)).double().T
@@ -134,7 +124,7 @@ def test_matmul(tmp_path, rng, case, batch, backend, triton_kernels):
 
 def test_matmul_batch_chunks_and_half(tmp_path, rng, triton_kernels):
     """Batches above one launch's 16 rows are chunked; fp16 inputs give fp16 results near the fp64 ref."""
-    f, (name,) = _file(tmp_path, rng, [(8, 64, dict(encoding="seeded", alpha=4, group_size=32, bits=4))])
+    f, (name,) = write_cases(tmp_path, rng, [(8, 64, dict(encoding="seeded", alpha=4, group_size=32, bits=4))])
     d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), DEVICE)
     x = torch.from_numpy(rng.standard_normal((21, 64)))
     ref = x @ torch.from_numpy(f.decode(name)).double().T
@@ -146,7 +136,7 @@ def test_matmul_batch_chunks_and_half(tmp_path, rng, triton_kernels):
 def test_properties_and_resident_bytes(tmp_path, rng):
     """Stored encodings are resident as stored; seeded_rans is resident as seeded's packed codes and keeps
     its file bytes in encoded_nbytes; both move between devices and through Module._apply functions."""
-    f, names = _file(tmp_path, rng, [CASES[0], CASES[8], CASES[13]])
+    f, names = write_cases(tmp_path, rng, [CASES[0], CASES[8], CASES[13]])
     for n in names:
         e = f.entry(n)
         d = CompressedDelta.from_entry(e, f.buffers(n))
@@ -166,13 +156,13 @@ def test_properties_and_resident_bytes(tmp_path, rng):
 def test_seeded_rans_resident_within_twice_its_bytes(tmp_path, rng):
     """A quantized Gaussian delta (peaked codes) at alpha 8, k 4: resident seeded codes 1x..2x the file's
     rANS bytes (the issue's limit for a device layout)."""
-    f, (name,) = _file(tmp_path, rng, [(64, 1024, dict(encoding="seeded_rans", alpha=8, group_size=128, bits=4))])
+    f, (name,) = write_cases(tmp_path, rng, [(64, 1024, dict(encoding="seeded_rans", alpha=8, group_size=128, bits=4))])
     d = CompressedDelta.from_entry(f.entry(name), f.buffers(name))
     assert 1.0 < d.nbytes / d.encoded_nbytes <= 2.0
 
 
 def test_usage_errors(tmp_path, rng):
-    f, names = _file(tmp_path, rng, [CASES[0]])
+    f, names = write_cases(tmp_path, rng, [CASES[0]])
     d = CompressedDelta.from_entry(f.entry(names[0]), f.buffers(names[0]))
     with pytest.raises(UsageError, match="features"):
         d.matmul(torch.zeros(2, 3))
@@ -188,7 +178,7 @@ def test_usage_errors(tmp_path, rng):
 
 def test_corrupt_column_index_rejected_before_upload(tmp_path, rng):
     """Kernels index memory by column: an out-of-range column must fail at load, not corrupt memory."""
-    f, (name,) = _file(tmp_path, rng, [CASES[9]])  # 300 columns: U16 indices
+    f, (name,) = write_cases(tmp_path, rng, [CASES[9]])  # 300 columns: U16 indices
     bufs = dict(f.buffers(name))
     assert f.entry(name)["buffers"]["col_indices"]["dtype"] == "U16"
     ci = np.array(bufs["col_indices"]).view("<u2").copy()
@@ -201,7 +191,7 @@ def test_corrupt_column_index_rejected_before_upload(tmp_path, rng):
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_cuda_dispatch_picks_triton(tmp_path, rng):
     from ddq_format.kernels import choose
-    f, (name,) = _file(tmp_path, rng, [CASES[0]])
+    f, (name,) = write_cases(tmp_path, rng, [CASES[0]])
     d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), "cuda")
     assert choose(d.device, None) == "triton"
     assert torch.equal(d.to_dense().cpu(), torch.from_numpy(f.decode(name)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_builders import DEVICE, HALF_TOL, MATMUL_TOL, stable_rng, write_file
+from kernel_builders import DEVICE, HALF_TOL, MATMUL_TOL, write_cases
 
 from ddq_format.errors import UsageError
 from ddq_format.kernels import CompressedDelta, delta_linear, delta_segments, multi_delta_matmul
@@ -22,16 +22,10 @@ LIN_CASES = [
 LIN_IDS = [f"{kw['encoding']}-{r}x{c}-g{kw['group_size']}" for r, c, kw in LIN_CASES]
 
 
-@pytest.fixture
-def rng(request):
-    return stable_rng(request.node.name)
-
-
 def _deltas(tmp_path, rng, cases):
-    specs = [(f"t{i}", r, c, kw) for i, (r, c, kw) in enumerate(cases)]
-    f = write_file(tmp_path / "d.ddq", specs, rng)
-    ds = [CompressedDelta.from_entry(f.entry(s[0]), f.buffers(s[0]), DEVICE) for s in specs]
-    return ds, [torch.from_numpy(f.decode(s[0])).double() for s in specs]
+    f, names = write_cases(tmp_path, rng, cases)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), DEVICE) for n in names]
+    return ds, [torch.from_numpy(f.decode(n)).double() for n in names]
 
 
 def _rel(y, ref):

@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_builders import DEVICE, make_delta, stable_rng
+from kernel_builders import DEVICE, make_delta
 
 from ddq_format import bitpack
 from ddq_format.encodings import seeded_rans
 from ddq_format.errors import EncodingError
 from ddq_format.kernels import CompressedDelta, registry, triton_rans
 from ddq_format.kernels.reference import pack_codes
-
-
-@pytest.fixture
-def rng(request):
-    return stable_rng(request.node.name)
 
 
 def _entry(rng, rows, cols, **kw):
