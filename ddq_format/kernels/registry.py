@@ -77,8 +77,8 @@ class SeededLayout:
 
     def consts(self, deltas) -> dict:
         """Triton constants shared by a launch over `deltas`: padded kept per group (KP, at most 64, a loop
-        covers more), groups per matmul tile (~64 kept elements per row), whether any group needs cycle-walking,
-        and for decode the padded group width (GP, at most 512; a loop covers more) and the group count."""
+        covers more), groups per scatter-decode step (GPC), whether any group needs cycle-walking, the padded
+        group width (GP, at most 512; a loop covers more), the group size and the (padded) group count."""
         if max(d.kept_per_row * d.params["bits"] for d in deltas) >= 2**31 - 8:
             raise UsageError("rows of more than 2^31 code bits exceed the kernels' 32-bit offsets; use "
                              "backend='torch'", tensor=deltas[0].name, field="shape")
@@ -88,7 +88,7 @@ class SeededLayout:
         gp = min(512, next_pow2(G))
         walk = any(not is_pow2(d.params["group_size"]) or not is_pow2(d.groups[2]) for d in deltas)
         groups = max(d.groups[0] + (d.groups[2] > 0) for d in deltas)
-        return {"KP": kp, "KEEP": keep, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
+        return {"KP": kp, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
                 "GROUPS": next_pow2(groups), "G": G,
                 "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 

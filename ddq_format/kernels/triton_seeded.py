@@ -71,22 +71,25 @@ def kept_columns(h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail,
 
 
 @device
-def kept_columns_pairs(h1, pmask, g, il, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
-                       WALK: tl.constexpr):
-    """Forward mask for kept indices il [KC] of the (row, group) pairs h1 [P] x g [P]: columns (int32),
-    kept index within the row (int32) and validity, each [KC, P]. Pairs run along the threads and kept
-    elements along each thread's registers, so a pair's keys are computed by one thread, once."""
+def pair_keys(h1, pmask, g, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups):
+    """Keys of the (row, group) pairs h1 [P] x g [P] as [1, P] rows (dead pairs keep nothing). Pairs run
+    along the threads, so each pair's keys are computed by one thread, once per step."""
     L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
-    L = L[None, :]
-    msk = msk[None, :]
-    sh = sh[None, :]
-    a0, m0, a1, m1, a2, m2 = a0[None, :], m0[None, :], a1[None, :], m1[None, :], a2[None, :], m2[None, :]
-    valid = (pmask & (g < ngroups))[None, :] & (il[:, None] < n[None, :])
+    n = tl.where(pmask & (g < ngroups), n, 0)
+    return (L[None, :], n[None, :], msk[None, :], sh[None, :], a0[None, :], m0[None, :], a1[None, :], m1[None, :],
+            a2[None, :], m2[None, :], rot[None, :])
+
+
+@device
+def pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, il, G, keep, WALK: tl.constexpr):
+    """Forward mask of kept indices il [KC] for the pairs of pair_keys: columns (int32), kept index within
+    the row (int32) and validity, each [KC, P]."""
+    valid = il[:, None] < n
     x = tl.where(valid, il[:, None], 0).to(tl.uint32)
     x = _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh)
     if WALK:
         x = _walk(x, valid, L, a0, m0, a1, m1, a2, m2, msk, sh, False)
-    pos = x + rot[None, :]
+    pos = x + rot
     pos = tl.where(pos >= L, pos - L, pos)
     g2 = g[None, :]
     return g2 * G + pos.to(tl.int32), g2 * keep + il[:, None], valid

@@ -15,7 +15,7 @@ from ddq_format.kernels.segments import reference_tiles
 LIN_CASES = [
     (24, 256, dict(encoding="seeded", alpha=8, group_size=128, bits=4)),  # groups aligned to the column steps
     (19, 300, dict(encoding="seeded", alpha=4, group_size=24, bits=3)),  # unaligned, cycle-walking, tail
-    (6, 300, dict(encoding="seeded", alpha=2, group_size=300, bits=2)),  # 150 kept: no 4-token chunks
+    (6, 300, dict(encoding="seeded", alpha=2, group_size=300, bits=2)),  # 150 kept > 64: several passes
     (13, 300, dict(encoding="csr_parts", alpha=4, group_size=24, bits=4, parts=2)),
     (11, 96, dict(encoding="seeded_rans", alpha=4, group_size=32, bits=4, rows_per_stream=3)),
 ]
