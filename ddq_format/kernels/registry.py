@@ -50,11 +50,11 @@ def host_decode(entry, bufs) -> np.ndarray:
 
 
 def _rans_codes(entry, bufs) -> np.ndarray:
-    return _encoding(ENC_SEEDED_RANS).codes_of(entry, bufs)
+    return _encoding(ENC_SEEDED_RANS).parts(entry, bufs, None)  # the code matrix, as seeded stores it
 
 
 def _csr_validate(entry, bufs, ctx) -> None:
-    _encoding(ENC_CSR_PARTS).parts_of(entry, bufs, ctx)  # offsets monotone, columns in range
+    _encoding(ENC_CSR_PARTS).parts(entry, bufs, ctx)  # offsets monotone, columns in range
 
 
 # -- resident layouts ------------------------------------------------------------------------------------

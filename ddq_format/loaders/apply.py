@@ -74,15 +74,13 @@ def _kernels():
         from .. import kernels
     except ImportError:
         return None
-    return kernels if hasattr(kernels, "decode_dense") else None
+    return kernels if hasattr(kernels, "supports") else None
 
 
 def has_kernel(entry: dict) -> bool:
     """A compressed entry the kernels decode and multiply directly (not the baselines' encodings)."""
-    if entry["kind"] != KIND_COMPRESSED:
-        return False
     k = _kernels()
-    return k is not None and entry.get("encoding") in k.KERNEL_ENCODINGS
+    return k is not None and k.supports(entry)
 
 
 def decode_delta(ddq: DDQFile, name: str, device=None) -> torch.Tensor:
