@@ -29,7 +29,7 @@ U32 = np.uint32
 
 
 def _typed_bytes(a: np.ndarray, dtype: str) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(a).astype(np.dtype(NP_DTYPES[dtype]))).view(np.uint8)
+    return np.ascontiguousarray(np.asarray(a).astype(np.dtype(NP_DTYPES[dtype]))).reshape(-1).view(np.uint8)
 
 
 def shard_compressed(entry: dict, buffers: dict, rows=None, cols=None, *, path=None, device="cpu"):
@@ -91,7 +91,10 @@ def csr_shard(entry, buffers, rows: np.ndarray, c0: int, c1: int, *, path=None) 
     bufs = {"row_offsets": _typed_bytes(offsets, off_dtype), "col_indices": _typed_bytes(ci, idx_dtype),
             "values": bitpack.pack(codes.astype(np.uint8), check_parts(p["bits"], p["parts"]))}
     dtypes = {"row_offsets": off_dtype, "col_indices": idx_dtype, "values": PACKED}
-    sub = {**entry, "name": name, "shape": [r, c1 - c0], "params": {**p, "nnz": nnz},
+    params = {**p, "nnz": nnz}
+    if p["group_size"] > max(c1 - c0, 1):  # descriptive for csr_parts (the kept set is explicit): keep it valid
+        params.update(alpha=1, group_size=max(c1 - c0, 1))
+    sub = {**entry, "name": name, "shape": [r, c1 - c0], "params": params,
            "buffers": {k: {"dtype": dtypes[k], "length": int(v.size)} for k, v in bufs.items()}}
     return sub, bufs
 
