@@ -24,7 +24,7 @@ from ddq_format.converters import convert  # noqa: E402
 from ddq_format.errors import BindingError, ChecksumError, FormatError, UsageError  # noqa: E402
 from ddq_format.reader import DDQFile  # noqa: E402
 from vllm_testing import (ENGINE_ARGS, VLLM_ENV, env, openai_server, request, save_finetune,  # noqa: E402
-                          save_llama, vllm_greedy)
+                          save_llama, save_qwen2, vllm_greedy)
 
 PROMPTS = [[1, 40, 41, 42, 43], [1, 100, 7, 200], [1, 5, 6, 7, 8, 9, 10, 11], [1, 77, 3]]
 NEW_TOKENS = 8
@@ -226,6 +226,34 @@ def test_runtime_add_and_remove_through_vllms_api(llm, models):
     with pytest.raises(Exception, match="fingerprint"):  # through the engine's utility call, not a step
         engine.add_lora(lora(models, "wrong"))
     assert run(llm, models, ["b", "d"]) == expected(models, ["b", "d"])
+
+
+def test_tied_lm_head_biases_and_grouped_kv_heads(models, tmp_path):
+    """Qwen2: the embedding delta also changes the logits (lm_head is the embedding), q/k/v biases change,
+    kv heads are grouped. Its own engines, after the shared one's tests."""
+    import vllm
+    base_dir = tmp_path / "qwen2"
+    base = save_qwen2(base_dir, seed=0)
+    assert any(k.endswith("q_proj.bias") for k in base)
+    ft = {k: v + np.random.default_rng(5).normal(0, 0.3, v.shape).astype(np.float32) for k, v in base.items()}
+    save_finetune(tmp_path / "qwen2_ft", base_dir, ft)
+    path = tmp_path / "qwen2.ddq"
+    convert(base_dir, tmp_path / "qwen2_ft", path, encoding="seeded", alpha=2, bits=8, group_size=8, quiet=True,
+            progress=False)
+    with DDQFile(path) as f:
+        assert f.entries["model.layers.0.self_attn.q_proj.bias"]["kind"] == "dense"
+        assert "lm_head.weight" not in f.entries or f.entries["lm_head.weight"]["kind"] == "tied"
+    want, base_tokens = reference(base_dir, path), reference(base_dir, None)
+    assert want != base_tokens
+    from vllm.lora.request import LoRARequest
+    llm = vllm.LLM(model=str(base_dir), enable_lora=True, max_loras=1, max_lora_rank=1, **ENGINE_ARGS)
+    try:
+        got = vllm_greedy(llm, PROMPTS * 2, NEW_TOKENS,
+                          lora_request=[LoRARequest("q", 1, str(path))] * len(PROMPTS) + [None] * len(PROMPTS))
+    finally:
+        del llm
+        gc.collect()
+    assert got == want + base_tokens
 
 
 # -- versions and modes ----------------------------------------------------------------------------------

@@ -54,6 +54,22 @@ def save_llama(folder: Path, seed: int, *, hidden: int = 64, layers: int = 2, in
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def save_qwen2(folder: Path, seed: int) -> dict[str, np.ndarray]:
+    """A 2-layer Qwen2 with what LLaMA lacks: biased q/k/v projections, grouped kv heads (2 query heads of 32
+    per kv head) and lm_head tied to the input embedding; float32."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    vocab = save_tokenizer(folder)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, initializer_range=0.3,
+                      dtype="float32")
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    model.save_pretrained(folder)
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+
+
 def save_finetune(folder: Path, base_dir: Path, ft: dict[str, np.ndarray]) -> None:
     """The fine-tune as an HF folder: the base's config and tokenizer, the changed weights."""
     from safetensors.numpy import save_file

@@ -89,12 +89,16 @@ def build(ddq, targets, base) -> tuple[dict[str, ModuleDelta], int]:
                 memo[key] = _delta(ddq, src, t, base)
             m = out.setdefault(t.module, ModuleDelta())
             m.names.append(name)
-            if t.role in (EMBEDDING, NORM):
-                m.row = memo[key]
-            elif t.leaf == "bias":
-                m.bias[t.slice] = memo[key]
+            d, row = memo[key], t.role in (EMBEDDING, NORM)
+            table = None if row else m.bias if t.leaf == "bias" else m.weights
+            prev = m.row if row else table.get(t.slice)
+            if prev is not None and prev is not d:
+                raise UsageError(f"the engine holds this tensor and {m.names[0]!r} as one tensor (tied weights), "
+                                 "but the delta changes them differently", path=ddq.path, tensor=name)
+            if row:
+                m.row = d
             else:
-                m.weights[t.slice] = memo[key]
+                table[t.slice] = d
     # one resident copy per distinct delta object, even when tied tensors share it
     resident = {id(p): nbytes(p) for m in out.values() for p in m.parts()}
     return out, sum(resident.values())
