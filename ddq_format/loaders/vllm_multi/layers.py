@@ -74,7 +74,7 @@ class EmbeddingDeltas:
         if slots.empty:
             return out
         tokens = x.reshape(-1)
-        idx = fit_index(self.punica_wrapper.token_lora_indices, tokens.numel())
+        idx = fit_index(self.ddq_punica.token_lora_indices, tokens.numel())
         add = slots.embedding_add(tokens, idx, out.shape[-1], self.ddq_vocab_start)
         if add is None:  # the same on every rank: they all see the same batch
             return out
@@ -85,22 +85,28 @@ class EmbeddingDeltas:
 
 
 class LogitsDeltas:
+    """On vLLM's LogitsProcessorWithLoRA, or on the plain LogitsProcessor when LoRA leaves lm_head alone."""
+
     def _get_logits(self, hidden_states, lm_head, *args, **kwargs):
         logits = super()._get_logits(hidden_states, lm_head, *args, **kwargs)
         slots = self.ddq_slots
         if slots.empty:
             return logits
         h = hidden_states.reshape(-1, hidden_states.shape[-1])
-        idx = fit_index(self.punica_wrapper.sampler_indices, h.shape[0])
+        idx = fit_index(self.ddq_punica.sampler_indices, h.shape[0])
         if not bool((idx >= 0).any()):
             return logits
         local = torch.zeros(h.shape[0], self.ddq_local_width, dtype=torch.float32, device=h.device)
         slots.apply(h, local[:, :slots.out_features], idx)
-        full = self.base_layer._gather_logits(local)  # like the base logits: None on ranks > 0 with gather
+        if kwargs.get("skip_gather", args[1] if len(args) > 1 else False):  # the caller gathers
+            return logits + local.to(logits.dtype)
+        # gathered like the base logits (None on ranks > 0 when vLLM gathers to rank 0)
+        full = getattr(self, "base_layer", self)._gather_logits(local) if self.ddq_tp > 1 else local
         if logits is None or full is None:
             return logits
-        if self.sharded_to_full_mapping_gpu is not None:
-            full = full[:, self.sharded_to_full_mapping_gpu]
+        mapping = getattr(self, "sharded_to_full_mapping_gpu", None)
+        if mapping is not None:
+            full = full[:, mapping]
         return logits + full[:, : logits.shape[-1]].to(logits.dtype)
 
 
@@ -138,36 +144,60 @@ class ModelPlan:
     """Delta tables for every wrapped module of one LoRA manager, and checkpoint name -> [Target]."""
 
     def __init__(self, manager):
-        from vllm.lora.layers import LogitsProcessorWithLoRA, VocabParallelEmbeddingWithLoRA
-        from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
-        from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
         self.n = manager.lora_slots
         self.layers: dict[str, torch.nn.Module] = {}
         self.role: dict[str, str] = {}
         self.targets: dict[str, list[Target]] = {}
-        model = manager.model
-        mapper = getattr(model, "hf_to_vllm_mapper", None)
-        self.mapper = mapper.get_rename_mapper() if mapper is not None and hasattr(mapper, "get_rename_mapper") \
-            else mapper
+        self.embedding = self.lm_head = None
+        mapper = getattr(manager.model, "hf_to_vllm_mapper", None)
+        self.mapper = mapper.get_rename_mapper() if hasattr(mapper, "get_rename_mapper") else mapper
+        wrapped = self._wrapped(manager)
+        self._unwrapped(manager, wrapped)
+        self._tie_lm_head()
+
+    def _wrapped(self, manager) -> set:
+        """The modules vLLM's LoRA wrapped: linear layers, and the embedding and lm_head where the model
+        declares them LoRA embedding modules. Returns the ids of the layers they wrap."""
+        from vllm.lora.layers import LogitsProcessorWithLoRA, VocabParallelEmbeddingWithLoRA
+        from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+        wrapped = set()
         for name, module in manager.modules.items():
+            wrapped.add(id(getattr(module, "base_layer", module)))
+            punica = manager._get_punica_wrapper(name)
             if isinstance(module, BaseLinearLayerWithLoRA):
                 self._linear(manager, name, module)
             elif isinstance(module, VocabParallelEmbeddingWithLoRA):
-                self._embedding(name, module)
+                self._embedding(name, module, module.base_layer, punica)
             elif isinstance(module, LogitsProcessorWithLoRA):
-                self._lm_head(model, name, module)
+                self._lm_head(name, module, manager.model.get_submodule(name), punica)
+        return wrapped
+
+    def _unwrapped(self, manager, wrapped: set) -> None:
+        """What LoRA leaves alone: RMSNorms always; the embedding and lm_head of models without LoRA
+        embedding modules (Qwen2, ...). Modules of a multimodal tower LoRA does not serve are skipped."""
+        from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
+        from vllm.model_executor.layers.logits_processor import LogitsProcessor
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+        model = manager.model
         for name, module in model.named_modules():
+            punica = manager._get_punica_wrapper(name) if id(module) not in wrapped else None
+            if punica is None:
+                continue
             if isinstance(module, (RMSNorm, GemmaRMSNorm)) and isinstance(getattr(module, "weight", None),
                                                                        torch.nn.Parameter) \
                     and getattr(module, "variance_size_override", None) is None:
-                punica = manager._get_punica_wrapper(name)
-                if punica is None:
-                    continue
                 swap_class(module, NormDeltas)
                 module.ddq_slots, module.ddq_punica = RowSlots(self.n), punica
                 module.ddq_gemma = isinstance(module, GemmaRMSNorm)
                 self._add(name, module, name + ".weight", Target(name, NORM))
-        self._tie_lm_head(model)
+            elif isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead) \
+                    and self.embedding is None:
+                self._embedding(name, module, module, punica)
+        head, proc = getattr(model, "lm_head", None), getattr(model, "logits_processor", None)
+        punica = manager._get_punica_wrapper("lm_head")
+        if self.lm_head is None and isinstance(head, ParallelLMHead) and isinstance(proc, LogitsProcessor) \
+                and punica is not None:
+            self._lm_head("lm_head", proc, head, punica)
 
     def _add(self, module_name, module, tensor: str, target: Target) -> None:
         self.layers[module_name] = module
@@ -206,37 +236,36 @@ class ModelPlan:
             self._add(name, module, sub + ".weight", Target(name, LINEAR, "weight", i, rows[i], cols))
             self._add(name, module, sub + ".bias", Target(name, LINEAR, "bias", i, rows[i]))
 
-    def _embedding(self, name, module) -> None:
-        base = module.base_layer
+    def _embedding(self, name, module, base, punica) -> None:
         swap_class(module, EmbeddingDeltas)
-        module.ddq_slots = RowSlots(self.n)
+        module.ddq_slots, module.ddq_punica = RowSlots(self.n), punica
         module.ddq_tp = getattr(base, "tp_size", 1)
         si = base.shard_indices
         module.ddq_vocab_start = si.org_vocab_start_index
+        module.ddq_rows = si.org_vocab_end_index - si.org_vocab_start_index
         rows = ((si.org_vocab_start_index, si.org_vocab_end_index),) if module.ddq_tp > 1 else None
         self._add(name, module, name + ".weight", Target(name, EMBEDDING, rows=rows))
-        self.embedding = name
+        self.embedding = (name, base)
 
-    def _lm_head(self, model, name, module) -> None:
-        head = model.get_submodule(name)  # ParallelLMHead (the LoRA manager wrapped the logits processor)
+    def _lm_head(self, name, proc, head, punica) -> None:
+        """proc: the logits processor (LoRA-wrapped or not) that projects with `head` (a ParallelLMHead)."""
         si = head.shard_indices
-        tp = getattr(head, "tp_size", 1)
-        swap_class(module, LogitsDeltas)
-        module.ddq_slots = LinearSlots(self.n, [(0, si.org_vocab_end_index - si.org_vocab_start_index)],
-                                       head.embedding_dim)
-        module.ddq_local_width = head.num_embeddings_per_partition
-        rows = ((si.org_vocab_start_index, si.org_vocab_end_index),) if tp > 1 else None
-        self._add(name, module, name + ".weight", Target(name, LM_HEAD, rows=rows))
+        swap_class(proc, LogitsDeltas)
+        proc.ddq_slots = LinearSlots(self.n, [(0, si.org_vocab_end_index - si.org_vocab_start_index)],
+                                     head.embedding_dim)
+        proc.ddq_punica, proc.ddq_tp = punica, getattr(head, "tp_size", 1)
+        proc.ddq_local_width = head.num_embeddings_per_partition
+        rows = ((si.org_vocab_start_index, si.org_vocab_end_index),) if proc.ddq_tp > 1 else None
+        self._add(name, proc, name + ".weight", Target(name, LM_HEAD, rows=rows))
         self.lm_head = (name, head, rows)
 
-    def _tie_lm_head(self, model) -> None:
-        """A model whose lm_head IS the input embedding gets the embedding's delta in the logits too."""
-        emb, head = getattr(self, "embedding", None), getattr(self, "lm_head", None)
-        if emb is None or head is None:
+    def _tie_lm_head(self) -> None:
+        """A model whose lm_head shares the input embedding's weight gets the embedding's delta in the
+        logits too (its checkpoint has no lm_head tensor, or one tied to the embedding)."""
+        if self.embedding is None or self.lm_head is None:
             return
-        name, head_module, rows = head
-        emb_module = self.layers[emb].base_layer
-        if head_module is emb_module or getattr(head_module, "weight", None) is getattr(emb_module, "weight", 0):
+        (emb, emb_module), (name, head, rows) = self.embedding, self.lm_head
+        if head is emb_module or getattr(head, "weight", None) is getattr(emb_module, "weight", 0):
             self.targets[emb + ".weight"].append(Target(name, LM_HEAD, rows=rows))
 
 

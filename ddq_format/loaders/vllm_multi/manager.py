@@ -84,10 +84,8 @@ class ModelDeltas:
 
     def _row_count(self, module_name) -> int:
         layer = self.plan.layers[module_name]
-        if hasattr(layer, "ddq_vocab_start"):  # embedding: the rank's real vocabulary rows
-            si = layer.base_layer.shard_indices
-            return si.org_vocab_end_index - si.org_vocab_start_index
-        return layer.weight.numel()  # norm
+        return getattr(layer, "ddq_rows", None) or layer.weight.numel()  # embedding: its vocab rows; norm
+
 
     def put(self, slot: int, adapter) -> None:
         """Move the adapter's deltas into device slot `slot` of every layer (None: a PEFT adapter)."""
