@@ -42,10 +42,15 @@ def register() -> None:
         return
     from vllm.model_executor.model_loader import register_model_loader
 
-    from .vllm_multi import install
     register_model_loader(LOAD_FORMAT)(loader_class())
-    install()
     _registered = True
+    try:
+        from .vllm_multi import install
+        install()
+    except (ImportError, AttributeError) as e:  # internals moved: the load format still works
+        import logging
+        logging.getLogger("vllm.ddq").warning("ddq: .ddq files cannot serve as LoRA adapters with this vLLM "
+                                              "(%s: %s)", type(e).__name__, e)
 
 
 def split_extra_config(extra) -> tuple[dict, dict]:
