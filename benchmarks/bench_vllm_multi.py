@@ -205,10 +205,13 @@ def report(rows, info, args) -> str:
            f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}; "
            f"{info['delta_bytes']} resident bytes each ({info['file_bytes']} bytes of file). LoRA baseline: rank "
            f"{info['rank']} on every linear layer = {info['lora_bytes']} bytes per adapter in the engine's "
-           f"float32 (the rank nearest to equal bytes: {info['delta_bytes'] / info['lora_bytes'] * info['rank']:.2f}). Both LoRA-enabled engines: max_loras={max(args.ns)}; max_lora_rank 1 "
-           f"for the .ddq engine (vLLM's smallest: its LoRA buffers are unused), {info['max_rank']} for the LoRA one. "
+           f"float32 (the rank nearest to equal bytes, "
+           f"{info['delta_bytes'] / info['lora_bytes'] * info['rank']:.2f}). Both LoRA-enabled engines: "
+           f"max_loras={max(args.ns)}; max_lora_rank 1 for the .ddq engine (vLLM's smallest: its LoRA buffers are "
+           f"unused), {info['max_rank']} for the LoRA one. "
            f"Workload: {args.prompts} requests x {args.prompt_len} prompt tokens, {args.new} greedy output "
-           f"tokens each, request i on adapter i mod N; median of {args.repeats} runs after a warm-up.\n",
+           f"tokens each, request i on adapter i mod N; median of {args.repeats} rounds (every configuration once per "
+           f"round) after a warm-up.\n",
            "| configuration | N | output tok/s (median) | rounds min-max | vs base | vs LoRA, same N | bytes per "
            "adapter | device bytes | vs base | vs N merged engines |", "|---|---|---|---|---|---|---|---|---|---|"]
     per_adapter = {"ddq": info["delta_bytes"], "lora": info["lora_bytes"]}

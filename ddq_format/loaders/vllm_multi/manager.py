@@ -38,7 +38,6 @@ class ModelDeltas:
     """The delta side of one LoRA model manager: the plan, the base checkpoint, loading and slotting."""
 
     def __init__(self, manager, vllm_config):
-        self.manager = manager
         self.vllm_config = vllm_config
         self.plan = ModelPlan(manager)
         self.device = manager.device
@@ -85,7 +84,6 @@ class ModelDeltas:
     def _row_count(self, module_name) -> int:
         layer = self.plan.layers[module_name]
         return getattr(layer, "ddq_rows", None) or layer.weight.numel()  # embedding: its vocab rows; norm
-
 
     def put(self, slot: int, adapter) -> None:
         """Move the adapter's deltas into device slot `slot` of every layer (None: a PEFT adapter)."""
