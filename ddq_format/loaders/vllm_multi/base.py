@@ -7,6 +7,7 @@ tensor, so checking the next delta costs almost nothing.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from ...binding import check_binding, fingerprint_bits
@@ -14,6 +15,7 @@ from ...checkpoint_raw import open_checkpoint
 from ...errors import BindingError, DDQError, UsageError
 
 
+@functools.cache  # asked for every request; failures are not cached
 def local_folder(model: str, revision: str | None = None) -> str:
     """The base model's local folder: the path itself, or its snapshot in the local Hugging Face cache."""
     if os.path.isdir(model):
