@@ -182,3 +182,44 @@ def test_merged_gate_up_in_one_tensor_keeps_two_runs(rank):
     m = fake(ColumnParallelLinearWithLoRA, is_merged_col_linear=True, output_size=8, tp_rank=rank,
              base_layer=types.SimpleNamespace(output_size=16))
     assert column_rows(m, 1) == [((4 * rank, 4 * rank + 4), (8 + 4 * rank, 8 + 4 * rank + 4))]
+
+
+# -- what no per-request engine can serve: refused, naming the tensor, before the file reaches an engine ----
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from vllm_testing import save_llama
+    root = tmp_path_factory.mktemp("refusals")
+    return root, save_llama(root / "base", seed=0)
+
+
+def converted(root, base, name, ft, **opts):
+    from ddq_format.converters import convert
+    from vllm_testing import save_finetune
+    save_finetune(root / name, root / "base", ft)
+    convert(root / "base", root / name, root / f"{name}.ddq", quiet=True, progress=False, **opts)
+    return root / f"{name}.ddq"
+
+
+@pytest.mark.parametrize("case, error, match, tensor", [
+    ("lowrank", "UsageError", "encoding 'lowrank' has no kernel", "model.layers.0.mlp.down_proj.weight"),
+    ("removed", "BindingError", "removes this tensor", "model.layers.1.mlp.up_proj.weight"),
+    ("reshaped", "BindingError", "changes this tensor's shape", "lm_head.weight"),
+])
+def test_unservable_deltas_are_refused_by_name(tiny_base, case, error, match, tensor):
+    from ddq_format import errors
+    from ddq_format.loaders.vllm_multi.base import BaseCheckpoint
+    from ddq_format.loaders.vllm_multi.frontend import check_file
+    root, base = tiny_base
+    ft = {k: v + np.float32(0.1) for k, v in base.items()}
+    opts = dict(encoding="seeded", alpha=2, bits=8, group_size=8)
+    if case == "lowrank":
+        opts = dict(method="lowrank", rank=2)
+    elif case == "removed":
+        del ft[tensor]
+    else:
+        ft[tensor] = np.concatenate([ft[tensor], ft[tensor][:1]])  # one more vocabulary row
+    path = converted(root, base, case, ft, **opts)
+    with pytest.raises(getattr(errors, error), match=match) as e:
+        check_file(str(path), BaseCheckpoint(root / "base"))
+    assert e.value.path == str(path) and (e.value.tensor == tensor or case == "lowrank"), str(e.value)
