@@ -180,17 +180,29 @@ def run(args) -> tuple[list[dict], dict]:
     for label, n, kind, llm, loras in lora_configs:
         warm(label, kind, llm, loras)
     configs += lora_configs
+    # This VM's speed changes by several times over minutes, and CPU seconds change with it: each
+    # measurement is paired with the base alone run just before and just after it, and ratios are medians
+    # of those paired ratios.
+    base_llm = configs[0][3]
     rates = {c[0]: [] for c in configs}
+    paired = {c[0]: [] for c in configs}
     for r in range(args.repeats):
         for label, n, kind, llm, loras in configs:
-            rates[label].append(generate_rate(llm, prompts, loras, args.new))
-            print(f"round {r}: {label:<44} {rates[label][-1][0]:9.1f} tok/s wall, {rates[label][-1][1]:9.1f} "
-                  "tok per CPU s", flush=True)
+            before = generate_rate(base_llm, prompts, None, args.new)
+            rate = generate_rate(llm, prompts, loras, args.new)
+            after = generate_rate(base_llm, prompts, None, args.new)
+            rates[label].append(rate)
+            paired[label].append(tuple(x / (b * a) ** 0.5 for x, b, a in zip(rate, before, after)))
+            print(f"round {r}: {label:<44} {rate[0]:9.1f} tok/s wall ({paired[label][-1][0]:.3f}x the base around "
+                  f"it), {rate[1]:9.1f} tok per CPU s ({paired[label][-1][1]:.3f}x)", flush=True)
     rows = []
     for label, n, kind, _, _ in configs:
-        wall, cpu = [w for w, _ in rates[label]], [c for _, c in rates[label]]
-        rows.append({"config": label, "n": n, "kind": kind, "tok_s": statistics.median(wall),
-                     "tok_cpu_s": statistics.median(cpu), "spread": (min(cpu), max(cpu)), **memory[label]})
+        med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+        rows.append({"config": label, "n": n, "kind": kind, "tok_s": med(rates[label], 0),
+                     "tok_cpu_s": med(rates[label], 1), "vs_base": med(paired[label], 0),
+                     "vs_base_cpu": med(paired[label], 1),
+                     "spread": (min(x[0] for x in paired[label]), max(x[0] for x in paired[label])),
+                     **memory[label]})
     del configs, lora_configs, ddq_engine, lora_engine
     gc.collect()
     info = {"convert_s": b["convert_s"], "rank": rank, "max_rank": max_rank, "lora_bytes": rank * per_rank,
@@ -219,19 +231,21 @@ def report(rows, info, args) -> str:
            f"Workload: {args.prompts} requests x {args.prompt_len} prompt tokens, {args.new} greedy output "
            f"tokens each, request i on adapter i mod N; median of {args.repeats} rounds (every configuration once per "
            f"round) after a warm-up.\n",
-           "| configuration | N | output tok per CPU s | rounds min-max | vs base | vs LoRA, same N | output tok/s "
-           "(wall) | wall vs base | bytes per adapter | device bytes | vs base | vs N merged engines |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| configuration | N | output tok/s (wall) | vs base (paired) | rounds min-max | vs LoRA, same N | "
+           "vs base, CPU s | bytes per adapter | device bytes | vs base | vs N merged engines |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     per_adapter = {"ddq": info["delta_bytes"], "lora": info["lora_bytes"]}
     for r in rows:
-        vs_lora = f"{r['tok_cpu_s'] / lora[r['n']]['tok_cpu_s']:.2f}x" if r["kind"] == "ddq" and r["n"] in lora else ""
+        vs_lora = f"{r['vs_base'] / lora[r['n']]['vs_base']:.2f}x" if r["kind"] == "ddq" and r["n"] in lora else ""
         merged = f"{dev(r) / (max(r['n'], 1) * dev(base)):.3f}x" if r["kind"] in ("ddq", "lora") else ""
-        out.append(f"| {r['config']} | {r['n']} | {r['tok_cpu_s']:.1f} | {r['spread'][0]:.1f}-{r['spread'][1]:.1f} | "
-                   f"{r['tok_cpu_s'] / base['tok_cpu_s']:.3f}x | {vs_lora} | {r['tok_s']:.1f} | "
-                   f"{r['tok_s'] / base['tok_s']:.3f}x | {per_adapter.get(r['kind'], '')} | {dev(r)} | "
-                   f"{dev(r) / dev(base):.3f}x | {merged} |")
-    out.append("\nThroughput: output tokens per CPU second of the (single-process) engine, the ratio that a shared "
-               "machine's load does not distort; wall-clock tokens/s beside it. Device bytes = base weights + "
+        out.append(f"| {r['config']} | {r['n']} | {r['tok_s']:.1f} | {r['vs_base']:.3f}x | "
+                   f"{r['spread'][0]:.3f}-{r['spread'][1]:.3f} | {vs_lora} | {r['vs_base_cpu']:.3f}x | "
+                   f"{per_adapter.get(r['kind'], '')} | {dev(r)} | {dev(r) / dev(base):.3f}x | {merged} |")
+    out.append("\nThroughput: median over rounds of the configuration's output tokens/s divided by that of the "
+               "base alone measured just before and just after it (geometric mean): this VM's speed drifts by "
+               "several times over minutes, in wall and in CPU seconds alike, so unpaired medians mislead; "
+               "'rounds min-max' is the spread of those paired ratios, 'vs base, CPU s' the same ratio in output "
+               "tokens per CPU second of the (single-process) engine. Device bytes = base weights + "
                "vLLM's LoRA slot buffers (allocated for max_loras slots at max_lora_rank, whatever is loaded) + "
                "the deltas resident in the slots; 'vs N merged engines' divides by N copies of the base alone. "
                "On this CPU build the "
