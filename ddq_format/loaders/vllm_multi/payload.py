@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from ...errors import BindingError, UsageError
-from ...kernels import KERNEL_ENCODINGS
-from ...spec import (ENC_SEEDED, ENC_SEEDED_RANS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE,
+from ... import encodings
+from ...kernels import supports
+from ...spec import (ENC_SEEDED, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE,
                      KIND_SAME, KIND_TIED, PACKED)
 from .deltas import DenseDelta, nbytes
 from .shard import shard_compressed, shard_dense
@@ -58,7 +59,7 @@ def check_entries(ddq, base) -> None:
                                      list(base.shards[name].info(name)[1]) != list(e["shape"])):
             raise BindingError("the fine-tune changes this tensor's shape (or adds it); one engine cannot serve "
                                "that per request (materialize the fine-tune instead)", path=ddq.path, tensor=name)
-        if kind == KIND_COMPRESSED and e.get("encoding") not in KERNEL_ENCODINGS + (ENC_SEEDED_RANS,):
+        if kind == KIND_COMPRESSED and not supports(e):
             raise UsageError(f"encoding {e.get('encoding')!r} has no kernel that keeps it compressed on the "
                              "device; convert with --encoding seeded, seeded_rans or csr_parts, or materialize "
                              "it", path=ddq.path, tensor=name, field="encoding")
@@ -124,7 +125,8 @@ def _delta(ddq, name: str, t: Target, base):
 
 def _compressed(ddq, name, e, t: Target):
     bufs = ddq.buffers(name)  # CRC-32 verified
-    if e.get("encoding") == ENC_SEEDED_RANS:
+    enc = encodings.get(e.get("encoding"))
+    if enc is not None and enc.entropy_coded:  # kernels shard the plain code matrix
         e, bufs = as_seeded(ddq, name, e)
     return shard_compressed(e, bufs, row_index(t.rows), t.cols, path=ddq.path)
 

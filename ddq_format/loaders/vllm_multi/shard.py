@@ -48,12 +48,15 @@ def shard_compressed(entry: dict, buffers: dict, rows=None, cols=None, *, path=N
     c0, c1 = (0, n_cols) if cols is None else (int(cols[0]), int(cols[1]))
     if rows.size and (rows.min() < 0 or rows.max() >= n_rows) or not 0 <= c0 <= c1 <= n_cols:
         raise ValueError(f"shard rows/cols outside the tensor {entry['shape']}")
-    if entry["encoding"] == ENC_CSR_PARTS:
-        sub, bufs = csr_shard(entry, buffers, rows, c0, c1, path=path)
-        return CompressedDelta.from_entry(sub, bufs, device, path=path)
-    if entry["encoding"] == ENC_SEEDED:
-        return SeededShard.build(entry, buffers, rows, c0, c1, path=path, device=device)
-    raise ValueError(f"no shard for encoding {entry['encoding']!r}")
+    build = SHARDERS.get(entry["encoding"])
+    if build is None:
+        raise ValueError(f"no shard for encoding {entry['encoding']!r}")
+    return build(entry, buffers, rows, c0, c1, path=path, device=device)
+
+
+def _csr_sharded(entry, buffers, rows, c0, c1, *, path, device):
+    sub, bufs = csr_shard(entry, buffers, rows, c0, c1, path=path)
+    return CompressedDelta.from_entry(sub, bufs, device, path=path)
 
 
 def shard_dense(t: torch.Tensor, rows=None, cols=None) -> torch.Tensor:
@@ -165,3 +168,7 @@ class SeededShard:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float32) @ self.to_dense().T).to(x.dtype)
+
+
+# Encoding id -> builder of a (rows, cols) shard: the sharding registry.
+SHARDERS = {ENC_CSR_PARTS: _csr_sharded, ENC_SEEDED: lambda *a, **k: SeededShard.build(*a, **k)}
