@@ -1,8 +1,13 @@
-"""Honest size accounting (SPEC.md §Size accounting): every byte of the file is attributed to a component.
+"""Honest size accounting (SPEC.md §12): every byte of the file is attributed to a component.
 
-Per tensor: its buffers by role, the alignment padding in front of each, its params (the scalars) and the
-rest of its header entry. The nominal ratio is the paper's alpha*16/(k - log2 m); the true ratio is the
-fp16 bytes of the tensor's delta divided by the bytes the tensor takes in this file.
+Per tensor: its buffers by role, the alignment padding in front of each (from the file's layout walk), its
+params (the scalars) and the rest of its header entry, both measured on the header's own bytes. The nominal
+ratio is the paper's alpha*16/(k - log2 m); the true ratio is the fp16 bytes of the tensor's delta divided by
+the bytes the tensor takes in this file.
+
+The report is JSON data (SPEC.md §12): any header the reader accepts gives one that json.dumps(...,
+allow_nan=False) serialises: msgpack bin values become {"hex": "..."}, non-finite floats (an infinite nominal
+ratio: 0 bits per value) become null.
 """
 from __future__ import annotations
 
@@ -11,83 +16,83 @@ import math
 import msgpack
 
 from . import encodings
-from .spec import FOOTER_SIZE, KIND_COMPRESSED, KIND_REMOVED, KIND_TIED, PREAMBLE_SIZE, align_up
+from .spec import ENCODINGS_BY_KIND, FOOTER_SIZE, KIND_COMPRESSED, KIND_REMOVED, KIND_TIED, PREAMBLE_SIZE
 
 COMPONENTS = ("values", "col_indices", "row_offsets", "scalars", "dense", "padding", "header")
-# Buffer role -> component. Encodings with other roles (baselines) fall back to "dense".
-ROLE_COMPONENT = {"values": "values", "codes": "values", "signs": "values", "col_indices": "col_indices",
-                  "row_offsets": "row_offsets", "data": "dense",
-                  "streams": "values", "stream_offsets": "row_offsets"}  # seeded_rans: coded codes, stream starts
 
 
-def _packed_size(obj) -> int:
-    return len(msgpack.packb(obj, use_bin_type=True))
+def json_safe(obj):
+    """`obj` with only JSON types: bytes -> {"hex": ...}, non-finite float -> None, tuples -> lists. The reader
+    caps header nesting at MAX_DEPTH, so recursion is bounded."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"hex": bytes(obj).hex()}
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def nominal_ratio(entry: dict) -> float | None:
     """The paper's ratio for compressed entries; None where it has no meaning (dense, same...)."""
     if entry["kind"] != KIND_COMPRESSED:
         return None
-    module = encodings.get(entry.get("encoding"))
-    custom = getattr(module, "nominal_ratio", None)
-    if custom is not None:
-        return custom(entry)
-    p = entry.get("params", {})
-    if not {"alpha", "bits"} <= p.keys():
-        return None
-    bits = p["bits"] - int(math.log2(p.get("parts", 1)))
-    return math.inf if bits == 0 else p["alpha"] * 16 / bits
+    enc = encodings.get(entry.get("encoding"))
+    return enc.nominal_ratio(entry) if enc is not None else None
 
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den and num else None
 
 
-def tensor_report(entry: dict, padding_before: dict[tuple, int]) -> dict:
+def _params_bytes(entry_bytes: bytes) -> int:
+    """Length of the `params` value inside one entry's msgpack map (0 when absent)."""
+    u = msgpack.Unpacker(raw=False, max_buffer_size=max(len(entry_bytes), 1))
+    u.feed(entry_bytes)
+    for _ in range(u.read_map_header()):
+        key = u.unpack()
+        start = u.tell()
+        u.skip()
+        if key == "params":
+            return u.tell() - start
+    return 0
+
+
+def tensor_report(entry: dict, entry_bytes: bytes, padding_before: dict[tuple, int]) -> dict:
+    # Kinds without data ignore `encoding` and `params` (SPEC.md §5.2), so the report does too.
+    data_kind = entry["kind"] in ENCODINGS_BY_KIND
+    enc = encodings.get(entry.get("encoding")) if data_kind else None
+    params = entry.get("params", {}) if data_kind else {}
     comps = dict.fromkeys(COMPONENTS, 0)
+    roles = enc.roles if enc is not None else {}
     for role, b in entry.get("buffers", {}).items():
-        comps[ROLE_COMPONENT.get(role, "dense")] += b["length"]
+        comps[roles.get(role, "dense")] += b["length"]  # a role this reader does not know: "dense"
         comps["padding"] += padding_before.get((entry["name"], role), 0)
-    params = entry.get("params", {})
-    comps["scalars"] = _packed_size(params) if params else 0
-    comps["header"] = _packed_size(entry) - comps["scalars"]
+    comps["scalars"] = _params_bytes(entry_bytes) if params else 0
+    comps["header"] = len(entry_bytes) - comps["scalars"]
     stored = sum(comps.values())
     numel = math.prod(entry["shape"])
     # A removed tensor has no delta; a tied one is the same delta as its target, counted there once.
     fp16 = 0 if entry["kind"] in (KIND_REMOVED, KIND_TIED) else 2 * numel
-    return {"name": entry["name"], "kind": entry["kind"], "encoding": entry.get("encoding"),
+    return {"name": entry["name"], "kind": entry["kind"], "encoding": entry.get("encoding") if data_kind else None,
             "shape": entry["shape"], "dtype": entry["dtype"], "delta_fp16_bytes": fp16, "stored_bytes": stored,
             "true_ratio": _ratio(fp16, stored), "nominal_ratio": nominal_ratio(entry), "components": comps,
             "params": params}
 
 
-def _padding(header: dict) -> tuple[dict, int]:
-    """Padding bytes in front of each buffer (attributed to it) and the trailing padding of the data section."""
-    spans = []
-    for e in header["tensors"]:
-        for role, b in e.get("buffers", {}).items():
-            if b["length"]:
-                spans.append((b["offset"], b["length"], (e["name"], role)))
-    for f in header.get("files", []):
-        if f["length"]:
-            spans.append((f["offset"], f["length"], ("\0file", f["name"])))
-    spans.sort()
-    pos, before = 0, {}
-    for off, length, key in spans:
-        before[key] = off - pos
-        pos = off + length
-    return before, pos
-
-
 def report(ddq) -> dict:
-    """The whole-file report behind `ddq inspect` (and its --json)."""
-    header = ddq.header
-    before, end = _padding(header)
-    tensors = [tensor_report(e, before) for e in header["tensors"]]
-    files_bytes = sum(f["length"] + before.get(("\0file", f["name"]), 0) for f in header.get("files", []))
+    """The whole-file report behind `ddq inspect` (and its --json), as JSON-safe data."""
+    header, layout = ddq.header, ddq.layout
+    before = {(r.tensor, r.name): r.pad_before for r in layout.regions if r.tensor is not None}
+    files_bytes = sum(r.length + r.pad_before for r in layout.regions if r.tensor is None)
+    start = ddq.header_offset
+    tensors = [tensor_report(e, ddq._mm[start + a: start + b], before)
+               for e, (a, b) in ((e, ddq.entry_spans[e["name"]]) for e in header["tensors"])]
     header_bytes = ddq.file_size - PREAMBLE_SIZE - ddq.data_length - FOOTER_SIZE
     entries_header = sum(t["components"]["header"] + t["components"]["scalars"] for t in tensors)
-    overhead = PREAMBLE_SIZE + FOOTER_SIZE + (header_bytes - entries_header) + (align_up(end) - end)
+    overhead = PREAMBLE_SIZE + FOOTER_SIZE + (header_bytes - entries_header) + layout.trailing
     totals_comp = dict.fromkeys(COMPONENTS, 0)
     for t in tensors:
         for k, v in t["components"].items():
@@ -105,7 +110,7 @@ def report(ddq) -> dict:
     counts = {}
     for t in tensors:
         counts[t["kind"]] = counts.get(t["kind"], 0) + 1
-    return {
+    return json_safe({
         "path": str(ddq.path),
         "format_version": f"{ddq.version[0]}.{ddq.version[1]}",
         "file_bytes": ddq.file_size,
@@ -123,4 +128,4 @@ def report(ddq) -> dict:
             "components": totals_comp,
         },
         "tensors": tensors,
-    }
+    })

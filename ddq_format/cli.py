@@ -2,128 +2,137 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from .cli_common import Command, Group, check_roles, fail, tagged
 
 app = typer.Typer(help="Tools for .ddq compressed fine-tune deltas (DeltaDQ).", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, cls=Group,
+                  rich_markup_mode="markdown")
 console = Console()
-if not console.is_terminal:  # piped output: do not squeeze the tensor table into 80 columns
-    console = Console(width=240)
-err_console = Console(stderr=True)
+VERIFY_SHOWN = 10  # fault lines printed without --verbose
 
 
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
+def _version(value: bool):
+    if value:
+        from . import __version__
+        from .spec import FORMAT_MAJOR, FORMAT_MINOR
+        typer.echo(f"ddq {__version__} (reads and writes .ddq format {FORMAT_MAJOR}.0 to "
+                   f"{FORMAT_MAJOR}.{FORMAT_MINOR})")
+        raise typer.Exit()
 
 
-def _ratio(r: float | None) -> str:
-    if r is None:
-        return "-"
-    return "inf" if math.isinf(r) else f"{r:.2f}x"
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Tools for .ddq compressed fine-tune deltas (DeltaDQ)."""
 
 
-def _json_safe(obj):
-    """JSON has no infinity: an infinite ratio (0-bit parts) becomes null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _fail(e: Exception, code: int = 2):
-    err_console.print(f"[red]error:[/red] {e}", highlight=False)
-    raise typer.Exit(code)
-
-
-@app.command()
-def inspect(file: Path = typer.Argument(..., help="A .ddq file."),
-            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-            all_tensors: bool = typer.Option(True, "--all/--summary", help="List every tensor (default) or totals only.")):
-    """Header, algorithm parameters and per-tensor sizes by component, with nominal and true ratios."""
-    from .accounting import COMPONENTS, report
+def _open_report(file: Path) -> dict:
+    """accounting.report() of `file`; any failure is one error line (exit 2), never a traceback."""
+    from .accounting import report
     from .errors import DDQError
     from .reader import DDQFile
+    check_roles("inspect", [("FILE", "ddq", file)])
     try:
         with DDQFile(file) as ddq:
-            rep = report(ddq)
+            return report(ddq)
     except DDQError as e:
-        _fail(e)
+        fail(e)
+    except Exception as e:  # the reader accepted the file, so this is a bug in ddq: say so on one line
+        fail(f"{file}: accepted by the reader but its sizes cannot be accounted for "
+             f"({type(e).__name__}: {e}); please report this as a bug")
+
+
+def inspect(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file."),
+            tensors: bool = typer.Option(False, "--tensors", help="List every tensor with its bytes by component."),
+            as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (every tensor).")):
+    """What a .ddq file holds: how it was made, its sizes with nominal, true and all-tensor ratios, its largest
+    tensors (--tensors: all of them; --json: everything)."""
+    from .cli_report import print_summary, print_tensor_table
+    rep = _open_report(file)
     if as_json:
-        print(json.dumps(_json_safe(rep), indent=2, sort_keys=False))
+        print(json.dumps(rep, indent=2, allow_nan=False))  # report() is JSON-safe by construction
         return
-    head = Table(title=f"{file}", show_header=False, title_justify="left")
-    head.add_row("format version", rep["format_version"])
-    head.add_row("file size", f"{_bytes(rep['file_bytes'])} ({rep['file_bytes']} bytes)")
-    head.add_row("header", _bytes(rep["header_bytes"]))
-    head.add_row("alignment", str(rep["alignment"]))
-    head.add_row("tensors", ", ".join(f"{v} {k}" for k, v in rep["kinds"].items()) or "none")
-    for k, v in rep["base"].items():
-        head.add_row(f"base.{k}", str(v))
-    for k, v in rep["metadata"].items():
-        head.add_row(f"metadata.{k}", str(v))
-    if rep["files"]:
-        head.add_row("files", ", ".join(f["name"] for f in rep["files"]))
-    console.print(head)
-    if rep["algorithm"]:
-        alg = Table(title="algorithm", show_header=False, title_justify="left")
-        for k, v in rep["algorithm"].items():
-            if k == "group_size_search" and isinstance(v, dict):
-                cands = v.get("candidates", [])
-                errs = v.get("errors", [])
-                pairs = ", ".join(f"{c}: {e:.4g}" for c, e in zip(cands, errs))
-                alg.add_row("group_size_search", f"chosen {v.get('chosen')} from {{{pairs}}}")
-                continue
-            alg.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
-        console.print(alg)
-    comps = [c for c in COMPONENTS if any(t["components"][c] for t in rep["tensors"])]
-    if all_tensors and rep["tensors"]:
-        t = Table(title="tensors (bytes in the file)", title_justify="left")
-        short = {"col_indices": "col idx", "row_offsets": "row offs", "padding": "pad"}
-        for col in ("name", "kind", "encoding", "shape", *comps, "stored", "nominal", "true"):
-            t.add_column(short.get(col, col), justify="left" if col in ("name", "kind", "encoding", "shape") else "right",
-                         no_wrap=True)
-        for x in rep["tensors"]:
-            t.add_row(x["name"], x["kind"], x["encoding"] or "-", "x".join(map(str, x["shape"])) or "scalar",
-                      *(_bytes(x["components"][c]) for c in comps), _bytes(x["stored_bytes"]),
-                      _ratio(x["nominal_ratio"]), _ratio(x["true_ratio"]))
-        console.print(t)
-    tot = rep["totals"]
-    s = Table(title="totals", show_header=False, title_justify="left")
-    for c, v in tot["components"].items():
-        s.add_row(f"bytes: {c}", _bytes(v))
-    s.add_row("fp16 bytes of the delta (all tensors)", _bytes(tot["delta_fp16_bytes"]))
-    s.add_row("file bytes", _bytes(tot["stored_bytes"]))
-    s.add_row("nominal ratio (paper: a*16/(k-log2 m))", _ratio(tot["nominal_ratio"]))
-    s.add_row("true ratio, compressed tensors", _ratio(tot["compressed_true_ratio"]))
-    s.add_row("true ratio, whole file", _ratio(tot["true_ratio"]))
-    console.print(s)
+    out = console if console.is_terminal else Console(width=240)  # piped: wide tables stay whole
+    if tensors:
+        print_tensor_table(out, rep)
+        out.print()
+    print_summary(out, rep)
 
 
-@app.command()
-def verify(file: Path = typer.Argument(..., help="A .ddq file."),
-           base: Path = typer.Option(None, "--base", help="Base model folder (safetensors) to check the binding against.")):
-    """Check structure, every checksum, every tensor and (with --base) the base binding. Exit 0 when sound."""
-    from .verify import verify as run_verify
-    faults = run_verify(file, base)
+# -- verify ------------------------------------------------------------------------------------------------
+_TENSOR = re.compile(r"tensor (?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\")")
+# fault text -> the most likely cause, in order of precedence
+_CAUSES = (("base.fingerprint", "not the base this delta was made from"),
+           ("base.shape", "not the base this delta was made from"),
+           ("base.dtype", "not the base this delta was made from"),
+           ("missing from the base", "not the base this delta was made from"),
+           ("cannot read base", "the --base folder is not a readable checkpoint"),
+           ("CRC-32", "the file is damaged (changed after it was written: transfer, disk or an edit)"),
+           ("padding", "the file is damaged (changed after it was written: transfer, disk or an edit)"),
+           ("bad magic", "not a .ddq file"),
+           ("unknown encoding", "written by a newer ddq (an encoding this version does not know), or damaged"),
+           ("is not readable by this library", "written by a newer, incompatible ddq (major version)"),
+           ("cannot open", "the file cannot be read"),
+           ("truncated", "the file is truncated (an interrupted copy or download?)"))
+
+
+def _cause(faults: list[str]) -> str:
+    scores = {}
     for f in faults:
-        err_console.print(f"[red]FAULT[/red] {f}", highlight=False, soft_wrap=True)
+        for needle, cause in _CAUSES:
+            if needle in f:
+                scores[cause] = scores.get(cause, 0) + 1
+                break
+    if not scores:
+        return "the file is not well-formed (see the lines above)"
+    return max(scores, key=scores.get)
+
+
+def _tensors_in(faults: list[str]) -> set[str]:
+    return {m.group(1) or m.group(2) for f in faults for m in [_TENSOR.search(f)] if m}
+
+
+def verify(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file."),
+           base: Path = typer.Option(None, "--base", metavar="BASE",
+                                     help="Base model folder (safetensors) to check the binding against."),
+           full: bool = typer.Option(False, "--full", help="With --base: hash every element of every bound base "
+                                     "tensor against its recorded digest (a tensor without one is a fault saying "
+                                     "only the sampled fingerprint could be checked)."),
+           verbose: bool = typer.Option(False, "--verbose", "-v",
+                                        help=f"Print every fault line (default: the first {VERIFY_SHOWN}).")):
+    """Check structure, every checksum, every tensor and (with --base) the base binding. Ends with one line:
+    sound, or N faults in M tensors and their most likely cause. Exit 0 when sound, 1 on faults."""
+    from .verify import verify as run_verify
+    roles = [("FILE", "ddq", file)] + ([("--base", "model", base)] if base is not None else [])
+    check_roles("verify", roles)
+    try:
+        if full and base is None:
+            fail("--full checks the base binding: give the base with --base BASE")
+        faults = run_verify(file, base, full=full)
+    except Exception as e:  # verify reports faults as lines; an exception is a bug in ddq, said on one line
+        fail(f"{file}: verify could not finish ({type(e).__name__}: {e}); please report this as a bug")
+    shown = faults if verbose else faults[:VERIFY_SHOWN]
+    err = Console(stderr=True, soft_wrap=True)
+    for f in shown:
+        err.print(tagged("FAULT", "red", f), highlight=False)
+    if len(shown) < len(faults):
+        err.print(f"... {len(faults) - len(shown)} more fault(s) (--verbose prints all)", highlight=False,
+                  markup=False)
     if faults:
+        n_t = len(_tensors_in(faults))
+        console.print(tagged("FAILED", "red", f"{file}: {len(faults)} fault(s)"
+                             + (f" in {n_t} tensor(s)" if n_t else "") + f"; most likely cause: {_cause(faults)}"),
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"[green]OK[/green] {file}" + (f" (bound to {base})" if base else ""))
+    console.print(tagged("OK", "green", f"{file}: sound (structure, checksums, every tensor decoded"
+                         + (f"; bound to {base})" if base else "; no --base given, binding not checked)")),
+                  highlight=False, soft_wrap=True)
 
 
 # Commands that live beside their subpackage; each imports torch (if at all) only when it runs.
@@ -131,8 +140,8 @@ from .converters.command import convert  # noqa: E402
 from .example.command import example_app  # noqa: E402
 from .loaders.command import materialize  # noqa: E402
 
-app.command()(convert)
-app.command()(materialize)
+for _command in (convert, inspect, verify, materialize):  # the order `ddq --help` lists them in
+    app.command(cls=Command)(_command)
 app.add_typer(example_app, name="example")
 
 

@@ -42,3 +42,7 @@ class BindingError(DDQError):
 
 class UsageError(DDQError):
     """Arguments that cannot work (bad alpha, bits out of range, missing files...)."""
+
+
+class LimitError(DDQError):
+    """A well-formed input needs more memory or work than the caller allows (max_decoded_bytes)."""

@@ -8,7 +8,7 @@ and one when it ends, so a log is never silent for long and never holds one gian
 from __future__ import annotations
 
 import threading
-import time
+from contextlib import contextmanager
 from datetime import datetime
 
 from rich.console import Console
@@ -30,28 +30,73 @@ def task_line(task) -> str:
     """One plain line for a rich Task: time, what is counted, count, percent, elapsed, ETA, description.
     A task may carry a field `what` (e.g. add_task(name, total=n, what="tensors")) naming its unit."""
     done, total = task.completed, task.total
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    if task.fields.get("step"):  # an uncounted step: only whether it is still running
+        state = "done" if task.finished else "running"
+        return f"{stamp} {state}, elapsed {_clock(task.elapsed)}: {task.description}"
     count = f"{done:g}/{total:g}" if total is not None else f"{done:g}"
     pct = f" ({100 * done / total:.0f}%)" if total else ""
     eta = f", ETA {_clock(task.time_remaining)}" if total and not task.finished else ""
     what = task.fields.get("what")
-    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     return f"{stamp} {what + ' ' if what else ''}{count}{pct}, elapsed {_clock(task.elapsed)}{eta}: {task.description}"
 
 
+@contextmanager
+def step(progress: Progress | None, description: str):
+    """A long step that cannot be counted (loading a model, an evaluation): a pulsing bar on a terminal, a
+    `running` line each interval in a log, so the log is never silent while it runs. None: no display."""
+    if progress is None:
+        yield
+        return
+    task = progress.add_task(description, total=None, step=True)
+    try:
+        yield
+    finally:
+        progress.update(task, total=1, completed=1)
+
+
 class LogProgress(Progress):
-    """A Progress that prints task_line() for every unfinished task each `interval` seconds, and once more
-    for every task when it stops."""
+    """A Progress that prints task_line() for every unfinished task each `interval` seconds, once when a task
+    finishes, and once when it stops for every task not yet reported finished."""
 
     def __init__(self, *, console: Console, interval: float = LOG_INTERVAL_S):
         super().__init__(console=console, disable=True)
         self.interval = interval
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reported: set = set()  # tasks whose final line is printed
+
+    def _emit(self, lines):
+        for ln in lines:
+            self.console.print(ln, markup=False, highlight=False, soft_wrap=True)
 
     def _print(self, only_unfinished: bool):
-        for task in list(self.tasks):
-            if task.visible and not (only_unfinished and task.finished):
-                self.console.print(task_line(task), markup=False, highlight=False, soft_wrap=True)
+        lines = []
+        with self._lock:  # the timer thread and update() must not both report a task's final line
+            for task in self._tasks.values():
+                if not task.visible or task.id in self._reported or (only_unfinished and task.finished):
+                    continue
+                if task.finished:
+                    self._reported.add(task.id)
+                lines.append(task_line(task))
+        self._emit(lines)
+
+    def update(self, task_id, **kwargs):
+        super().update(task_id, **kwargs)
+        self._report_if_finished(task_id)
+
+    def advance(self, task_id, advance: float = 1):
+        super().advance(task_id, advance)
+        self._report_if_finished(task_id)
+
+    def _report_if_finished(self, task_id):
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or not task.finished or not task.visible or task_id in self._reported:
+                return
+            self._reported.add(task_id)
+            line = task_line(task)
+        self._emit([line])
 
     def _run(self):
         while not self._stop_event.wait(self.interval):

@@ -1,6 +1,12 @@
-"""Memory-mapped .ddq reader. Validates the layout and header on open; decodes tensors lazily."""
+"""Memory-mapped .ddq reader. Validates the layout and header on open; decodes tensors lazily.
+
+Limit (SPEC.md §3.5): the file is memory-mapped, so if it is truncated or rewritten in place while open, a
+later read of a vanished page kills the process with SIGBUS. Writers replace files by rename (never in place);
+run `ddq verify` on a file before serving it.
+"""
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -10,20 +16,38 @@ from pathlib import Path
 import numpy as np
 
 from . import encodings
-from .encodings import csr_parts as _csr
-from .encodings import seeded as _seeded
-from .errors import ChecksumError, DDQError, EncodingError, FormatError, VersionError
-from .header import unpack, validate
-from .spec import (ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR,
-                   KIND_REMOVED, KIND_SAME, KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
+from .encodings._common import Ctx
+from .errors import ChecksumError, DDQError, EncodingError, FormatError, LimitError, VersionError
+from .header import parse, validate
+from .header_parse import paused_gc
+from .spec import (DECODE_BUDGET_FLOOR, DECODE_BUDGET_RATIO, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR, KIND_REMOVED,
+                   KIND_SAME, KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
+
+
+def decoded_nbytes(entry: dict) -> int:
+    """Bytes of the float32 array decode() returns for this entry."""
+    return 4 * math.prod(entry["shape"])
+
+
+def stored_nbytes(entry: dict) -> int:
+    return sum(b["length"] for b in entry.get("buffers", {}).values())
+
+
+def default_decode_budget(entry: dict) -> int:
+    """max(DECODE_BUDGET_FLOOR, DECODE_BUDGET_RATIO x stored bytes): what decode() allows without max_decoded_bytes."""
+    return max(DECODE_BUDGET_FLOOR, DECODE_BUDGET_RATIO * stored_nbytes(entry))
 
 
 class DDQFile:
-    """A .ddq file opened for reading: `header`, `entries`, `decode(name)`, `parts(name)`, `file(name)`."""
+    """A .ddq file opened for reading: `header`, `entries`, `layout`, `decode(name)`, `parts(name)`, `file(name)`.
 
-    def __init__(self, path, *, verify_checksums: bool = True):
+    max_decoded_bytes bounds what one decode() may allocate for its result (checked from the header before
+    allocating); None applies the default policy `default_decode_budget` (SPEC.md §11)."""
+
+    def __init__(self, path, *, verify_checksums: bool = True, max_decoded_bytes: int | None = None):
         self.path = Path(path)
         self.verify_checksums = verify_checksums
+        self.max_decoded_bytes = max_decoded_bytes
         try:
             self._fh = open(self.path, "rb")
         except OSError as e:
@@ -62,13 +86,20 @@ class DDQFile:
         if header_offset < PREAMBLE_SIZE or header_offset + header_len + FOOTER_SIZE != size:
             raise FormatError(f"header [{header_offset}, +{header_len}) does not end where the footer starts "
                               f"({size - FOOTER_SIZE})", path=path, field="footer.header_offset")
-        raw = mm[header_offset: header_offset + header_len]
-        if zlib.crc32(raw) != header_crc:
-            raise ChecksumError("header CRC-32 mismatch", path=path, field="footer.header_crc32")
-        self.header = unpack(raw, path)
-        self.data_length = header_offset - PREAMBLE_SIZE
-        entries, self.unsupported = validate(self.header, self.data_length, path, minor)
+        with memoryview(mm) as view:  # released before close(): no copy of a 64 MiB header
+            raw = view[header_offset: header_offset + header_len]
+            if zlib.crc32(raw) != header_crc:
+                raise ChecksumError("header CRC-32 mismatch", path=path, field="footer.header_crc32")
+            with paused_gc():
+                parsed = parse(raw, path)
+                del raw
+                self.header = parsed.header
+                self.header_offset = header_offset
+                self.data_length = header_offset - PREAMBLE_SIZE
+                entries, self.unsupported, self.layout = validate(self.header, self.data_length, path, minor)
         self.entries = {e["name"]: e for e in entries}
+        # Byte span of each entry inside the header (for size accounting: exact, whatever the msgpack widths).
+        self.entry_spans = {e["name"]: span for e, span in zip(entries, parsed.entry_spans)}
         self.files = {f["name"]: f for f in self.header.get("files", [])}
 
     # -- access ---------------------------------------------------------------------------------
@@ -105,11 +136,27 @@ class DDQFile:
             raise DDQError("no such file", path=self.path, field=f"files.{name}")
         return bytes(self._bytes(self.files[name], None, f"files.{name}"))
 
-    def decode(self, name: str) -> np.ndarray:
-        """float32 array: the delta for compressed/dense, the full tensor for replace, zeros for same."""
+    def decode_budget(self, name: str, max_decoded_bytes: int | None = None) -> int:
+        """The most bytes decode(name) may allocate: the argument, else the file's max_decoded_bytes, else the
+        default policy for this entry (a tied entry's is its target's)."""
         e = self.entry(name)
         if e["kind"] == KIND_TIED:
-            return self.decode(e["tied_to"])
+            e = self.entry(e["tied_to"])
+        limit = max_decoded_bytes if max_decoded_bytes is not None else self.max_decoded_bytes
+        return limit if limit is not None else default_decode_budget(e)
+
+    def decode(self, name: str, *, max_decoded_bytes: int | None = None) -> np.ndarray:
+        """float32 array: the delta for compressed/dense, the full tensor for replace, zeros for same.
+
+        Refuses (LimitError, before allocating) a result larger than decode_budget(name, max_decoded_bytes)."""
+        e = self.entry(name)
+        need, budget = decoded_nbytes(e), self.decode_budget(name, max_decoded_bytes)
+        if need > budget:
+            raise LimitError(f"decoding shape {e['shape']} needs {need} bytes, more than the decode budget of "
+                             f"{budget} bytes (pass max_decoded_bytes to allow more)", path=self.path, tensor=name,
+                             field="shape")
+        if e["kind"] == KIND_TIED:
+            return self.decode(e["tied_to"], max_decoded_bytes=max_decoded_bytes)
         if e["kind"] in (KIND_SAME, KIND_REMOVED):
             return np.zeros(e["shape"], np.float32)
         if name in self.unsupported:
@@ -126,18 +173,14 @@ class DDQFile:
             raise FormatError(str(err), path=self.path, tensor=name, field="buffers") from None
 
     def parts(self, name: str):
-        """csr_parts: the list of raw Part(row_offsets, col_indices, codes, offset); seeded: the code matrix."""
+        """The stored parts: csr_parts the list of raw Part(row_offsets, col_indices, codes, offset);
+        seeded and seeded_rans the code matrix [rows, kept_per_row] in kept order."""
         e = self.entry(name)
-        if e.get("encoding") == ENC_CSR_PARTS:
-            from .encodings._common import Ctx
-            return _csr.parts_of(e, self.buffers(name), Ctx(self.path, name))
-        if e.get("encoding") == ENC_SEEDED:
-            return _seeded.codes_of(e, self.buffers(name))
-        if e.get("encoding") == ENC_SEEDED_RANS:
-            from .encodings import seeded_rans
-            return seeded_rans.codes_of(e, self.buffers(name))
-        raise DDQError(f"entry of kind {e['kind']} has no compressed parts", path=self.path, tensor=name,
-                       field="encoding")
+        enc = encodings.get(e.get("encoding")) if name not in self.unsupported else None
+        if enc is None or not enc.has_parts:
+            raise DDQError(f"entry of kind {e['kind']} has no compressed parts", path=self.path, tensor=name,
+                           field="encoding")
+        return enc.parts(e, self.buffers(name), Ctx(self.path, name))
 
     def close(self):
         mm = getattr(self, "_mm", None)

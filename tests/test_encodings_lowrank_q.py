@@ -1,4 +1,4 @@
-"""lowrank_q (format 1.2): quantized low-rank bands (Delta-CoMe / DeltaMix). Round trips, the SPEC test vector,
+"""lowrank_q (format 1.3): quantized low-rank bands (Delta-CoMe / DeltaMix). Round trips, the SPEC test vector,
 header checks."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_spec_vector_bytes_and_decode(tmp_path):
     assert enc.buffers["scales"][1].tobytes().hex() == "00385531552d"
     assert enc.buffers["zeros"][1].tobytes().hex() == "010003"
     f = _write_read(tmp_path, (2, 3), enc)
-    assert f.version == (1, 2)
+    assert f.version == (1, 3)
     u = np.array([1.0, -0.5], np.float32)
     s1, s2 = np.float32(np.float16(0.5 / 3)), np.float32(np.float16(0.25 / 3))
     v = np.array([s1 * 2, s1 * 3, s2 * (0 - 3)], np.float32)

@@ -1,4 +1,4 @@
-"""nm_q (format 1.2): n:m sparsity with per-row scales (DeltaZip). Round trips, the SPEC vector, header checks."""
+"""nm_q (format 1.3): n:m sparsity with per-row scales (DeltaZip). Round trips, the SPEC vector, header checks."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,7 +38,7 @@ def test_round_trip(tmp_path, shape, n, m, bits):
     f = _write_read(tmp_path, shape, nm_q.encode(shape, keep, codes, scales, n=n, m=m, bits=bits, zero=z))
     want = np.where(keep, scales.astype(np.float32)[:, None] * (codes.astype(np.float32) - z), 0)
     np.testing.assert_array_equal(f.decode("t"), want.astype(np.float32))
-    assert f.version == (1, 2)
+    assert f.version == (1, 3)
 
 
 def test_encode_refuses_a_mask_that_is_not_n_of_m():

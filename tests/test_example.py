@@ -103,16 +103,40 @@ def _tiny_pair(tmp_path):
     return base_dir, recipe
 
 
-def _build(base_dir, recipe, out):
+def _build(base_dir, recipe, out, progress=None):
     model, tok = ev.load_model(base_dir), ev.load_tokenizer(base_dir)
-    return build.build_pair(out, model, tok, recipe, source="tiny", log=lambda *_: None)
+    return build.build_pair(out, model, tok, recipe, source="tiny", log=lambda *_: None, progress=progress)
+
+
+def test_deterministic_torch_fixes_threads_and_algorithms_then_restores():
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with build.deterministic_torch(1) as machine:
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        assert machine["threads"] == 1 and machine["deterministic_algorithms"] is True
+        assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["cpu"]
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
 
 
 def test_tiny_pipeline_end_to_end(tmp_path):
     """build -> (deterministic) -> convert -> apply_delta -> evaluate, on a 2-layer LLaMA."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from ddq_format.progress import make_progress
+
     base_dir, recipe = _tiny_pair(tmp_path)
-    pair = _build(base_dir, recipe, tmp_path / "pair")
+    log = io.StringIO()
+    with make_progress(Console(file=log, width=80), interval=0.2) as progress:  # a log, not a terminal
+        pair = _build(base_dir, recipe, tmp_path / "pair", progress=progress)
     m = pair.meta
+    lines = log.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+    assert any(re.match(stamp + rf"steps {recipe.epochs}/{recipe.epochs} \(100%\), elapsed .*: fine-tuning", ln)
+               for ln in lines), lines
+    assert any(re.match(stamp + "done, elapsed .*: saving the fine-tune", ln) for ln in lines), lines
+    assert m["machine"]["threads"] == recipe.threads and m["machine"]["deterministic_algorithms"]
     assert (pair.base / "config.json").is_file() and (pair.finetuned / "config.json").is_file()
     assert m["accuracy"]["finetuned"] >= 0.9 > m["accuracy"]["base"]
     assert m["task"]["n_prompts"] == 16 and len(m["sha256"]["finetuned"]) == 64
@@ -132,7 +156,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     from ddq_format.converters import convert
 
     out = tmp_path / "mild.ddq"
-    convert(pair.base, pair.finetuned, out, method="deltadq", encoding="seeded", alpha=2, bits=8)
+    convert(pair.base, pair.finetuned, out, method="deltadq", encoding="seeded", alpha=2, bits=8, embeddings="dense")
     mild = evaluator.score(ev.compressed_model(pair.base, out))
     # A mild compression keeps the fine-tune much closer than the base is.
     assert mild.kl < base_score.kl / 4
@@ -150,7 +174,7 @@ def test_example_run_command_on_a_cached_tiny_pair(tmp_path):
     pair = _build(base_dir, recipe, cache / build.Recipe().key())  # where `run` looks for the default pair
     res = CliRunner().invoke(example_app, ["run", "--cache", str(cache), "--alpha", "2", "--bits", "8"])
     assert res.exit_code == 0, res.output
-    out = pair.root / "deltadq-seeded-a2-k8-m1.ddq"
+    out = pair.root / "deltadq-seeded_rans-a2-k8-m1.ddq"  # the convert defaults' encoding
     assert out.is_file()
     summary = json.loads(out.with_suffix(".eval.json").read_text())
     acc = summary["accuracy"]
@@ -158,3 +182,22 @@ def test_example_run_command_on_a_cached_tiny_pair(tmp_path):
     assert acc["base"] == pytest.approx(pair.meta["accuracy"]["base"])
     assert summary["compressed_true_ratio"] > 1
     assert "exact match" in res.output and "reused" in res.output and "compressed" in res.output
+
+
+def test_example_build_facts_and_epochs_make_a_smaller_recipe(tmp_path, monkeypatch):
+    """`ddq example build --facts N --epochs E`: a quick reproducibility check gets its own recipe (cache key)."""
+    from typer.testing import CliRunner
+
+    from ddq_format.example.command import example_app
+
+    seen = []
+
+    def fake(recipe=None, **kw):
+        seen.append(recipe)
+        raise build.UsageError("stop here")
+    monkeypatch.setattr(build, "build_example", fake)
+    res = CliRunner().invoke(example_app, ["build", "--facts", "64", "--epochs", "1", "--cache", str(tmp_path)])
+    assert res.exit_code == 2 and "stop here" in res.output
+    r = seen[0]
+    assert (r.n_facts, r.epochs) == (64, 1) and r.key() != build.Recipe().key()
+    assert (r.seed, r.threads, r.batch_size) == (build.Recipe().seed, build.Recipe().threads, build.Recipe().batch_size)

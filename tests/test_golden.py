@@ -83,3 +83,29 @@ def test_mixed_contents():
         kept_tail = (g.parts("w") >= 0).shape[1] - 2 * 4  # kept per row minus the two full groups
         assert kept_tail == 2
         assert (np.count_nonzero(w[:, 16:], axis=1) <= 2).all()
+
+
+def test_lowrank_decode_is_within_the_spec_bound_even_under_cancellation(tmp_path):
+    """SPEC §9.4.3: |decoded - exact| <= gamma_r * sum_t |u[i,t] v[t,j]|, gamma_r = r u / (1 - r u), u = 2^-24.
+    The bound is relative to the sum of magnitudes, so it holds where the terms cancel to ~0 (a bound
+    relative to |exact| fails there by ~1e5 ulp)."""
+    import math
+    from ddq_format import Writer
+    from ddq_format.encodings import lowrank
+    rng = np.random.default_rng(5)
+    r = 8
+    u = rng.standard_normal((16, r)).astype(np.float16)
+    v = rng.standard_normal((r, 24)).astype(np.float16)
+    v[r // 2:] = -v[: r // 2] * np.float16(1.0009765625)  # pairs of terms that nearly cancel
+    u[:, r // 2:] = u[:, : r // 2]
+    path = tmp_path / "lr.ddq"
+    with Writer(path) as w:
+        w.add("w", "compressed", [16, 24], "F16", lowrank.encode(u, v))
+    with DDQFile(path) as f:
+        got = f.decode("w").astype(np.float64)
+    p = u.astype(np.float64)[:, :, None] * v.astype(np.float64)[None, :, :]  # exact: f16 products fit in f64
+    exact = np.array([[math.fsum(p[i, :, j]) for j in range(24)] for i in range(16)])
+    gamma = r * 2.0**-24 / (1 - r * 2.0**-24)
+    bound = gamma * np.abs(p).sum(axis=1)
+    assert (np.abs(got - exact) <= bound).all()
+    assert (np.abs(exact) < 1e-3 * np.abs(p).sum(axis=1)).any()  # the case really cancels

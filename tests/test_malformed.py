@@ -354,10 +354,17 @@ def test_buffer_length_mismatch_with_shape(tmp_path, sample):
 
 def test_huge_shapes_rejected_before_allocation(tmp_path):
     assert MAX_DECODED_BYTES < 2**40
+    header = {"alignment": 64, "checksum": "crc32", "tensors": [
+        {"name": "big", "kind": "same", "shape": [2**20, 2**20], "dtype": "F32"}]}  # 4 TiB of zeros
+    expect(tmp_path, assemble(header, b""), FormatError, "shape")  # refused at open, nothing allocated
+
+
+def test_writer_refuses_what_the_reader_rejects(tmp_path):
     path = tmp_path / "h.ddq"
-    with Writer(path) as w:
-        w.add("big", "same", [2**20, 2**20], "F32")  # 4 TiB of zeros: refused at open, nothing allocated
-    expect(tmp_path, path.read_bytes(), FormatError, "shape")
+    with pytest.raises(FormatError, match="shape"):
+        with Writer(path) as w:
+            w.add("big", "same", [2**20, 2**20], "F32")
+    assert list(tmp_path.iterdir()) == []  # nothing published, no temp file left
 
 
 # ---- encoding parameters --------------------------------------------------------------------------------------
@@ -530,3 +537,105 @@ def test_row_offsets_sum_wrapping_in_64_bits(tmp_path):
     with Writer(path) as w:
         w.add("w", "compressed", [1, 64], "F32", enc)
     expect(tmp_path, path.read_bytes(), EncodingError, "buffers.row_offsets")
+
+
+# ---- issue 12: bounded work and memory for small legal files -------------------------------------------------
+def _peak(fn):
+    """(result, peak bytes traced) of fn()."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _one_entry_file(tmp_path, name, kind, shape, enc=None, dtype="F16"):
+    path = tmp_path / name
+    with Writer(path) as w:
+        w.add("w", kind, shape, dtype, enc)
+    return path
+
+
+def _lowrank_bomb(tmp_path, n=16384):
+    from ddq_format.encodings import lowrank
+    ones = np.ones((n, 1), np.float16)
+    return _one_entry_file(tmp_path, "lowrank.ddq", "compressed", [n, n], lowrank.encode(ones, ones.T.copy()))
+
+
+def _seeded_bomb(tmp_path, rows=16384, cols=32768, alpha=1024):
+    from ddq_format import bitpack
+    from ddq_format.encodings import Encoded
+    codes = bitpack.pack(np.ones(rows * (cols // alpha), np.uint8), 1)
+    enc = Encoded("seeded", {"alpha": alpha, "group_size": alpha, "bits": 1, "scale": 0.5, "zero": 0, "seed": 1},
+                  {"codes": ("PACKED", codes)})
+    return _one_entry_file(tmp_path, "seeded.ddq", "compressed", [rows, cols], enc)
+
+
+@pytest.mark.parametrize("make", [_lowrank_bomb, _seeded_bomb])
+def test_amplifying_decodes_refused_by_default(tmp_path, make):
+    """A 66 KB lowrank (1 GiB out) or seeded k=1 alpha=1024 (2 GiB out) file: refused before allocating by the
+    default budget; with max_decoded_bytes the caller decides."""
+    from ddq_format.errors import LimitError
+    path = make(tmp_path)
+    assert path.stat().st_size < 70_000
+    with DDQFile(path) as f:
+        tracemalloc.start()
+        try:
+            with pytest.raises(LimitError, match="decode budget") as e:
+                f.decode("w")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < ALLOC_CAP, peak
+        assert e.value.field == "shape" and e.value.tensor == "w" and str(path) in str(e.value)
+        with pytest.raises(LimitError):
+            f.decode("w", max_decoded_bytes=2**20)
+    from ddq_format.verify import verify
+    faults, peak = _peak(lambda: verify(path))
+    assert len(faults) == 1 and "decode budget" in faults[0] and peak < ALLOC_CAP
+
+
+@pytest.mark.parametrize("make,kw", [(_lowrank_bomb, dict(n=2048)), (_seeded_bomb, dict(rows=2048, cols=8192))])
+def test_allowed_decodes_stay_near_their_output_size(tmp_path, make, kw):
+    """Bounded: when a budget allows a decode, it allocates about its float32 output, not a multiple."""
+    path = make(tmp_path, **kw)
+    with DDQFile(path, max_decoded_bytes=2**30) as f:
+        out, peak = _peak(lambda: f.decode("w"))
+        assert peak <= 2 * out.nbytes + 8 * 2**20, (peak, out.nbytes)
+
+
+def test_verifying_same_and_removed_entries_allocates_nothing(tmp_path):
+    """A spec-legal `same` entry of 2^17 x 2^17 made verify allocate 64 GiB (MemoryError)."""
+    from ddq_format.verify import verify
+    header = {"alignment": 64, "checksum": "crc32", "tensors": [
+        {"name": "s", "kind": "same", "shape": [2**17, 2**17], "dtype": "F32"},
+        {"name": "r", "kind": "removed", "shape": [2**17, 2**17], "dtype": "BF16"},
+        {"name": "t", "kind": "tied", "shape": [2**17, 2**17], "dtype": "F32", "tied_to": "s"}]}
+    path = tmp_path / "same.ddq"
+    path.write_bytes(assemble(header, b""))
+    faults, peak = _peak(lambda: verify(path))
+    assert faults == [] and peak < ALLOC_CAP, (faults, peak)
+
+
+def test_rans_stream_symbol_cap(tmp_path):
+    """A 561-byte seeded_rans file with one stream of 16.7 M symbols decoded for minutes; such a stream is
+    now refused at open (SPEC §9.5: rows_per_stream x K <= RANS_MAX_STREAM_SYMBOLS)."""
+    from ddq_format.spec import RANS_MAX_STREAM_SYMBOLS
+    n_rows, n_cols = 2**14, 2**10  # alpha 1: K = 1024 codes per row, all 16 384 rows in one stream
+    streams = np.frombuffer(np.uint32(2**16).tobytes(), np.uint8)  # one stream: just the final state L
+    header = {"alignment": 64, "checksum": "crc32", "tensors": [{
+        "name": "r", "kind": "compressed", "shape": [n_rows, n_cols], "dtype": "F16", "encoding": "seeded_rans",
+        "params": {"alpha": 1, "group_size": 1, "bits": 1, "scale": 0.5, "zero": 0, "seed": 0,
+                   "rows_per_stream": n_rows, "freqs": [4096, 0]},
+        "buffers": {"streams": {"dtype": "U8", "offset": 0, "length": 4, "crc32": zlib.crc32(streams)},
+                    "stream_offsets": {"dtype": "U32", "offset": 64, "length": 8,
+                                       "crc32": zlib.crc32(np.array([0, 4], "<u4").tobytes())}}}]}
+    data = streams.tobytes() + bytes(60) + np.array([0, 4], "<u4").tobytes() + bytes(56)
+    blob = assemble(header, data, minor=1)
+    assert len(blob) < 1024
+    path = tmp_path / "rans.ddq"
+    path.write_bytes(blob)
+    with pytest.raises(EncodingError, match=str(RANS_MAX_STREAM_SYMBOLS)) as e:
+        DDQFile(path).close()  # refused at open: nothing is decoded
+    assert e.value.tensor == "r" and e.value.field == "params.rows_per_stream"

@@ -44,3 +44,32 @@ def test_terminal_bar_keeps_its_numbers_at_80_columns():
         bar.refresh()
     last = [ln for ln in buf.getvalue().replace("\r", "\n").splitlines() if "/272" in ln][-1]
     assert "100/272" in last and "ETA" in last and "…" in last
+
+
+def test_a_finished_task_is_reported_once_when_it_finishes():
+    buf = io.StringIO()
+    with make_progress(Console(file=buf, width=80), interval=60) as bar:
+        job = bar.add_task("convert", total=2, what="tensors")
+        bar.update(job, advance=2)
+        assert "tensors 2/2 (100%)" in buf.getvalue()  # at once, not only when the display stops
+    assert buf.getvalue().count("tensors 2/2 (100%)") == 1
+
+
+def test_uncounted_step_prints_running_lines_then_done():
+    from ddq_format.progress import step
+    buf = io.StringIO()
+    with make_progress(Console(file=buf, width=80), interval=0.05) as bar:
+        with step(bar, "loading the base from GGUF"):
+            time.sleep(0.18)
+    lines = buf.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    running = [ln for ln in lines if re.match(stamp + r" running, elapsed \d:\d\d:\d\d: loading the base", ln)]
+    assert len(running) >= 2, lines
+    assert re.match(stamp + r" done, elapsed \d:\d\d:\d\d: loading the base from GGUF$", lines[-1]), lines
+    assert sum("done" in ln for ln in lines) == 1
+
+
+def test_step_without_a_display_is_a_no_op():
+    from ddq_format.progress import step
+    with step(None, "x"):
+        pass

@@ -11,12 +11,9 @@ import importlib.metadata as md
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import types
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,55 +27,10 @@ torch = pytest.importorskip("torch")
 from ddq_format.converters import convert  # noqa: E402
 from ddq_format.errors import BindingError, UsageError  # noqa: E402
 from ddq_format.reader import DDQFile  # noqa: E402
+from vllm_testing import ENGINE_ARGS, VLLM_ENV, env, openai_server, post, save_finetune, save_llama  # noqa: E402
 
-# vLLM settings for a small CPU test: in-process engine (half the start-up), 1 GiB of KV cache, no hub.
-VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
-ENGINE_ARGS = {"dtype": "float32", "max_model_len": 64, "enforce_eager": True, "seed": 0}
-SENTENCES = ["the quick brown fox jumps over the lazy dog", "a delta file stores the fine tune compressed",
-             "vllm serves the base model with the delta applied", "hello world this is a tiny model"]
 PROMPTS = [[1, 40, 41, 42, 43], [1, 100, 7, 200], [1, 5, 6, 7, 8, 9, 10, 11]]
 NEW_TOKENS = 8
-
-
-# -- the tiny models ---------------------------------------------------------------------------------------
-def save_tokenizer(folder: Path) -> int:
-    """A byte-level BPE tokenizer trained on four sentences, saved as a PreTrainedTokenizerFast folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(
-        vocab_size=256, special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(folder)
-    return len(fast)
-
-
-def save_llama(folder: Path, seed: int) -> dict[str, np.ndarray]:
-    """A 2-layer LLaMA, hidden 64, 2 heads of 32 (a head size vLLM's CPU attention takes); float32."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    vocab = save_tokenizer(folder)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, initializer_range=0.3,
-                      dtype="float32")
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(folder)
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def save_finetune(folder: Path, base_dir: Path, ft: dict[str, np.ndarray]) -> None:
-    """The fine-tune as an HF folder: the base's config and tokenizer, the changed weights."""
-    from safetensors.numpy import save_file
-    folder.mkdir()
-    for f in base_dir.iterdir():
-        if f.suffix != ".safetensors":
-            (folder / f.name).write_bytes(f.read_bytes())
-    save_file(ft, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 def greedy(state: dict[str, np.ndarray], folder: Path, prompts) -> list[list[int]]:
@@ -113,8 +65,8 @@ def models(tmp_path_factory):
     ddq_path = root / "ft.ddq"
     # Low compression (alpha 2, 8-bit codes in 2 parts): matrices compressed, embeddings and the changed
     # norm dense, the other norms 'same'; every entry bound to its base tensor.
-    convert(base_dir, root / "ft", ddq_path, alpha=2, bits=8, parts=2, group_size=8, quiet=True,
-            progress=False)
+    convert(base_dir, root / "ft", ddq_path, alpha=2, bits=8, parts=2, group_size=8, embeddings="dense",
+            quiet=True, progress=False)
     with DDQFile(ddq_path) as f:
         kinds = {e["kind"] for e in f.entries.values()}
     assert {"compressed", "dense", "same"} <= kinds
@@ -129,14 +81,8 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm_env():
-    saved = {k: os.environ.get(k) for k in VLLM_ENV}
-    os.environ.update(VLLM_ENV)
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with env(VLLM_ENV):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +96,8 @@ def llm(models, vllm_env):
 
 
 def vllm_greedy(engine, prompts) -> list[list[int]]:
-    import vllm
-    sp = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    outs = engine.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
+    from vllm_testing import vllm_greedy as greedy_tokens
+    return greedy_tokens(engine, prompts, NEW_TOKENS)
 
 
 # -- registration ----------------------------------------------------------------------------------------
@@ -183,63 +127,24 @@ def test_vllm_greedy_tokens_are_the_finetunes(llm, models):
     assert got != models.base_tokens
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url, body, timeout=60):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def server_command(base_dir, ddq_path, port) -> list[str]:
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_dir),
-            "--load-format", "ddq", "--model-loader-extra-config", json.dumps({"ddq_path": str(ddq_path)}),
-            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "64",
+def server_args(base_dir, ddq_path) -> list[str]:
+    return ["--model", str(base_dir), "--load-format", "ddq", "--model-loader-extra-config",
+            json.dumps({"ddq_path": str(ddq_path)}), "--dtype", "float32", "--max-model-len", "64",
             "--enforce-eager", "--seed", "0", "--served-model-name", "ft"]
 
 
 def test_openai_server_serves_the_finetune(models, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen(server_command(models.base_dir, models.ddq, port), stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, **VLLM_ENV})
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"server not ready within 300 s:\n{log.read()[-4000:]}")
-            time.sleep(1)
-        out = post(f"http://127.0.0.1:{port}/v1/completions",
+    with openai_server(server_args(models.base_dir, models.ddq), tmp_path / "server.log") as url:
+        out = post(f"{url}/v1/completions",
                    {"model": "ft", "prompt": PROMPTS[0], "max_tokens": NEW_TOKENS, "temperature": 0,
                     "ignore_eos": True, "return_token_ids": True})
         assert out["choices"][0]["token_ids"] == models.ft_tokens[0]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_openai_server_refuses_a_wrong_base(models):
     """The operator's view: the server does not start, and says which file, tensor and check failed."""
-    run = subprocess.run(server_command(models.other_dir, models.ddq, free_port()), capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                          *server_args(models.other_dir, models.ddq)], capture_output=True,
                          text=True, timeout=300, env={**os.environ, **VLLM_ENV})
     assert run.returncode != 0
     assert (f"ddq_format.errors.BindingError: {models.ddq}: tensor " in run.stderr + run.stdout), \

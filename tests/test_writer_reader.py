@@ -103,3 +103,29 @@ def test_reader_access_errors(sample_file):
 def test_missing_file_is_ddq_error(tmp_path):
     with pytest.raises(DDQError, match="cannot open"):
         DDQFile(tmp_path / "absent.ddq")
+
+
+def test_writer_checks_each_entry_before_writing_its_bytes(tmp_path):
+    """An entry the reader would reject fails at add(), naming the tensor, and nothing of it is written."""
+    from ddq_format.encodings import Encoded
+    from ddq_format.errors import EncodingError
+    target = tmp_path / "out.ddq"
+    with Writer(target) as w:
+        bad = Encoded("seeded", {"alpha": 2, "group_size": 4, "bits": 9, "scale": 0.5, "zero": 0, "seed": 0},
+                      {"codes": ("PACKED", np.zeros(1, np.uint8))})
+        with pytest.raises(EncodingError) as e:
+            w.add("w", "compressed", [1, 4], "F32", bad)
+        assert e.value.tensor == "w" and e.value.field == "params.bits"
+        w.add("x", "dense", [4], "F32", raw.encode(np.ones(4, np.float32), "F32"))
+    with DDQFile(target) as f:
+        assert f.names == ["x"] and f.data_length == 64  # no bytes of the refused entry
+
+
+def test_minor_version_label_follows_the_features_used(tmp_path):
+    from ddq_format.binding import binding
+    x = np.ones(4, np.float32)
+    for digest, minor in ((False, 0), (True, 2)):
+        with Writer(tmp_path / "d.ddq") as w:
+            w.add("x", "dense", [4], "F32", raw.encode(x, "F32"), base=binding(x, [4], "F32", digest=digest))
+        blob = (tmp_path / "d.ddq").read_bytes()
+        assert struct.unpack_from("<HH", blob, 8) == (1, minor) == struct.unpack_from("<HH", blob, len(blob) - 12)

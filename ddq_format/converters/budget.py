@@ -37,6 +37,7 @@ GROUP = 512  # h_g of the planned dropout configurations (rounded to the tensor,
 ALPHAS = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 RANS_BITS, RANS_STEPS = 4, (1.0, 2.0)  # measured on the example pair (benchmarks/results/quality.md)
 RANS_STEP = RANS_STEPS[0]
+FINE_ALPHAS = (1, 2, 4)  # 8-bit candidates: the budgets below the 4-bit ones (true ratio < ~8x)
 LOWRANK_RANKS = (1, 2, 4, 8, 16, 32)
 ROW_SAMPLE = 2048  # rows of a tensor scored (a fixed random sample, scaled up): bounds the error's cost
 
@@ -71,6 +72,9 @@ def grid(shape, name: str, embedding: bool) -> list[Config]:
     cols = shape[1]
     out = [Config("raw16")]
     out += [Config("rans", alpha=a, bits=RANS_BITS, step=st) for a in ALPHAS if a <= cols for st in RANS_STEPS]
+    # below 8x: fine grids (8-bit codes on a step 16x finer, the same range) and no dropout
+    out += [Config("rans", alpha=a, bits=8, step=st / 16) for a in FINE_ALPHAS if a <= cols for st in RANS_STEPS]
+    out += [Config("rans", alpha=1, bits=RANS_BITS, step=st) for st in RANS_STEPS]
     if embedding:
         out += [Config("lowrank", rank=r, bits=4) for r in LOWRANK_RANKS if r <= min(shape)]
     return out
@@ -191,6 +195,13 @@ def sample_rows(n: int, seed: int = 0) -> np.ndarray:
     if n <= ROW_SAMPLE:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, ROW_SAMPLE, replace=False))
+
+
+def within_fp16(options: list[Option], fp16_bytes: int) -> list[Option]:
+    """The candidates not stored above the tensor's fp16 delta size (issue 11); the smallest one alone when
+    every candidate is (a tensor smaller than its own header entry)."""
+    ok = [o for o in options if o.bytes <= fp16_bytes]
+    return ok or [min(options, key=lambda o: o.bytes)]
 
 
 def allocate(options: dict[str, list[Option]], budget: float, objective: str = "snr") -> dict[str, Option]:

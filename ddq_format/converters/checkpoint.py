@@ -1,41 +1,36 @@
 """Hugging Face checkpoints read tensor by tensor, as raw bit patterns (no torch on the safetensors path).
 
-Safetensors files are read with our own parse of their (tiny, fixed) layout: 8-byte little-endian header
-length, JSON header, data. Each tensor is read with one positioned read into a fresh array, so memory holds
-only the tensor asked for; BF16 comes back as its uint16 bit patterns, which is what the base fingerprint
-and a raw BF16 buffer need, without importing torch (safe_open's numpy framework cannot return bf16).
-pytorch_model*.bin shards go through torch.load(weights_only=True, mmap=True): file-backed, no pickle code.
+Safetensors files go through the project's one reader (ddq_format.checkpoint_raw: layout validated as
+safetensors does, shards found and ordered in one place). Each tensor is read with one positioned read into a
+fresh array, so memory holds only the tensor asked for; BF16 comes back as its uint16 bit patterns, which is
+what the base fingerprint and a raw BF16 buffer need, without importing torch (safe_open's numpy framework
+cannot return bf16). pytorch_model*.bin shards go through torch.load(weights_only=True, mmap=True):
+file-backed, no pickle code.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint_raw import SafetensorsCheckpoint, TensorInfo, weight_files
 from ..errors import UsageError
+from ..spec import DTYPES, FLOAT_DTYPES
 
-# safetensors dtype -> (our dtype name, numpy storage dtype of the bit patterns)
-ST_DTYPES = {"F32": ("F32", "<f4"), "F16": ("F16", "<u2"), "BF16": ("BF16", "<u2")}
-TORCH_DTYPES = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16"}
+__all__ = ["AUX_FILES", "Checkpoint", "TensorInfo", "resolve", "to_f32", "non_finite", "count_non_finite"]
+
+# What `Checkpoint.read` returns per dtype: (name, numpy dtype) - float32 values for F32, bit patterns else.
+ST_DTYPES = {n: (n, DTYPES[n].numpy if n == "F32" else DTYPES[n].bits) for n in FLOAT_DTYPES}
+TORCH_DTYPES = {f"torch.{d.torch}": n for n, d in DTYPES.items()}  # str(tensor.dtype) of a .bin tensor
 AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
              "added_tokens.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json")
-MAX_ST_HEADER = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple
-    dtype: str  # our name: F32/F16/BF16, or the source's name when unsupported (e.g. "I64")
-    source: str  # file it lives in
-    offset: int = 0  # absolute byte offset (safetensors)
-    nbytes: int = 0
+NON_FINITE = "non-finite values (NaN or inf)"  # the start of every such error (tensor_work raises it too)
+_EXPONENT = {"F16": 0x7C00, "BF16": 0x7F80}  # all-ones exponent: inf or NaN
 
 
 def resolve(model: str | os.PathLike) -> Path:
@@ -55,69 +50,25 @@ def resolve(model: str | os.PathLike) -> Path:
     raise UsageError("no such model folder", path=p)
 
 
-def _st_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise UsageError("truncated safetensors file", path=path)
-        (n,) = struct.unpack("<Q", raw)
-        if n > MAX_ST_HEADER:
-            raise UsageError(f"safetensors header of {n} bytes is too large", path=path)
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise UsageError(f"safetensors header is not JSON: {e}", path=path) from None
-    header.pop("__metadata__", None)
-    base = 8 + n
-    size = path.stat().st_size
-    for name, t in header.items():
-        a, b = t["data_offsets"]
-        if not 0 <= a <= b or base + b > size:
-            raise UsageError(f"data offsets {a}..{b} run past the file", path=path, tensor=name)
-    return {name: (t["dtype"], tuple(t["shape"]), base + t["data_offsets"][0],
-                   t["data_offsets"][1] - t["data_offsets"][0]) for name, t in header.items()}
-
-
 class Checkpoint:
     """Tensors of one model folder: `.tensors` (name -> TensorInfo), `.read(name)` -> bit-pattern array."""
 
     def __init__(self, folder):
         self.folder = resolve(folder)
         self.config = self._json("config.json")
-        self.tensors: dict[str, TensorInfo] = {}
         self._bin_cache: tuple[str, dict] | None = None
         self._bin_lock = threading.Lock()  # workers share one loaded .bin shard
-        st_index = self.folder / "model.safetensors.index.json"
-        bin_index = self.folder / "pytorch_model.bin.index.json"
-        if st_index.exists():
-            files = sorted(set(self._index(st_index).values()))
-        elif (self.folder / "model.safetensors").exists():
-            files = ["model.safetensors"]
-        elif bin_index.exists():
-            files = sorted(set(self._index(bin_index).values()))
-        elif (self.folder / "pytorch_model.bin").exists():
-            files = ["pytorch_model.bin"]
+        files = weight_files(self.folder, bin_ok=True)
+        if files[0].suffix == ".safetensors":
+            self.tensors: dict[str, TensorInfo] = SafetensorsCheckpoint(self.folder).tensors
         else:
-            files = sorted(p.name for p in self.folder.glob("*.safetensors"))
-            if not files:
-                raise UsageError("no model.safetensors, sharded safetensors index or pytorch_model.bin",
-                                 path=self.folder)
-        for fname in files:
-            path = self.folder / fname
-            if not path.exists():
-                raise UsageError("shard named in the index is missing", path=path)
-            if fname.endswith(".safetensors"):
-                for name, (dt, shape, off, nb) in _st_header(path).items():
-                    self._add(TensorInfo(name, shape, ST_DTYPES.get(dt, (dt,))[0], str(path), off, nb))
-            else:
+            self.tensors = {}
+            for path in files:
                 for name, t in self._load_bin(str(path)).items():
-                    self._add(TensorInfo(name, tuple(t.shape), TORCH_DTYPES.get(str(t.dtype), str(t.dtype)),
-                                         str(path)))
-
-    def _add(self, info: TensorInfo):
-        if info.name in self.tensors:
-            raise UsageError("tensor appears in two shards", path=info.source, tensor=info.name)
-        self.tensors[info.name] = info
+                    if name in self.tensors:
+                        raise UsageError("tensor appears in two shards", path=path, tensor=name)
+                    self.tensors[name] = TensorInfo(name, tuple(t.shape),
+                                                    TORCH_DTYPES.get(str(t.dtype), str(t.dtype)), str(path))
 
     def _json(self, name):
         p = self.folder / name
@@ -127,12 +78,6 @@ class Checkpoint:
             return json.loads(p.read_text())
         except ValueError as e:
             raise UsageError(f"not valid JSON: {e}", path=p) from None
-
-    def _index(self, path) -> dict:
-        try:
-            return json.loads(Path(path).read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise UsageError(f"bad shard index ({e})", path=path) from None
 
     def _load_bin(self, path: str) -> dict:
         with self._bin_lock:
@@ -177,3 +122,20 @@ def to_f32(bits: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "F16":
         return bits.view(np.float16).astype(np.float32)
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def count_non_finite(bits: np.ndarray, dtype: str, block: int = 1 << 22) -> int:
+    """NaN and inf elements of a tensor as `Checkpoint.read` returns it, in blocks (no full-size temporary)."""
+    flat = bits.reshape(-1)
+    if dtype == "F32":
+        return sum(int(flat[i:i + block].size - np.count_nonzero(np.isfinite(flat[i:i + block])))
+                   for i in range(0, flat.size, block))
+    e = np.uint16(_EXPONENT[dtype])
+    return sum(int(np.count_nonzero((flat[i:i + block] & e) == e)) for i in range(0, flat.size, block))
+
+
+def non_finite(info: TensorInfo, count: int | None = None) -> UsageError:
+    """The error for a tensor holding NaN or inf (a delta of it would carry them into every loaded model)."""
+    n = f"{count} of {math.prod(info.shape)} elements; " if count is not None else ""
+    return UsageError(f"{NON_FINITE}: {n}a .ddq delta needs finite weights (fix or drop this tensor)",
+                      path=info.source, tensor=info.name, field="values")

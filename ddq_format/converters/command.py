@@ -1,48 +1,140 @@
-"""`ddq convert`: the typer command (registered by ddq_format/cli.py with app.command()(convert))."""
+"""`ddq convert`: the typer command (registered by ddq_format/cli.py with app.command()(convert)).
+
+With no options it writes the recommended file (spec.CONVERT_DEFAULTS) and says so in one line; after writing
+it prints the same summary as `ddq inspect` (both from accounting.report of the written file) and warns
+about inputs that are probably a mistake.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
+from ..cli_common import check_output, check_roles, fail, warn
 from ..errors import DDQError
+from ..spec import (CONVERT_DEFAULTS, CONVERT_DEFAULTS_WHY, CONVERT_RATIO_PRESETS, CONVERT_WARN_CHANGED_SHARE,
+                    KIND_SAME, KIND_TIED)
+from .methods import ENCODINGS, METHODS
+from .options import EMBEDDINGS_MODES, settings
+
+D = CONVERT_DEFAULTS
+Method = Literal[METHODS]
+Encoding = Literal[ENCODINGS]
+Embeddings = Literal[EMBEDDINGS_MODES]
+
+
+def choice_line(s: dict, defaulted: bool) -> str:
+    if s["ratio"] is not None:
+        a, k, m = CONVERT_RATIO_PRESETS.get(s["ratio"], ("?", "?", "?"))
+        what = f"{s['method']} {s['encoding']} --ratio {s['ratio']} (alpha={a} k={k} m={m})"
+    else:
+        knobs = " ".join(f"{n}={s[k]}" for k, n in (("alpha", "alpha"), ("bits", "k"), ("parts", "m"))
+                         if s[k] is not None)
+        enc = s["encoding"] if s["method"] == "deltadq" else ""
+        what = " ".join(x for x in (s["method"], enc, knobs) if x)
+    if s["method"] in ("deltadq", "bitdelta"):  # the methods with group-wise dropout
+        what += f", h_g {'searched' if s['group_size'] == 'auto' else s['group_size']}"
+    what += f", embeddings {s['embeddings']}"
+    return f"settings: {what} ({'defaults: ' + CONVERT_DEFAULTS_WHY if defaulted else 'from your options'})"
+
+
+def input_warnings(rep: dict) -> list[str]:
+    """A delta that is all zero (the same model twice) or tiny (wrong pair?), from the written file."""
+    tensors = rep["tensors"]
+    total = sum(math.prod(t["shape"]) for t in tensors if t["kind"] != KIND_TIED)
+    changed = sum(math.prod(t["shape"]) for t in tensors if t["kind"] not in (KIND_SAME, KIND_TIED))
+    if tensors and changed == 0:
+        return ["the delta is all zero: every tensor of FINETUNED equals BASE (the same model twice?); "
+                "the ratios above count the zero delta of unchanged tensors"]
+    if total and changed / total < CONVERT_WARN_CHANGED_SHARE:
+        n = sum(t["kind"] not in (KIND_SAME, KIND_TIED) for t in tensors)
+        return [f"the delta is tiny: only {n} of {len(tensors)} tensors ({changed / total:.2%} of the elements) "
+                "differ from BASE; is FINETUNED a fine-tune of BASE?"]
+    return []
 
 
 def convert(
-    base: str = typer.Argument(..., help="Base model: local HF folder or a model id in the local HF cache."),
-    finetuned: str = typer.Argument(..., help="Fine-tuned model: local HF folder or cached model id."),
-    output: Path = typer.Option(..., "-o", "--output", help="The .ddq file to write (atomically)."),
-    method: str = typer.Option("deltadq", help="deltadq | dare | magnitude | bitdelta | lowrank."),
-    alpha: Optional[int] = typer.Option(None, help="Dropout factor: keep 1/alpha of each delta "
-                                        "(default: 4; bitdelta 1 = no dropout in front)."),
-    bits: Optional[int] = typer.Option(None, help="k: bits of the uniform quantizer (default 4)."),
-    parts: Optional[int] = typer.Option(None, help="m: parts of separate quantization, power of two (default 1)."),
-    group_size: str = typer.Option("auto", help="h_g: 'auto' (search on layer 0) or a multiple of alpha."),
-    encoding: str = typer.Option("csr_parts", help="csr_parts (paper) | seeded (mask from the seed) | "
-                                 "seeded_rans (seeded with entropy-coded codes; format 1.1)."),
+    base: str = typer.Argument(..., metavar="BASE", show_default=False,
+                               help="Base model: local HF folder or a model id in the local HF cache."),
+    finetuned: str = typer.Argument(..., metavar="FINETUNED", show_default=False,
+                                    help="Fine-tuned model (same architecture): local HF folder or cached model id."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="FILE", help="The .ddq file to write (atomically)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace FILE if it exists."),
+    method: Method = typer.Option(D["method"], help="DeltaDQ or a baseline."),
+    encoding: Optional[Encoding] = typer.Option(
+        None, show_default=False, help=f"deltadq's layout: seeded_rans (seeded with entropy-coded codes; format 1.1), "
+        f"seeded (mask from the seed), csr_parts (the paper's). [default: {D['encoding']}; csr_parts with --ratio "
+        f"or --parts > 1]"),
+    alpha: Optional[int] = typer.Option(None, min=1, help=f"Dropout factor: keep 1 in alpha of each delta. "
+                                        f"[default: {D['alpha']} (deltadq), 4 (dare, magnitude), 1 (bitdelta)]"),
+    bits: Optional[int] = typer.Option(None, min=1, max=8, help=f"k: bits of the uniform quantizer. "
+                                       f"[default: {D['bits']}]"),
+    parts: Optional[int] = typer.Option(None, min=1, help=f"m: parts of separate quantization, a power of two "
+                                        f"(csr_parts only). [default: {D['parts']}]"),
+    ratio: Optional[int] = typer.Option(None, help="The paper's csr_parts presets for a nominal ratio: "
+                                        f"{', '.join(map(str, CONVERT_RATIO_PRESETS))} (sets alpha, k, m)."),
+    group_size: str = typer.Option(D["group_size"], metavar="auto|N",
+                                   help="h_g: 'auto' (searched on layer 0) or a multiple of alpha."),
+    embeddings: Embeddings = typer.Option(D["embeddings"], help="Embeddings and lm_head: compressed like the "
+                                          "linear layers, or stored as a dense delta."),
     seed: int = typer.Option(0, help="Run seed; each tensor's seed derives from it and the tensor name."),
-    calib: Optional[Path] = typer.Option(None, help="Calibration text for the group-size search "
-                                         "and --seed-trials (default: a built-in text)."),
-    ratio: Optional[int] = typer.Option(None, help="Preset alpha/k/m for a nominal ratio: 8, 16, 32, 64, 128, "
-                                        "256, 512 (deltadq)."),
-    embeddings: str = typer.Option("dense", help="Embeddings and lm_head: dense delta (default) or compressed."),
-    rank: Optional[int] = typer.Option(None, help="lowrank: rank of the truncated SVD (default 16)."),
-    seed_trials: int = typer.Option(1, "--seed-trials", help="Try N dropout seeds per tensor and keep the one "
-                                    "with the least layer-output error on the calibration text (deltadq, "
+    calib: Optional[Path] = typer.Option(None, metavar="FILE", help="Calibration text for the group-size search "
+                                         "and --seed-trials. [default: a built-in text]"),
+    rank: Optional[int] = typer.Option(None, help="lowrank: rank of the truncated SVD. [default: 16]"),
+    seed_trials: int = typer.Option(1, "--seed-trials", metavar="N", help="Try N dropout seeds per tensor and keep "
+                                    "the one with the least layer-output error on the calibration text (deltadq, "
                                     "bitdelta with alpha > 1). N > 1 loads the whole fine-tune with "
                                     "transformers in float32 (it must fit in RAM) and costs about N "
                                     "reconstructions per tensor. 1 = off."),
-    workers: int = typer.Option(1, help="Tensors processed in parallel (output bytes do not depend on it)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUTPUT.partial."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    workers: int = typer.Option(1, metavar="N", help="Tensors processed in parallel (the bytes do not depend on it)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from FILE.partial."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary (warnings and errors only)."),
 ):
-    """Compress FINETUNED's delta from BASE into a .ddq file (DeltaDQ or a baseline)."""
+    """Compress FINETUNED's delta from BASE into a .ddq file. With no options: the recommended file
+    (DeltaDQ seeded_rans, alpha=8, k=4, embeddings compressed)."""
+    from rich.console import Console
+
     from .pipeline import convert as run
+
+    check_roles("convert", [("BASE (the first argument)", "model", base),
+                            ("FINETUNED (the second)", "model", finetuned)])
+    check_output(output, overwrite=overwrite, folder=False, inputs=(base, finetuned))
+    log = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    s = settings(method, alpha, bits, parts, encoding, ratio, embeddings, group_size)
+    defaulted = all(v is None for v in (encoding, alpha, bits, parts, ratio)) and method == D["method"] and \
+        embeddings == D["embeddings"] and group_size == D["group_size"]
+    log.print(choice_line(s, defaulted), highlight=False, markup=False)
+    if Path(base).exists() and Path(finetuned).exists() and Path(base).resolve() == Path(finetuned).resolve():
+        warn("BASE and FINETUNED are the same folder: the delta will be all zero")
     try:
-        run(base, finetuned, output, method=method, alpha=alpha, bits=bits, parts=parts, group_size=group_size,
-            encoding=encoding, seed=seed, calib=calib, ratio=ratio, workers=workers, resume=resume,
-            embeddings=embeddings, rank=rank, progress=not quiet, quiet=quiet, seed_trials=seed_trials)
+        summary = run(base, finetuned, output, method=s["method"], alpha=s["alpha"], bits=s["bits"],
+                      parts=s["parts"], group_size=s["group_size"], encoding=s["encoding"], seed=seed, calib=calib,
+                      ratio=s["ratio"], workers=workers, resume=resume, embeddings=s["embeddings"], rank=rank,
+                      progress=not quiet, console=log, quiet=quiet, seed_trials=seed_trials, print_summary=False)
     except DDQError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
+    _report_written(output, summary, quiet)
+
+
+def _report_written(output: Path, summary, quiet: bool):
+    """The written file's summary (the same function and figures as `ddq inspect`) and input warnings."""
+    from rich.console import Console
+
+    from ..accounting import report
+    from ..cli_report import print_summary
+    from ..reader import DDQFile
+
+    with DDQFile(output) as f:
+        rep = report(f)
+    if not quiet:
+        took = f"{summary.seconds:.1f} s (group-size search {summary.search_seconds:.1f} s"
+        took += f", resumed after {summary.resumed_tensors} tensors)" if summary.resumed_tensors else ")"
+        print_summary(Console(), rep, title=f"wrote {output} in {took}")
+    else:  # the file's own warnings (a tensor that is most of the file...) still matter when quiet
+        from ..cli_report import warnings
+        for w in warnings(rep):
+            warn(w)
+    for w in input_warnings(rep):
+        warn(w)

@@ -13,7 +13,7 @@ import numpy as np
 from .. import bitpack
 from ..encodings import Encoded
 from ..quantize import check_parts, fit, part_offsets, quantize
-from ..spec import ENC_CSR_PARTS, PACKED, index_dtype_for
+from ..spec import ENC_CSR_PARTS, PACKED, index_dtype_for, offsets_dtype
 
 _NP = {"U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}
 
@@ -29,7 +29,7 @@ def encode_rows(shape, cols: np.ndarray, values: np.ndarray, *, bits: int, parts
     part = q >> np.uint8(part_bits)
     q &= np.uint8((1 << part_bits) - 1)  # q now holds the stored codes Q_j
     nnz = int(values.size)
-    off_dtype = "U32" if nnz < 2**32 else "U64"
+    off_dtype = offsets_dtype(nnz)
     idx_dtype = index_dtype_for(max(n_cols - 1, 0))
     row_offsets = np.zeros((parts, n_rows + 1), np.int64)
     col_out = np.empty(nnz, _NP[idx_dtype])

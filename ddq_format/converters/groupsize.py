@@ -11,12 +11,15 @@ are read; the model is never instantiated.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Checkpoint, to_f32
+from ..errors import UsageError
+from .checkpoint import Checkpoint, non_finite, to_f32
 
 DEFAULT_CALIB_TEXT = """\
 The history of mathematics is a story of patterns. If a train leaves the station at 3 pm travelling at 60
@@ -67,6 +70,7 @@ class Adapter:
         return [self.q] if self.fused else [self.q, self.k]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "mixtral")
 
 
@@ -113,24 +117,60 @@ def candidates(alpha: int, cols: int) -> list[int]:
 
 
 def tokenize(folder, text: str, max_tokens: int) -> np.ndarray:
-    """Token ids of the calibration text with the fine-tune's own tokenizer (tokenizers, else transformers)."""
-    folder = str(folder)
+    """Token ids of `text` with the tokenizer in `folder` (tokenizers for a tokenizer.json, else transformers).
+    UsageError when the folder has no tokenizer files or its tokenizer does not load."""
+    folder = Path(folder)
     try:
-        from pathlib import Path
-
-        from tokenizers import Tokenizer
-        if (Path(folder) / "tokenizer.json").exists():
-            ids = Tokenizer.from_file(str(Path(folder) / "tokenizer.json")).encode(text).ids
+        if (folder / "tokenizer.json").is_file() and importlib.util.find_spec("tokenizers"):
+            from tokenizers import Tokenizer
+            ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
             return np.asarray(ids[:max_tokens], np.int64)
-    except ImportError:
-        pass
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return np.asarray(tok(text)["input_ids"][:max_tokens], np.int64)
+        if not any((folder / n).is_file() for n in TOKENIZER_FILES):
+            raise UsageError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)})", path=folder, field="tokenizer")
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return np.asarray(tok(text)["input_ids"][:max_tokens], np.int64)
+    except UsageError:
+        raise
+    except Exception as e:  # tokenizers and transformers raise many types (missing sentencepiece, bad files)
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UsageError(f"its tokenizer does not load ({type(e).__name__}: {first})", path=folder,
+                         field="tokenizer") from None
+
+
+def calibration_ids(calib, ft: Checkpoint, base: Checkpoint, max_tokens: int, option: str) -> np.ndarray:
+    """Calibration token ids for `option` (--group-size auto, --seed-trials): the ids --calib FILE.json gives,
+    else the text tokenized by the fine-tune's tokenizer, else by the base's (same architecture, usually the
+    same tokenizer). One clear error saying what to pass when none works."""
+    if calib.ids is not None:
+        ids = calib.ids[:max_tokens]
+        vocab = ft.config.get("vocab_size")
+        if isinstance(vocab, int) and ids.max() >= vocab:
+            raise UsageError(f"token id {int(ids.max())} is not below the fine-tune's vocab_size {vocab}",
+                             path=calib.path, field="calib")
+        return ids
+    failures = []
+    for ck in (ft, base):
+        try:
+            return tokenize(ck.folder, calib.text, max_tokens)
+        except UsageError as e:
+            failures.append(str(e))
+    alternative = " or a fixed --group-size N" if option.startswith("--group-size") else ""
+    raise UsageError(f"{option} tokenizes the calibration text but neither model has a usable tokenizer "
+                     f"({'; '.join(failures)}): pass --calib FILE.json holding a JSON list of token ids"
+                     f"{alternative}", field="calib")
 
 
 def _f32(ck: Checkpoint, name):
-    return to_f32(ck.read(name), ck.tensors[name].dtype)
+    return _finite(ck, name, to_f32(ck.read(name), ck.tensors[name].dtype))
+
+
+def _finite(ck: Checkpoint, name, x: np.ndarray) -> np.ndarray:
+    """x (float32 values of tensor `name`, or of rows of it), refused when any is NaN or inf."""
+    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise non_finite(ck.tensors[name], bad)
+    return x
 
 
 def _rms(x, w, eps):
@@ -144,7 +184,7 @@ def hidden_states(adapter: Adapter, ft: Checkpoint, ids: np.ndarray) -> np.ndarr
         ids = ids[: ft.tensors[adapter.positions].shape[0]]
     emb = ft.read(adapter.embed)
     ids = np.clip(ids, 0, emb.shape[0] - 1)
-    x = to_f32(emb[ids], ft.tensors[adapter.embed].dtype)
+    x = _finite(ft, adapter.embed, to_f32(emb[ids], ft.tensors[adapter.embed].dtype))  # the rows looked up
     del emb
     if adapter.positions:
         x = x + _f32(ft, adapter.positions)[: len(ids)]

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..encodings import Encoded, csr_f16, lowrank, seeded, seeded_rans, sign_scale
+from .. import encodings
+from ..encodings import Encoded, csr_f16, lowrank, sign_scale
+from ..spec import ENC_CSR_PARTS
 from .csr_rows import encode_rows
 from ..quantize import dequantize, fit, quantize
 from .dropout import groupwise_dropout_blocked
 
 METHODS = ("deltadq", "dare", "magnitude", "bitdelta", "lowrank")
-ENCODINGS = ("csr_parts", "seeded", "seeded_rans")
+ENCODINGS = encodings.deltadq_encodings()  # csr_parts, seeded, seeded_rans
 # --alpha when not given: DeltaDQ's 16x recipe (with k=4, m=1), DARE/magnitude drop 75%, BitDelta no dropout.
 DEFAULT_ALPHA = {"deltadq": 4, "dare": 4, "magnitude": 4, "bitdelta": 1, "lowrank": 1}
 DEFAULT_RANK = 16
@@ -28,7 +30,7 @@ class Options:
     alpha: int = 4
     bits: int = 4
     parts: int = 1
-    encoding: str = "csr_parts"
+    encoding: str = ENC_CSR_PARTS
     rank: int = DEFAULT_RANK
 
     @property
@@ -62,16 +64,13 @@ def compress(delta: np.ndarray, opts: Options, seed: int, group_size: int | None
     shape = delta.shape
     m = opts.method
     if m == "deltadq":
-        # seeded(_rans) keeps the spec's kept order; CSR wants columns sorted
-        seeded_enc = opts.encoding in ("seeded", "seeded_rans")
+        enc = encodings.get(opts.encoding)
+        # kept-order layouts (seeded, seeded_rans) store values as the mask yields them; CSR sorts columns
         cols, vals = groupwise_dropout_blocked(delta, opts.alpha, group_size, seed, ROW_BLOCK,
-                                               sort_columns=not seeded_enc)
+                                               sort_columns=not enc.kept_order)
         del delta
-        if opts.encoding == "seeded_rans":  # same codes as seeded, entropy-coded (SPEC.md §9.5)
-            return seeded_rans.encode(shape, vals, bits=opts.bits, alpha=opts.alpha, group_size=group_size,
-                                      seed=seed)
-        if seeded_enc:
-            return seeded.encode(shape, vals, bits=opts.bits, alpha=opts.alpha, group_size=group_size, seed=seed)
+        if enc.kept_order:
+            return enc.encode(shape, vals, bits=opts.bits, alpha=opts.alpha, group_size=group_size, seed=seed)
         return encode_rows(shape, cols, vals, bits=opts.bits, parts=opts.parts, alpha=opts.alpha,
                            group_size=group_size, seed=seed)
     if m == "dare":

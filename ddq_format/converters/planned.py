@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
@@ -20,25 +19,17 @@ from ..spec import CONVERT_PLAN_CALIB_MAX_TOKENS, KIND_COMPRESSED, KIND_DENSE, K
 from . import budget, calibration, groupsize
 from .checkpoint import Checkpoint
 from .methods import Options
+from .options import calibration_input
+from .plan import plan
 from .seed_search import trial_seed
+from . import summary as summary_stage
+from .tensor_work import delta_blocks
 from .seeds import tensor_seed
 
 METHODS = ("deltacome", "deltazip", "bitdelta-distill")
 DEFAULT_SEED_TRIALS = 8  # --target-ratio: seeds tried per chosen dropout tensor (benchmarks/results/seed_search.md)
 DZ_LADDER = ((2, 4, 4), (1, 4, 4), (1, 8, 4), (1, 16, 4), (1, 32, 4), (1, 32, 2), (1, 64, 2), (1, 128, 2),
              (1, 256, 2))  # (n, m, bits): the paper's 2:4 4-bit first, then sparser
-
-
-def calib_text(calib) -> str:
-    if calib is None:
-        return groupsize.DEFAULT_CALIB_TEXT
-    try:
-        text = Path(calib).read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read calibration text: {e.strerror}", path=calib, field="calib") from None
-    if not text.strip():
-        raise UsageError("calibration text is empty", path=calib, field="calib")
-    return text
 
 
 def _note(console, quiet):
@@ -76,10 +67,12 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
         raise UsageError(f"alpha must be in 1..{MAX_ALPHA}", field="alpha")
     t0 = time.perf_counter()
     base_ck, ft_ck = Checkpoint(base), Checkpoint(finetuned)
-    tasks = pipeline.plan(base_ck, ft_ck, Options(method="dare", alpha=1), "compressed")
+    tasks = plan(base_ck, ft_ck, Options(method="dare", alpha=1), "compressed")
     names = [t.name for t in tasks if t.kind == KIND_COMPRESSED]
-    text = calib_text(calib)
-    ids = groupsize.tokenize(ft_ck.folder, text, CONVERT_PLAN_CALIB_MAX_TOKENS)
+    cal = calibration_input(calib)
+    text = cal.text
+    ids = groupsize.calibration_ids(cal, ft_ck, base_ck, CONVERT_PLAN_CALIB_MAX_TOKENS,
+                                    "--target-ratio" if target_ratio is not None else f"--method {method}")
     cache = options.get("cache")
     key = (str(base_ck.folder), str(ft_ck.folder), hashlib.sha256(text.encode()).hexdigest(), int(seed))
     if cache is not None and cache.get("key") != key:
@@ -117,7 +110,7 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     s.method = method
     s.seconds = time.perf_counter() - t0
     if print_summary:
-        pipeline._print_summary(console, s)
+        summary_stage.print_summary(console, s)
         r = tensors_ratio(out)
         console.print(f"all-tensor true ratio {r:.1f}x" + (f" (target {target_ratio:g}x)" if target_ratio else ""))
     return s
@@ -140,7 +133,6 @@ class Context:
         self.seed, self.workers, self.console, self.cache, self.progress = seed, workers, console, cache, progress
 
     def delta(self, name: str) -> np.ndarray:
-        from .pipeline import delta_blocks
         b, f = self.base.tensors[name], self.ft.tensors[name]
         return delta_blocks(self.ft.read(name), f.dtype, self.base.read(name), b.dtype, "F32")
 
@@ -208,7 +200,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
         for cfg in budget.grid(d.shape, task.name, emb):
             o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows)
             opts.append(o)
-        return task.name, opts
+        return task.name, budget.within_fp16(opts, 2 * d.size)
 
     t0 = time.perf_counter()
     options = ctx.cache.get("options")

@@ -6,9 +6,12 @@ entry's bytes are flushed and fsynced. On resume the journal is replayed (a torn
 recorded buffer's CRC is checked against OUT.partial, the file is truncated to the end of the last good
 entry and writing continues. The final header is built from the same entries in the same order, so a
 resumed run's bytes equal an uninterrupted run's. Nothing appears under OUT's own name before close().
+
+OutputLock (OUT.lock) keeps a second run off the same output while one runs: both would write OUT.partial.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zlib
@@ -24,6 +27,61 @@ def partial_paths(out) -> tuple[Path, Path]:
     return out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.journal")
 
 
+class OutputLock:
+    """`with OutputLock(out):` one conversion at a time per output. An exclusive flock on OUT.lock, taken
+    before the journal is read and released after OUT is published (or the run stops), so a published file
+    is always one run's own. The kernel drops a flock when its process dies: the lock file a killed run
+    leaves behind is stale by construction, and the next run simply takes it."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.path = self.out.with_name(self.out.name + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self):
+        import fcntl
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    raise UsageError(f"another ddq convert (pid {holder}) is writing this output; wait for it "
+                                     f"or choose another -o (lock: {self.path.name})", path=self.out,
+                                     field="output") from None
+                raise UsageError(f"cannot lock {self.path} ({e.strerror}): write the output to a local file "
+                                 f"system", path=self.out, field="output") from None
+            if self._still_linked(fd):  # else a finishing run removed it between our open and flock: retry
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot create the lock file {self.path.name} ({e.strerror})", path=self.out,
+                             field="output") from None
+
+    def _still_linked(self, fd) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)  # while held: a run that opened it meanwhile sees it gone, retries
+        os.close(self._fd)
+        self._fd = None
+
+
 class ResumableWriter(Writer):
     """Writer(path, ...) with a fixed partial file and a journal; `done` lists the entries already written."""
 
@@ -32,6 +90,7 @@ class ResumableWriter(Writer):
         self.done: list[str] = []
         self._run_key, self._resume = run_key, resume
         super().__init__(path, metadata=metadata, base=base, algorithm=algorithm)
+        self.resumed = len(self.done)  # entries found written by an earlier run
 
     def _open_output(self):
         """OUT.partial instead of an anonymous temp file: reopened and truncated to the journal on --resume."""
@@ -134,10 +193,14 @@ class ResumableWriter(Writer):
         return path
 
     def abort(self):
-        """Keep OUT.partial and the journal for --resume (a crash or Ctrl-C)."""
+        """Keep OUT.partial and the journal for --resume (a crash, Ctrl-C, a full disk)."""
         if not self._closed:
-            self._f.close()
-            self._journal.close()
+            for f in (self._f, getattr(self, "_journal", None)):
+                try:
+                    if f is not None:
+                        f.close()  # flushes: fails again on a full disk, and closes all the same
+                except OSError:
+                    pass
             self._closed = True
 
     def discard(self):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..errors import EncodingError
-from ..spec import DTYPE_SIZES, MAX_ALPHA
+from ..spec import DTYPE_SIZES, MAX_ALPHA, NP_DTYPES, dtype_max
 
 
 class Ctx:
@@ -29,7 +29,9 @@ def param(entry, key, ctx, kind=int, lo=None, hi=None):
     if kind is float:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise ctx.fail("must be a finite number", f"params.{key}")
-        if float(np.float32(v)) != float(v):
+        with np.errstate(over="ignore"):  # a float beyond binary32's range rounds to inf: not exact, refused below
+            exact = float(np.float32(v)) == float(v)
+        if not exact:
             raise ctx.fail("must be exactly representable in binary32", f"params.{key}")
         v = float(v)
     if lo is not None and v < lo or hi is not None and v > hi:
@@ -37,13 +39,19 @@ def param(entry, key, ctx, kind=int, lo=None, hi=None):
     return v
 
 
-def buffer(entry, role, ctx, dtypes, length=None):
+def buffer(entry, role, ctx, dtypes, length=None, *, count=None, holds=None, what="value"):
+    """The buffer record of `role`, checked: dtype in `dtypes`; byte length == `length`, or == `count`
+    elements of its dtype; an integer dtype wide enough for `holds` (the largest `what` it must store)."""
     bufs = entry.get("buffers", {})
     if role not in bufs:
         raise ctx.fail("missing buffer", f"buffers.{role}")
     b = bufs[role]
     if b["dtype"] not in dtypes:
         raise ctx.fail(f"dtype {b['dtype']} not one of {dtypes}", f"buffers.{role}.dtype")
+    if holds is not None and holds > dtype_max(b["dtype"]):
+        raise ctx.fail(f"{b['dtype']} cannot hold {what} {holds}", f"buffers.{role}.dtype")
+    if count is not None:
+        length = nbytes(b["dtype"], count)
     if length is not None and b["length"] != length:
         raise ctx.fail(f"length {b['length']} but the shape and params need {length}", f"buffers.{role}.length")
     return b
@@ -58,7 +66,7 @@ def matrix_shape(entry, ctx):
 
 def alpha_group(entry, ctx, cols):
     alpha = param(entry, "alpha", ctx, int, 1, MAX_ALPHA)
-    group = param(entry, "group_size", ctx, int, 1, max(cols, 1) * 1)
+    group = param(entry, "group_size", ctx, int, 1, max(cols, 1))
     if group % alpha:
         raise ctx.fail(f"group_size {group} is not a multiple of alpha {alpha}", "params.group_size")
     return alpha, group
@@ -69,8 +77,9 @@ def view(buf, dtype):
     return np.frombuffer(buf, dtype=np.dtype(NP_DTYPES[dtype]))
 
 
-NP_DTYPES = {"F32": "<f4", "F16": "<f2", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "I8": "i1",
-             "I16": "<i2", "I32": "<i4", "I64": "<i8", "BOOL": "u1", "BF16": "<u2"}
+def as_bytes(a: np.ndarray, dtype: str) -> np.ndarray:
+    """`a` cast to the spec dtype's little-endian storage type, as a flat uint8 view (what the writer takes)."""
+    return np.ascontiguousarray(np.asarray(a).astype(NP_DTYPES[dtype], copy=False)).reshape(-1).view(np.uint8)
 
 
 def nbytes(dtype, count):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec import ENC_CSR_F16, index_dtype_for
+from ..spec import ENC_CSR_F16, INDEX_DTYPES, MAX_DARE_SEED, OFFSET_DTYPES, index_dtype_for, offsets_dtype
 from . import Encoded
-from ._common import Ctx, buffer, matrix_shape, nbytes, param, view
+from ._common import Ctx, as_bytes, buffer, matrix_shape, nbytes, param, view
 
-OFFSET_DTYPES = ("U32", "U64")
+ID = ENC_CSR_F16
+ROLES = {"row_offsets": "row_offsets", "col_indices": "col_indices", "values": "values"}
 METHODS = ("dare", "magnitude")
 
 
@@ -28,17 +29,15 @@ def encode(shape, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, *, met
     rows, cols = rows[order], cols[order]
     values = np.asarray(values, np.float32)[order].astype("<f2")
     nnz = int(values.size)
-    off_dtype = "U32" if nnz < 2**32 else "U64"
+    off_dtype = offsets_dtype(nnz)
     counts = np.bincount(rows, minlength=n_rows)
     offsets = np.zeros(n_rows + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     idx_dtype = index_dtype_for(max(n_cols - 1, 0))
-    np_off = {"U32": "<u4", "U64": "<u8"}[off_dtype]
-    np_idx = {"U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}[idx_dtype]
     params = {"method": method, "alpha": int(alpha), "nnz": nnz, "seed": int(seed)}
     return Encoded(ENC_CSR_F16, params, {
-        "row_offsets": (off_dtype, offsets.astype(np_off).view(np.uint8)),
-        "col_indices": (idx_dtype, np.ascontiguousarray(cols.astype(np_idx)).view(np.uint8)),
+        "row_offsets": (off_dtype, as_bytes(offsets, off_dtype)),
+        "col_indices": (idx_dtype, as_bytes(cols, idx_dtype)),
         "values": ("F16", values.view(np.uint8)),
     })
 
@@ -49,20 +48,11 @@ def check(entry, ctx):
     if method not in METHODS:
         raise ctx.fail(f"must be one of {METHODS}", "params.method")
     param(entry, "alpha", ctx, int, 1, None)
-    param(entry, "seed", ctx, int, 0, 2**64 - 1)
+    param(entry, "seed", ctx, int, 0, MAX_DARE_SEED)
     nnz = param(entry, "nnz", ctx, int, 0, n_rows * n_cols)
-    ro = buffer(entry, "row_offsets", ctx, OFFSET_DTYPES)
-    if ro["dtype"] == "U32" and nnz >= 2**32:
-        raise ctx.fail("U32 row offsets cannot hold nnz >= 2^32", "buffers.row_offsets.dtype")
-    if ro["length"] != nbytes(ro["dtype"], n_rows + 1):
-        raise ctx.fail(f"length {ro['length']} but {n_rows + 1} offsets need {nbytes(ro['dtype'], n_rows + 1)}",
-                       "buffers.row_offsets.length")
-    ci = buffer(entry, "col_indices", ctx, ("U8", "U16", "U32", "U64"))
-    if nnz and n_cols - 1 >= 2 ** (8 * nbytes(ci["dtype"], 1)):
-        raise ctx.fail(f"{ci['dtype']} cannot hold column index {n_cols - 1}", "buffers.col_indices.dtype")
-    if ci["length"] != nbytes(ci["dtype"], nnz):
-        raise ctx.fail(f"length {ci['length']} but nnz={nnz} needs {nbytes(ci['dtype'], nnz)}",
-                       "buffers.col_indices.length")
+    buffer(entry, "row_offsets", ctx, OFFSET_DTYPES, count=n_rows + 1, holds=nnz, what="row offset")
+    buffer(entry, "col_indices", ctx, INDEX_DTYPES, count=nnz, holds=n_cols - 1 if nnz else None,
+           what="column index")
     buffer(entry, "values", ctx, ("F16",), nbytes("F16", nnz))
 
 

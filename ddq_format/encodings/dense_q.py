@@ -1,4 +1,4 @@
-"""`dense_q` (kind `dense`, since 1.2): a small dense delta (a norm, a bias) as k-bit uniform codes with one
+"""`dense_q` (kind `dense`, since 1.3): a small dense delta (a norm, a bias) as k-bit uniform codes with one
 scale and zero (SPEC.md §9.8). Its raw binary16 form plus the header entry would be larger than the tensor's
 fp16 delta; 8-bit codes keep it below.
 
@@ -16,6 +16,9 @@ from ..quantize import Quantizer, dequantize, fit, quantize
 from ..spec import ENC_DENSE_Q, PACKED
 from . import Encoded
 from ._common import buffer, param
+
+ID = ENC_DENSE_Q
+ROLES = {"codes": "dense"}  # a dense tensor as k-bit codes
 
 
 def encode(array: np.ndarray, bits: int = 8, quantizer: Quantizer | None = None) -> Encoded:

@@ -12,6 +12,9 @@ from ..spec import ENC_LOWRANK
 from . import Encoded
 from ._common import buffer, matrix_shape, nbytes, param, view
 
+ID = ENC_LOWRANK
+ROLES = {"u": "dense", "v": "dense"}  # dense factors: no positions, no codes
+
 
 def encode(u: np.ndarray, v: np.ndarray) -> Encoded:
     u = np.ascontiguousarray(u, "<f2")

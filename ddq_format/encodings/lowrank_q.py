@@ -23,6 +23,9 @@ from ..spec import ENC_LOWRANK_Q, MAX_DIM
 from . import Encoded
 from ._common import buffer, matrix_shape, param, view
 
+ID = ENC_LOWRANK_Q
+ROLES = {"codes": "values", "scales": "values", "zeros": "values"}  # "scalars" is the params (accounting)
+
 MAX_BANDS = 64
 
 

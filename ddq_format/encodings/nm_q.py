@@ -21,6 +21,9 @@ from ..spec import ENC_NM_Q, PACKED
 from . import Encoded
 from ._common import buffer, matrix_shape, param, view
 
+ID = ENC_NM_Q
+ROLES = {"scales": "values", "codes": "values", "positions": "col_indices"}  # "scalars" is the params
+
 MAX_M = 256
 
 

@@ -9,6 +9,9 @@ from ..spec import ENC_RAW, FLOAT_DTYPES
 from . import Encoded
 from ._common import buffer, nbytes, view
 
+ID = ENC_RAW
+ROLES = {"data": "dense"}
+
 
 def encode(array: np.ndarray, dtype: str) -> Encoded:
     """Store `array` (float32, or uint16 bit patterns when dtype is BF16) as `dtype`."""

@@ -11,9 +11,13 @@ import numpy as np
 from .. import bitpack
 from ..quantize import Quantizer, dequantize, fit, quantize
 from ..seeded_mask import kept_per_row, mask_columns
-from ..spec import ENC_SEEDED, PACKED
+from ..spec import ENC_SEEDED, MAX_BITS, MAX_SEED, PACKED
 from . import Encoded
 from ._common import alpha_group, buffer, matrix_shape, param
+
+ID = ENC_SEEDED
+ROLES = {"codes": "values"}
+KEPT_ORDER = True  # the mask is regenerated from the seed; only codes are stored, in kept order
 
 
 def encode(shape, values: np.ndarray, *, bits: int, alpha: int, group_size: int, seed: int,
@@ -28,14 +32,19 @@ def encode(shape, values: np.ndarray, *, bits: int, alpha: int, group_size: int,
     return Encoded(ENC_SEEDED, params, {"codes": (PACKED, bitpack.pack(quantize(values, qz), bits))})
 
 
-def check(entry, ctx):
+def check_params(entry, ctx) -> tuple[int, int]:
+    """The mask and quantizer params every seeded-mask encoding shares; returns (bits, codes in the entry)."""
     n_rows, n_cols = matrix_shape(entry, ctx)
     alpha, group = alpha_group(entry, ctx, n_cols)
-    bits = param(entry, "bits", ctx, int, 1, 8)
+    bits = param(entry, "bits", ctx, int, 1, MAX_BITS)
     param(entry, "scale", ctx, float, 0.0)
     param(entry, "zero", ctx, int, 0, (1 << bits) - 1)  # fit() keeps 0 inside [min, max]
-    param(entry, "seed", ctx, int, 0, 2**32 - 1)
-    count = n_rows * kept_per_row(n_cols, group, alpha)
+    param(entry, "seed", ctx, int, 0, MAX_SEED)
+    return bits, n_rows * kept_per_row(n_cols, group, alpha)
+
+
+def check(entry, ctx):
+    bits, count = check_params(entry, ctx)
     buffer(entry, "codes", ctx, (PACKED,), bitpack.packed_nbytes(count, bits))
 
 
@@ -46,10 +55,20 @@ def codes_of(entry, bufs) -> np.ndarray:
     return bitpack.unpack(bufs["codes"], p["bits"], n_rows * per_row).reshape(n_rows, per_row)
 
 
-def decode(entry, bufs) -> np.ndarray:
+def parts(entry, bufs, ctx=None) -> np.ndarray:
+    """The code matrix [rows, kept_per_row] in kept order."""
+    return codes_of(entry, bufs)
+
+
+def scatter(entry, codes: np.ndarray) -> np.ndarray:
+    """The dense float32 delta from the code matrix: each code dequantized to its column of the seeded mask."""
     p = entry["params"]
     n_rows, n_cols = entry["shape"]
     flat = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"], row_stride=n_cols)
     out = np.zeros(n_rows * n_cols, np.float32)
-    out[flat.reshape(-1)] = dequantize(codes_of(entry, bufs), p["scale"], p["zero"]).reshape(-1)  # put_along_axis is 10x slower
+    out[flat.reshape(-1)] = dequantize(codes, p["scale"], p["zero"]).reshape(-1)  # put_along_axis is 10x slower
     return out.reshape(n_rows, n_cols)
+
+
+def decode(entry, bufs) -> np.ndarray:
+    return scatter(entry, codes_of(entry, bufs))

@@ -22,11 +22,18 @@ import math
 import numpy as np
 
 from ..errors import EncodingError
-from ..quantize import Quantizer, dequantize, fit, quantize
-from ..seeded_mask import kept_per_row, mask_columns
-from ..spec import ENC_SEEDED_RANS, RANS_PROB_BITS, RANS_STATE_LOW, RANS_SYMBOLS_PER_STREAM
+from ..quantize import Quantizer, fit, quantize
+from ..seeded_mask import kept_per_row
+from ..spec import (ENC_SEEDED_RANS, NP_DTYPES, OFFSET_DTYPES, RANS_MAX_STREAM_SYMBOLS, RANS_PROB_BITS, RANS_STATE_LOW,
+                    RANS_SYMBOLS_PER_STREAM, offsets_dtype)
 from . import Encoded
-from ._common import alpha_group, buffer, matrix_shape, param, view
+from ._common import as_bytes, buffer, param, view
+from .seeded import check_params, scatter
+
+ID = ENC_SEEDED_RANS
+ROLES = {"streams": "values", "stream_offsets": "row_offsets"}  # coded codes; stream starts
+KEPT_ORDER = True
+ENTROPY_CODED = True  # parts() decodes the streams to seeded's code matrix
 
 P = RANS_PROB_BITS
 M = 1 << P
@@ -50,10 +57,6 @@ def stream_symbols(n_rows: int, per_row: int, rows_per_stream: int) -> np.ndarra
     if ns and n_rows % rows_per_stream:
         out[-1] = (n_rows % rows_per_stream) * per_row
     return out
-
-
-def offsets_dtype(total: int) -> str:
-    return "U32" if total < 2**32 else "U64"
 
 
 # -- frequency table -------------------------------------------------------------------------------
@@ -155,8 +158,7 @@ def encode_codes(codes: np.ndarray, bits: int, rows_per_stream: int):
     nbytes = 2 * (np.concatenate(lengths) if lengths else np.zeros(0, np.int64)).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(nbytes)]).astype(np.uint64)
     dt = offsets_dtype(int(offsets[-1]))
-    offsets = offsets.astype("<u4" if dt == "U32" else "<u8")
-    return [int(v) for v in freqs], words.astype("<u2").view(np.uint8), offsets, dt
+    return [int(v) for v in freqs], as_bytes(words, "U16"), as_bytes(offsets, dt).view(NP_DTYPES[dt]), dt
 
 
 # -- the encoding's interface ----------------------------------------------------------------------
@@ -177,14 +179,15 @@ def encode(shape, values: np.ndarray, *, bits: int, alpha: int, group_size: int,
 
 
 def check(entry, ctx):
-    """Header-only checks (SPEC.md §11): params, the frequency table and every buffer length bound."""
-    n_rows, n_cols = matrix_shape(entry, ctx)
-    alpha, group = alpha_group(entry, ctx, n_cols)
-    bits = param(entry, "bits", ctx, int, 1, 8)
-    param(entry, "scale", ctx, float, 0.0)
-    param(entry, "zero", ctx, int, 0, (1 << bits) - 1)
-    param(entry, "seed", ctx, int, 0, 2**32 - 1)
+    """Header-only checks (SPEC.md §9.5, §11): params, the frequency table, the symbols per stream and every
+    buffer length bound."""
+    bits, count = check_params(entry, ctx)
+    n_rows = entry["shape"][0]
+    per_row = count // n_rows if n_rows else 0
     b = param(entry, "rows_per_stream", ctx, int, 1, max(n_rows, 1))
+    if b * per_row > RANS_MAX_STREAM_SYMBOLS:  # a stream decodes sequentially: this bounds one tensor's latency
+        raise ctx.fail(f"{b} rows of {per_row} codes make {b * per_row} symbols per stream, more than "
+                       f"{RANS_MAX_STREAM_SYMBOLS}", "params.rows_per_stream")
     freqs = entry["params"].get("freqs")
     if (not isinstance(freqs, list) or len(freqs) != 1 << bits
             or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= M for v in freqs)):
@@ -192,17 +195,11 @@ def check(entry, ctx):
     if sum(freqs) != M:
         raise ctx.fail(f"frequencies sum to {sum(freqs)}, not 2^{P} = {M}", "params.freqs")
     ns = n_streams(n_rows, b)
-    off = buffer(entry, "stream_offsets", ctx, ("U32", "U64"))
-    size = 4 if off["dtype"] == "U32" else 8
-    if off["length"] != (ns + 1) * size:
-        raise ctx.fail(f"length {off['length']} but {ns} streams need {(ns + 1) * size}",
-                       "buffers.stream_offsets.length")
     st = buffer(entry, "streams", ctx, ("U8",))
-    lo, hi = 4 * ns, 4 * ns + 2 * n_rows * kept_per_row(n_cols, group, alpha)  # state + at most one word per code
+    lo, hi = 4 * ns, 4 * ns + 2 * count  # state + at most one word per code
     if not lo <= st["length"] <= hi or st["length"] % 2:
         raise ctx.fail(f"length {st['length']} is not an even number in {lo}..{hi}", "buffers.streams.length")
-    if off["dtype"] == "U32" and st["length"] >= 2**32:
-        raise ctx.fail("U32 offsets cannot locate 2^32 or more stream bytes", "buffers.stream_offsets.dtype")
+    buffer(entry, "stream_offsets", ctx, OFFSET_DTYPES, count=ns + 1, holds=st["length"], what="stream offset")
 
 
 def _fail(entry, msg, field):
@@ -251,14 +248,12 @@ def codes_of(entry, bufs) -> np.ndarray:
     return codes
 
 
+def parts(entry, bufs, ctx=None) -> np.ndarray:
+    return codes_of(entry, bufs)
+
+
 def decode(entry, bufs) -> np.ndarray:
-    p = entry["params"]
-    n_rows, n_cols = entry["shape"]
-    codes = codes_of(entry, bufs)
-    flat = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"], row_stride=n_cols)
-    out = np.zeros(n_rows * n_cols, np.float32)
-    out[flat.reshape(-1)] = dequantize(codes, p["scale"], p["zero"]).reshape(-1)
-    return out.reshape(n_rows, n_cols)
+    return scatter(entry, codes_of(entry, bufs))
 
 
 def nominal_ratio(entry) -> float:

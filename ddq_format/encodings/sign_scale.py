@@ -13,9 +13,12 @@ import numpy as np
 
 from .. import bitpack
 from ..seeded_mask import kept_per_row, mask_columns
-from ..spec import ENC_SIGN_SCALE, PACKED
+from ..spec import ENC_SIGN_SCALE, MAX_SEED, PACKED
 from . import Encoded
 from ._common import alpha_group, buffer, matrix_shape, param
+
+ID = ENC_SIGN_SCALE
+ROLES = {"signs": "values"}
 
 
 def encode(shape, values: np.ndarray, *, alpha: int, group_size: int, seed: int, scale: float | None = None) -> Encoded:
@@ -41,7 +44,7 @@ def check(entry, ctx):
     _, n_cols = matrix_shape(entry, ctx)
     alpha_group(entry, ctx, n_cols)
     param(entry, "scale", ctx, float, 0.0)
-    param(entry, "seed", ctx, int, 0, 2**32 - 1)
+    param(entry, "seed", ctx, int, 0, MAX_SEED)
     buffer(entry, "signs", ctx, (PACKED,), bitpack.packed_nbytes(count(entry), 1))
 
 

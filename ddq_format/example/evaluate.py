@@ -15,7 +15,10 @@ def load_model(folder: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    from .build import no_hf_bars
+
+    with no_hf_bars():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.eval()
     return model
 

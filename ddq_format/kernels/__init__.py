@@ -1,9 +1,20 @@
-"""GPU kernels for compressed deltas (Triton) with pure-torch reference paths and a dispatch.
+"""GPU kernels for compressed deltas (Triton) with pure-torch reference paths, behind one dispatch table.
 
 torch is required here; `import ddq_format` never imports this subpackage. Triton is imported only when
-the Triton backend runs.
-"""
-from .delta import KERNEL_ENCODINGS, CompressedDelta, decode_dense, multi_delta_matmul
-from .dispatch import BACKENDS, choose
+the Triton backend runs. Public interface (what loaders and the vLLM path call):
 
-__all__ = ["CompressedDelta", "decode_dense", "multi_delta_matmul", "BACKENDS", "choose", "KERNEL_ENCODINGS"]
+- supports(entry) -> bool: the entry is kept compressed on the device by these kernels.
+- CompressedDelta.from_entry(entry, buffers, device): resident delta (.nbytes resident, .encoded_nbytes file
+  bytes, .to(device), .map_buffers(fn), .to_dense(dtype), .matmul(x)).
+- decode_dense(entry, buffers, device, dtype): an entry straight to a dense tensor.
+- delta_linear(x, W, bias, delta): x·Wᵀ + bias + x·ΔŴᵀ (fused on the GPU for small batches).
+- delta_segments(index, n) once per forward, then multi_delta_matmul(x, deltas, index, segments=...,
+  add_to=y, check_index=False) per layer: y[t] += x[t]·ΔŴ_{index[t]}ᵀ (SGMV; None deltas and -1 = none).
+- dispatch.describe(): the table of which kernel serves which encoding, device and batch.
+"""
+from .delta import KERNEL_ENCODINGS, CompressedDelta, decode_dense, delta_linear, multi_delta_matmul, supports
+from .dispatch import BACKENDS, choose, describe
+from .segments import DeltaSegments, delta_segments
+
+__all__ = ["CompressedDelta", "decode_dense", "delta_linear", "multi_delta_matmul", "supports", "delta_segments",
+           "DeltaSegments", "BACKENDS", "choose", "describe", "KERNEL_ENCODINGS"]

@@ -1,20 +1,80 @@
-"""Backend choice: Triton for CUDA tensors, the torch reference elsewhere.
+"""The dispatch: which kernel serves which operation, file encoding, device and batch, in one table (RULES).
 
-`backend="triton"|"torch"` (or env DDQ_KERNEL_BACKEND) forces one; forcing Triton on CPU tensors needs
-TRITON_INTERPRET=1 (that is how the CPU test suite checks the kernels).
+Backends: `triton` for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1, how CI checks the kernels),
+`torch` (the pure-torch reference, any device), `numpy` (the reader's decoder, CPU host memory).
+`backend="triton"|"torch"` (or env DDQ_KERNEL_BACKEND) forces one. The first rule whose operation,
+encoding, backend and batch bound match is used; `describe()` prints the table (README, results files).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UsageError
-from . import reference
+from . import reference, registry
+from .common import NF
 
 BACKENDS = ("triton", "torch")
+DELTA_MAX_BATCH = 64  # delta-only kernel up to here; above, decode once and use the dense library matmul
+FUSED_MAX_BATCH = 16  # fused base + delta kernel up to here (one batch tile); above, cuBLAS base + delta
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+SEEDED_ENCODINGS = tuple(e for e, k in registry.ENCODINGS.items() if k.layout is registry.SEEDED)
+CSR_ENCODINGS = tuple(e for e, k in registry.ENCODINGS.items() if k.layout is registry.CSR)
+ALL = registry.KERNEL_ENCODINGS
+STORED = tuple(e for e, k in registry.ENCODINGS.items() if type(k) is registry.StoredAsIs)
+RELAID = tuple(e for e in ALL if e not in STORED)
 
 
+@dataclass(frozen=True)
+class Rule:
+    op: str  # load | decode | decode_entry | matmul | linear | multi
+    encodings: tuple
+    backend: str  # triton | torch | numpy | any
+    max_batch: int | None  # tokens; None: any
+    kernel: str
+
+
+RULES = (
+    Rule("load", STORED, "any", None, "upload as stored"),
+    Rule("load", RELAID, "triton", None, "triton rans_lanes -> packed seeded codes"),
+    Rule("load", RELAID, "any", None, "numpy rANS decode -> packed seeded codes"),
+    Rule("decode", SEEDED_ENCODINGS, "triton", None, "triton seeded_rows"),
+    Rule("decode", CSR_ENCODINGS, "triton", None, "triton csr_scatter"),
+    Rule("decode", ALL, "torch", None, "torch reference decode"),
+    Rule("decode_entry", ALL, "numpy", None, "numpy reader decode"),
+    Rule("decode_entry", RELAID, "triton", None, "triton rans_lanes -> seeded_rows (8-bit codes)"),
+    Rule("decode_entry", ALL, "any", None, "load, then decode"),
+    Rule("matmul", ALL, "triton", DELTA_MAX_BATCH, "triton delta_matmul"),
+    Rule("matmul", ALL, "triton", None, "decode, then dense matmul"),
+    Rule("matmul", ALL, "torch", None, "torch reference matmul"),
+    Rule("linear", ALL, "triton", FUSED_MAX_BATCH, "triton fused_linear"),
+    Rule("linear", ALL, "any", None, "F.linear + delta matmul"),
+    Rule("multi", ALL, "triton", None, "triton sgmv"),
+    Rule("multi", ALL, "torch", None, "torch reference multi"),
+)
+
+
+def select(op: str, encoding: str, backend: str, batch: int | None = None) -> str:
+    for r in RULES:
+        if r.op == op and encoding in r.encodings and r.backend in (backend, "any") and \
+                (r.max_batch is None or batch is None or batch <= r.max_batch):
+            return r.kernel
+    raise UsageError(f"no kernel for {op} of encoding {encoding!r} on backend {backend}", field="encoding")
+
+
+def describe() -> list[dict]:
+    """The dispatch table as rows (operation, encodings, backend/device, batch bound, kernel)."""
+    device = {"triton": "cuda (CPU: TRITON_INTERPRET=1)", "torch": "any (reference)", "numpy": "cpu host",
+              "any": "any"}
+    return [{"op": r.op, "encodings": ", ".join(r.encodings), "device": device[r.backend],
+             "batch": "any" if r.max_batch is None else f"<= {r.max_batch}", "kernel": r.kernel} for r in RULES]
+
+
+# -- backend choice -----------------------------------------------------------------------------------
 def unforced(backend: str | None) -> bool:
     """No backend asked for, by argument or environment."""
     return not (backend or os.environ.get("DDQ_KERNEL_BACKEND"))
@@ -44,25 +104,114 @@ def _same_device(d, x):
         raise UsageError(f"input on {x.device}, delta on {d.device}", tensor=d.name, field="device")
 
 
-def decode(d, dtype, backend):
-    if choose(d.device, backend) == "triton":
-        from . import triton_kernels
-        return triton_kernels.decode(d, dtype)
-    return reference.decode(d).to(dtype)
+# -- parameter tables for the Triton kernels ----------------------------------------------------------------
+def table(d) -> torch.Tensor:
+    """The delta's one-row parameter table (built once; it holds the buffers' addresses)."""
+    if d._table is None:
+        d._table = torch.tensor([registry.table_row(d)], dtype=torch.int64, device=d.device)
+    return d._table
+
+
+_MULTI_CACHE: dict = {}
+_MULTI_CACHE_SIZE = 4096  # one entry per layer and slot set: a 7B model with every linear patched needs 224
+
+
+def multi_tables(deltas):
+    """(table [N, NF] over all slots, [(kind, consts) per layout present]) for a delta list (None = empty
+    slot). Cached by identity; the cache holds the deltas, so the addresses in the table stay valid."""
+    key = tuple(id(d) for d in deltas)
+    hit = _MULTI_CACHE.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], deltas)):
+        return hit[1]
+    present = [d for d in deltas if d is not None]
+    rows = [registry.table_row(d) if d is not None else [0] * NF for d in deltas]
+    tab = torch.tensor(rows, dtype=torch.int64, device=present[0].device)
+    launches = []
+    for layout in registry.LAYOUTS.values():
+        members = [d for d in present if d.layout is layout]
+        if members:
+            launches.append((layout.kind, layout.consts(members)))
+    if len(_MULTI_CACHE) >= _MULTI_CACHE_SIZE:
+        _MULTI_CACHE.pop(next(iter(_MULTI_CACHE)))
+    _MULTI_CACHE[key] = (tuple(deltas), (tab, launches))
+    return tab, launches
+
+
+# -- kernels by name -----------------------------------------------------------------------------------
+def _triton_decode(which):
+    def run(d, dtype):
+        from . import triton_decode
+        return triton_decode.run(getattr(triton_decode, which), table(d), d.shape, dtype, d.device,
+                                 d.layout.consts([d]))
+    return run
+
+
+DECODERS = {
+    "triton seeded_rows": _triton_decode("seeded_rows"),
+    "triton seeded_scatter": _triton_decode("seeded_scatter"),  # the previous kernel, for the benchmark
+    "triton csr_scatter": _triton_decode("csr_scatter"),
+    "torch reference decode": lambda d, dtype: reference.decode(d).to(dtype),
+}
+
+
+def decode(d, dtype, backend, kernel: str | None = None):
+    name = kernel or select("decode", d.encoding, choose(d.device, backend))
+    return DECODERS[name](d, dtype)
+
+
+def decode_entry_kernel(entry, device, backend) -> str:
+    """The rule for decoding an entry straight to dense on `device` (CPU: the numpy reader unless forced)."""
+    dev = torch.device(device)
+    be = "numpy" if dev.type == "cpu" and unforced(backend) else choose(dev, backend)
+    return select("decode_entry", entry.get("encoding"), be)
 
 
 def matmul(d, x, backend):
     _same_device(d, x)
-    if choose(d.device, backend) == "triton":
-        from . import triton_kernels
-        return triton_kernels.matmul(d, x)
+    name = select("matmul", d.encoding, choose(d.device, backend), x.shape[0])
+    if name == "triton delta_matmul":
+        from . import triton_linear
+        return triton_linear.delta_matmul(x, d.layout.kind, table(d), d.layout.consts([d]), d.shape[0])
+    if name == "decode, then dense matmul":  # prefill: one decode, then the library matmul
+        w = decode(d, torch.float32 if x.dtype == torch.float32 else x.dtype, backend)
+        return (x @ w.T).to(x.dtype)
     return reference.matmul(d, x)
 
 
-def multi_matmul(x, deltas, index, backend):
-    for d in deltas:
+def fused_ok(x, weight, bias) -> bool:
+    return (x.dtype == weight.dtype and weight.dtype in FUSED_DTYPES and weight.dim() == 2
+            and weight.stride(1) == 1 and (bias is None or (bias.dtype == weight.dtype and bias.is_contiguous())))
+
+
+def linear(x, weight, bias, d, backend):
+    """x [B, in] -> x · Wᵀ + bias + x · ΔŴᵀ."""
+    _same_device(d, x)
+    be = choose(d.device, backend)
+    name = select("linear", d.encoding, be, x.shape[0])
+    if name == "triton fused_linear" and fused_ok(x, weight, bias):
+        from . import triton_linear
+        return triton_linear.fused_linear(x.contiguous(), weight, bias, d.layout.kind, table(d),
+                                          d.layout.consts([d]))
+    return F.linear(x, weight, bias) + matmul(d, x, backend).to(x.dtype)
+
+
+def multi(x, deltas, index, segments, add_to, backend):
+    present = [d for d in deltas if d is not None]
+    for d in present:
         _same_device(d, x)
-    if choose(x.device, backend) == "triton":
-        from . import triton_kernels
-        return triton_kernels.multi_matmul(x, deltas, index)
-    return reference.multi_matmul(x, deltas, index)
+    be = choose(x.device, backend)
+    out = add_to if add_to is not None else torch.zeros((x.shape[0], present[0].shape[0]), dtype=x.dtype,
+                                                        device=x.device)
+    if select("multi", present[0].encoding, be) != "triton sgmv":
+        return reference.multi_matmul(x, deltas, index, out)
+    from . import triton_linear
+    from .segments import delta_segments
+    seg = segments if segments is not None else delta_segments(index.to(x.device), len(deltas))
+    tab, launches = multi_tables(deltas)
+    triton_linear.multi_matmul(x.contiguous(), out, [(k, tab, c) for k, c in launches], seg)
+    return out
+
+
+def load(entry, buffers, device, backend):
+    """(params, resident device buffers, dtypes) of a validated entry."""
+    return registry.for_entry(entry).resident(entry, buffers, device, backend)

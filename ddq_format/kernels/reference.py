@@ -94,6 +94,7 @@ def dequantize(codes: torch.Tensor, scale: float, zero: int, offset: int = 0) ->
 
 
 def decode_seeded(d) -> torch.Tensor:
+    """Dense float32 of a resident `seeded`-layout delta."""
     rows, cols = d.shape
     p = d.params
     cols_idx = mask_columns(p["seed"], rows, cols, p["group_size"], p["alpha"], device=d.device)
@@ -126,22 +127,42 @@ def decode_csr(d) -> torch.Tensor:
     return out.reshape(rows, cols)
 
 
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes (each < 2^bits) -> the LSB-first packed stream of SPEC §7 (bitpack.pack), on their device."""
+    codes = codes.reshape(-1).to(torch.uint8)
+    if bits == 8:
+        return codes.clone()
+    n = codes.numel()
+    shifts = torch.arange(bits, dtype=torch.uint8, device=codes.device)
+    stream = ((codes[:, None] >> shifts) & 1).reshape(-1)
+    pad = (-stream.numel()) % 8
+    if pad:
+        stream = torch.cat([stream, stream.new_zeros(pad)])
+    place = torch.arange(8, dtype=torch.int16, device=codes.device)  # no host tensor: CUDA-graph safe
+    return (stream.reshape(-1, 8).to(torch.int16) << place).sum(1).to(torch.uint8)[: (n * bits + 7) // 8]
+
+
 def decode(d) -> torch.Tensor:
-    return decode_seeded(d) if d.encoding == "seeded" else decode_csr(d)
+    return d.layout.reference_decode(d)
+
+
+def _matmul_f32(d, x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32) @ decode(d).T  # a transient dense float32 matrix
 
 
 def matmul(d, x: torch.Tensor) -> torch.Tensor:
-    """x @ dense.T with float32 accumulation; the reference decodes to a transient dense float32 matrix."""
-    dense = decode(d)
-    return (x.to(torch.float32) @ dense.T).to(x.dtype)
+    """x @ dense.T with float32 accumulation, in x.dtype."""
+    return _matmul_f32(d, x).to(x.dtype)
 
 
-def multi_matmul(x: torch.Tensor, deltas, index: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros((x.shape[0], deltas[0].shape[0]) if deltas else (x.shape[0], 0), dtype=x.dtype,
-                      device=x.device)
+def multi_matmul(x: torch.Tensor, deltas, index: torch.Tensor, add_to=None) -> torch.Tensor:
+    """Row b times deltas[index[b]] (None deltas and index -1 or out of range: nothing), added to `add_to`
+    when given."""
+    rows = next(d for d in deltas if d is not None).shape[0] if any(d is not None for d in deltas) else 0
+    out = add_to if add_to is not None else torch.zeros((x.shape[0], rows), dtype=x.dtype, device=x.device)
     for i in torch.unique(index).tolist():
-        if i < 0:
+        if not 0 <= i < len(deltas) or deltas[i] is None:
             continue
-        rows = (index == i).nonzero().reshape(-1)
-        out[rows] = matmul(deltas[i], x[rows])
+        sel = (index == i).nonzero().reshape(-1)
+        out[sel] = (out[sel].to(torch.float32) + _matmul_f32(deltas[i], x[sel])).to(out.dtype)
     return out

@@ -1,6 +1,7 @@
 """Torch loaders for .ddq deltas: materialize, apply in place, separate computation, many deltas on one base.
 
-Importing this package does not import torch; the names below load their module on first use.
+Importing this package does not import torch; the names below load their module on first use. No export
+shares its name with a submodule: importing that submodule would bind the module over the lazy name.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ _EXPORTS = {
     "finetuned_tensor": "apply", "check_base_binding": "apply", "iter_finetuned": "apply",
     "decode_delta": "apply",
     "apply_delta": "inplace",
-    "materialize": "materialize",
+    "materialize": "hf_folder",
     "DeltaLinear": "separate", "patch_model": "separate",
     "MultiDeltaLinear": "multi", "attach_deltas": "multi", "set_delta_index": "multi", "use_deltas": "multi",
 }

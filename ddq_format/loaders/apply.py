@@ -14,13 +14,14 @@ import torch
 from ..binding import check_binding, fingerprint_bits, sample_indices
 from ..errors import BindingError, DDQError
 from ..reader import DDQFile
-from ..spec import (KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED)
+from ..spec import (DTYPES, FLOAT_DTYPES, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME,
+                    KIND_TIED)
 
-TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+TORCH_DTYPES = {n: getattr(torch, DTYPES[n].torch) for n in FLOAT_DTYPES}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
-# Same-width integer views used to read a float tensor's bit patterns for the fingerprint.
-_BITS_VIEW = {torch.float32: (torch.int32, np.uint32), torch.float16: (torch.int16, np.uint16),
-              torch.bfloat16: (torch.int16, np.uint16)}
+# Same-width signed torch views (torch lacks uint16/uint32 ops) and the unsigned numpy dtype of the bits.
+_SIGNED = {2: torch.int16, 4: torch.int32}
+_BITS_VIEW = {TORCH_DTYPES[n]: (_SIGNED[DTYPES[n].size], np.dtype(DTYPES[n].bits)) for n in FLOAT_DTYPES}
 
 
 def open_file(ddq) -> DDQFile:
@@ -73,15 +74,13 @@ def _kernels():
         from .. import kernels
     except ImportError:
         return None
-    return kernels if hasattr(kernels, "decode_dense") else None
+    return kernels if hasattr(kernels, "supports") else None
 
 
 def has_kernel(entry: dict) -> bool:
     """A compressed entry the kernels decode and multiply directly (not the baselines' encodings)."""
-    if entry["kind"] != KIND_COMPRESSED:
-        return False
     k = _kernels()
-    return k is not None and entry.get("encoding") in k.KERNEL_ENCODINGS
+    return k is not None and k.supports(entry)
 
 
 def decode_delta(ddq: DDQFile, name: str, device=None) -> torch.Tensor:

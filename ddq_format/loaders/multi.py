@@ -6,9 +6,11 @@ per-row override; set_delta_index(model, LongTensor[B]) (or `with use_deltas(mod
 delta each batch row uses (-1 = the base model). One forward pass then serves the mixed batch.
 
 Decisions (documented in the report and README):
-- Linear weights: compressed deltas are applied by kernels.multi_delta_matmul (one base matmul + one
-  batched delta pass); dense/replace deltas of a linear weight are kept as dense fp32 [out, in] and applied
-  to their rows only. Linear biases: a per-delta bias-delta table, gathered per row.
+- Linear weights: compressed deltas (every entry kernels.supports, seeded_rans included) are applied by
+  kernels.multi_delta_matmul: one base matmul, then one grouped (SGMV) delta pass added into its output.
+  The tokens' grouping by delta (kernels.delta_segments) is built once per forward pass, when the first
+  layer asks, and shared by every layer. Dense/replace deltas of a linear weight are kept as dense fp32
+  [out, in] and applied to their rows only. Linear biases: a per-delta bias-delta table, gathered per row.
 - Other tensors that differ between deltas (norm weights, embeddings, non-linear biases): the module runs
   once on all rows with base weights, then once per delta present in the batch on that delta's rows with
   the fine-tuned parameters (torch.func.functional_call). Allowed for nn.Embedding and for modules whose
@@ -28,9 +30,9 @@ from torch import nn
 
 from ..errors import BindingError, UsageError
 from ..spec import KIND_REMOVED, KIND_SAME, KIND_TIED
-from .apply import finetuned_tensor, has_kernel, open_file
+from .apply import finetuned_tensor, open_file
 from .inplace import alias_groups, named_tensors, plan
-from .separate import _move_delta, compressed_delta, linear_owner, set_module
+from .separate import compressed_delta, kept_compressed, linear_owner, set_module
 
 
 class DeltaState:
@@ -39,7 +41,26 @@ class DeltaState:
     def __init__(self, n: int, paths):
         self.n = n
         self.paths = [str(p) for p in paths]
-        self.index: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None
+        self._segments = None  # (key, DeltaSegments) of the current index, built by the first layer asking
+
+    @property
+    def index(self) -> torch.Tensor | None:
+        return self._index
+
+    @index.setter
+    def index(self, value) -> None:
+        self._index = value
+        self._segments = None
+
+    def segments(self, idx: torch.Tensor, lead) -> object:
+        """kernels.delta_segments of the per-token index `idx` (from rows()), cached for the forward pass:
+        every layer with the same leading dims shares it."""
+        key = (tuple(lead), idx.device)
+        if self._segments is None or self._segments[0] != key:
+            from ..kernels import delta_segments
+            self._segments = (key, delta_segments(idx, self.n))
+        return self._segments[1]
 
     def rows(self, x: torch.Tensor, batch_dims: int) -> torch.Tensor | None:
         """Per-row delta index flattened over the first `batch_dims` dims of x (None: no delta)."""
@@ -73,7 +94,6 @@ class MultiDeltaLinear(nn.Linear):
             for s, b in bias.items():
                 table[s + 1] = b
         self.register_buffer("bias_delta", table, persistent=False)
-        self._order = sorted(self.compressed)
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
@@ -81,13 +101,12 @@ class MultiDeltaLinear(nn.Linear):
         if idx is None:
             return y
         x2, y2 = x.reshape(-1, self.in_features), y.reshape(-1, self.out_features)
-        if self._order:
+        if self.compressed:
             from ..kernels import multi_delta_matmul
-            # slot -> position in the compressed list; slots without a compressed delta map to -1
-            remap = torch.full((self.state.n + 1,), -1, dtype=torch.long, device=idx.device)
-            remap[torch.tensor(self._order, device=idx.device) + 1] = torch.arange(len(self._order), device=idx.device)
-            sub = remap[idx + 1]
-            y2 = y2 + multi_delta_matmul(x2, [self.compressed[s] for s in self._order], sub).to(y2.dtype)
+            slots = [self.compressed.get(s) for s in range(self.state.n)]  # None: this slot leaves W alone
+            seg = self.state.segments(idx, x.shape[:-1])
+            # set_delta_index checked the range; y2 is F.linear's fresh output, updated in place
+            multi_delta_matmul(x2.contiguous(), slots, idx, segments=seg, add_to=y2, check_index=False)
         for s, buf in self.dense.items():
             rows = (idx == s).nonzero().squeeze(1)
             if rows.numel():
@@ -99,7 +118,7 @@ class MultiDeltaLinear(nn.Linear):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.compressed = {s: _move_delta(d, fn) for s, d in self.compressed.items()}
+        self.compressed = {s: d.map_buffers(fn) for s, d in self.compressed.items()}
         return self
 
     @property
@@ -169,7 +188,7 @@ def attach_deltas(model: nn.Module, paths, *, device=None) -> DeltaState:
             dev = device if device is not None else t.device
             mod_path = n.rpartition(".")[0]
             owners = [linear_owner(model, a) for a in groups[n]]
-            if has_kernel(e) and owners[0][1] is not None and len(groups[n]) == 1:
+            if kept_compressed(e) and owners[0][1] is not None and len(groups[n]) == 1:
                 rec = lin.setdefault(mod_path, {"linear": owners[0][1], "compressed": {}, "dense": {}, "bias": {}})
                 rec["compressed"][slot] = compressed_delta(f, n, dev)
                 continue

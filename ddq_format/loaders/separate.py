@@ -1,7 +1,10 @@
 """Separate computation (DeltaDQ Fig. 3): y = x·W_baseᵀ + b + x·ΔŴᵀ with ΔŴ kept compressed on the device.
 
 `DeltaLinear` is an nn.Linear that shares the base layer's weight and bias Parameters (state-dict names do
-not change) and holds one `kernels.CompressedDelta`; W_base + ΔŴ is never formed.
+not change) and holds one `kernels.CompressedDelta`; W_base + ΔŴ is never formed. Its forward is
+`kernels.delta_linear`: one fused base + delta kernel for small batches on a GPU, where the dispatch says so.
+Every entry `kernels.supports` (seeded, seeded_rans, csr_parts) stays compressed; seeded_rans is re-laid at
+load as seeded codes (resident bytes in `delta_nbytes`, file bytes in `delta.encoded_nbytes`).
 """
 from __future__ import annotations
 
@@ -10,16 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spec import KIND_TIED
-from .apply import finetuned_tensor, has_kernel, open_file
+from .apply import finetuned_tensor, open_file
 from .inplace import alias_groups, named_tensors, plan
 
 
-def _move_delta(delta, fn):
-    """CompressedDelta with every buffer passed through a Module._apply function (device moves; its integer
-    buffers are untouched by dtype casts such as .half())."""
-    from ..kernels import CompressedDelta
-    return CompressedDelta(delta.encoding, delta.shape, delta.params, {k: fn(v) for k, v in delta.buffers.items()},
-                           delta.dtypes, delta.name)
+def kept_compressed(entry: dict) -> bool:
+    """The kernels keep this entry compressed on the device (kernels.supports)."""
+    from ..kernels import supports
+    return supports(entry)
 
 
 class DeltaLinear(nn.Linear):
@@ -36,11 +37,12 @@ class DeltaLinear(nn.Linear):
         self.delta = delta
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + self.delta.matmul(x)
+        from ..kernels import delta_linear
+        return delta_linear(x, self.weight, self.bias, self.delta)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.delta = _move_delta(self.delta, fn)
+        self.delta = self.delta.map_buffers(fn)  # device moves; dtype casts leave its integer buffers alone
         return self
 
     @property
@@ -48,7 +50,8 @@ class DeltaLinear(nn.Linear):
         return self.delta.nbytes
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, delta={self.delta.encoding} {self.delta.nbytes} B"
+        return (f"{super().extra_repr()}, delta={self.delta.encoding} {self.delta.nbytes} B resident "
+                f"({self.delta.encoded_nbytes} B in the file)")
 
 
 def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -83,21 +86,22 @@ def patch_model(model: nn.Module, ddq, *, device=None) -> dict:
     embeddings, biases, dense deltas, linears whose weight is tied to a non-linear) is updated in place.
 
     Checks the binding of every tensor first. Returns {"separate": [names], "in_place": [names],
-    "delta_bytes": resident bytes of the compressed deltas}.
+    "delta_bytes": resident bytes of the compressed deltas, "encoded_bytes": their bytes in the file}.
     """
     ddq = open_file(ddq)
     tensors = named_tensors(model)
     compute, _ = plan(ddq, tensors, allow_new=False)
     groups = {n: g for g in alias_groups(tensors) for n in g}
-    separate, in_place, nbytes = [], [], 0
+    separate, in_place, nbytes, encoded = [], [], 0, 0
     for n in compute:
         e = ddq.entries[n]
         mod_name, lin = linear_owner(model, n)
-        if has_kernel(e) and lin is not None and len(groups[n]) == 1:
+        if kept_compressed(e) and lin is not None and len(groups[n]) == 1:
             d = compressed_delta(ddq, n, device if device is not None else lin.weight.device)
             set_module(model, mod_name, DeltaLinear(lin, d))
             separate.append(n)
             nbytes += d.nbytes
+            encoded += d.encoded_nbytes
             continue
         t = tensors[n]
         ft = finetuned_tensor(ddq, n, t, device if device is not None else t.device, check=False)
@@ -107,4 +111,4 @@ def patch_model(model: nn.Module, ddq, *, device=None) -> dict:
             t.data = ft
         if e["kind"] not in ("same",):
             in_place.append(n)
-    return {"separate": separate, "in_place": in_place, "delta_bytes": nbytes}
+    return {"separate": separate, "in_place": in_place, "delta_bytes": nbytes, "encoded_bytes": encoded}

@@ -1,4 +1,5 @@
-"""vLLM plugin: `load_format="ddq"` serves a base checkpoint with a .ddq delta applied at load time.
+"""vLLM plugin: `load_format="ddq"` serves a base checkpoint with a .ddq delta applied at load time, and
+.ddq files serve as LoRA adapters, many per engine (vllm_multi/).
 
     vllm.LLM(model=BASE, load_format="ddq", model_loader_extra_config={"ddq_path": "ft.ddq"})
     python -m vllm.entrypoints.openai.api_server --model BASE --load-format ddq \
@@ -20,7 +21,7 @@ import functools
 import os
 import re
 
-from ..errors import BindingError, UsageError
+from ..errors import UsageError
 
 LOAD_FORMAT = "ddq"
 OWN_KEYS = ("ddq_path", "base_load_format")
@@ -33,14 +34,23 @@ _registered = False
 
 
 def register() -> None:
-    """Register the "ddq" load format with vLLM. Called by vLLM through the entry point; calling it again
-    does nothing (vLLM would otherwise log an 'overwritten' warning each time)."""
+    """Register the "ddq" load format with vLLM, and .ddq files as LoRA adapters (vllm_multi). Called by
+    vLLM through the entry point in every process it starts; calling it again does nothing (vLLM would
+    otherwise log an 'overwritten' warning each time)."""
     global _registered
     if _registered:
         return
     from vllm.model_executor.model_loader import register_model_loader
+
     register_model_loader(LOAD_FORMAT)(loader_class())
     _registered = True
+    try:
+        from .vllm_multi import install
+        install()
+    except (ImportError, AttributeError) as e:  # internals moved: the load format still works
+        import logging
+        logging.getLogger("vllm.ddq").warning("ddq: .ddq files cannot serve as LoRA adapters with this vLLM "
+                                              "(%s: %s)", type(e).__name__, e)
 
 
 def split_extra_config(extra) -> tuple[dict, dict]:
@@ -86,20 +96,12 @@ def refuse_packed(items, ddq_path):
 
 def check_names(ddq, base_dir) -> None:
     """Before any weight is read: the base's tensor names (safetensors headers) and the file's must agree."""
-    from .apply import missing_from_base
-    from .materialize import base_names, base_shards
-    names = base_names(base_shards(base_dir))
+    from ..checkpoint_raw import SafetensorsCheckpoint
+    from .vllm_multi.base import check_names as check_both_ways
+    names = list(SafetensorsCheckpoint(base_dir).tensors)
     for _ in refuse_packed(((n, None) for n in names), ddq.path):  # raises on the first packed name
         pass
-    missing = missing_from_base(ddq, names)
-    if missing:
-        raise BindingError(f"{len(missing)} delta tensor(s) are not in the base checkpoint {base_dir}, e.g. "
-                           f"{missing[:3]}: wrong base model or wrong file", path=ddq.path, tensor=missing[0])
-    unknown = [n for n in names if n not in ddq.entries]
-    if unknown:
-        raise BindingError(f"{len(unknown)} tensor(s) of the base checkpoint {base_dir} are not listed in the "
-                           f"delta file, e.g. {unknown[:3]}: wrong base model or wrong file", path=ddq.path,
-                           tensor=unknown[0])
+    check_both_ways(ddq, names, base_dir)
 
 
 @functools.cache
@@ -111,11 +113,13 @@ def loader_class():
 
     from ..reader import DDQFile
     from .apply import iter_finetuned
+    from .vllm_multi.compat import require_supported
 
     class DDQModelLoader(DefaultModelLoader):
         """vLLM's default loader whose weights pass through the .ddq delta on their way into the model."""
 
         def __init__(self, load_config):
+            require_supported()
             own, rest = split_extra_config(load_config.model_loader_extra_config)
             self.ddq_path = own["ddq_path"]
             DDQFile(self.ddq_path).close()  # a bad file fails here, at engine start, not mid-load

@@ -93,3 +93,10 @@ def test_snr_objective_prices_every_element_alike():
     assert {n: o.cfg.alpha for n, o in got.items()} == {"big": 8, "small": 8, "heavy": 8}
     fisher = budget.allocate(options, cap, "fisher")
     assert fisher["heavy"].cfg.alpha < 8
+
+
+def test_candidates_above_the_fp16_size_are_dropped():
+    cfg = budget.Config("rans")
+    opts = [budget.Option(cfg, 900, 1.0), budget.Option(cfg, 1100, 0.5), budget.Option(cfg, 1000, 0.7)]
+    assert [o.bytes for o in budget.within_fp16(opts, 1000)] == [900, 1000]
+    assert [o.bytes for o in budget.within_fp16(opts, 100)] == [900]  # none fits: the smallest alone

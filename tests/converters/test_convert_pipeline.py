@@ -44,7 +44,11 @@ def test_entries_reconstruct_the_fine_tune(tmp_path, models, quiet_convert):
             continue
         assert e["base"]["fingerprint"] == fingerprint_bits(b.read(n), "BF16")
         got = _full(b, n) + f.decode(n)
-        if e["kind"] in ("dense", "same"):  # bf16 delta: exact after rounding back to bf16
+        if e["kind"] == "dense" and len(e["shape"]) == 1:  # 1-D: 8-bit codes (dense_q), within half a step
+            assert e["encoding"] == "dense_q" and e["params"]["bits"] == 8
+            d = want - _full(b, n)
+            np.testing.assert_allclose(f.decode(n), d, rtol=0, atol=e["params"]["scale"] * 0.5 * (1 + 1e-6))
+        elif e["kind"] in ("dense", "same"):  # bf16 delta: exact after rounding back to bf16
             from ddq_format.encodings.raw import bf16_bits_to_f32, to_bf16_bits
             np.testing.assert_array_equal(bf16_bits_to_f32(to_bf16_bits(got)), want)
         else:  # alpha=2, 8 bits: the kept half is close to alpha * delta
@@ -162,7 +166,7 @@ KILLER = textwrap.dedent("""
         n[0] += 1
         return real(self, *a, **k)
     resume.ResumableWriter.add = add
-    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, workers=2, progress=False, quiet=True)
+    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, embeddings="dense", workers=2, progress=False, quiet=True)
 """)
 
 
@@ -176,6 +180,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, llama, quiet_convert)
     assert p.returncode == -9
     assert not out.exists()
     assert (tmp_path / "out.ddq.partial").exists() and (tmp_path / "out.ddq.partial.journal").exists()
+    assert (tmp_path / "out.ddq.lock").exists()  # left by the killed run, its flock gone with it: stale
     # A torn journal line (the kill hit mid-write) is tolerated: that entry is redone.
     with open(tmp_path / "out.ddq.partial.journal", "a") as j:
         j.write('{"entry": {"name": "trunc')
@@ -183,6 +188,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, llama, quiet_convert)
     assert s.resumed_tensors == 9
     assert out.read_bytes() == whole.read_bytes()
     assert not (tmp_path / "out.ddq.partial").exists() and not (tmp_path / "out.ddq.partial.journal").exists()
+    assert not (tmp_path / "out.ddq.lock").exists()
 
 
 def test_resume_refuses_a_journal_of_other_options(tmp_path, llama, quiet_convert):
@@ -193,16 +199,6 @@ def test_resume_refuses_a_journal_of_other_options(tmp_path, llama, quiet_conver
     # other options: the journal does not match, the run starts over and still produces the right file
     s = quiet_convert(base, ft, out, alpha=4, bits=4, parts=4, resume=True)
     assert s.resumed_tensors == 0 and open_ddq(out).header["algorithm"]["alpha"] == 4
-
-
-def _copy_with(tmp_path, src, name, **changes):
-    from safetensors.numpy import load_file, save_file
-    dst = tmp_path / name
-    shutil.copytree(src, dst)
-    sd = load_file(dst / "model.safetensors")
-    sd.update(changes)
-    save_file(sd, dst / "model.safetensors")
-    return dst
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -224,18 +220,18 @@ def test_option_errors_come_before_work(tmp_path, llama, quiet_convert, kw, matc
     assert list(tmp_path.iterdir()) == []
 
 
-def test_input_errors(tmp_path, llama, quiet_convert):
+def test_input_errors(tmp_path, llama, quiet_convert, edited_copy):
     base, ft = llama
     with pytest.raises(UsageError, match="no such model folder"):
         quiet_convert(tmp_path / "nope", ft, tmp_path / "o.ddq")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no model.safetensors"):
         quiet_convert(tmp_path / "empty", ft, tmp_path / "o.ddq")
-    wide = _copy_with(tmp_path, ft, "wide", **{"model.layers.0.mlp.up_proj.weight": np.zeros((3, 64), np.float32)})
+    wide = edited_copy(ft, "wide", **{"model.layers.0.mlp.up_proj.weight": np.zeros((3, 64), np.float32)})
     with pytest.raises(UsageError, match="linear layer shape differs") as e:
         quiet_convert(base, wide, tmp_path / "o.ddq")
     assert e.value.tensor == "model.layers.0.mlp.up_proj.weight"
-    ints = _copy_with(tmp_path, ft, "ints", **{"model.position_ids": np.arange(4, dtype=np.int64)})
+    ints = edited_copy(ft, "ints", **{"model.position_ids": np.arange(4, dtype=np.int64)})
     with pytest.raises(UsageError, match="dtype I64"):
         quiet_convert(base, ints, tmp_path / "o.ddq")
     assert not (tmp_path / "o.ddq").exists() and not (tmp_path / "o.ddq.partial").exists()

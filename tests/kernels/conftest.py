@@ -20,13 +20,24 @@ else:
 
 pytest.importorskip("triton")
 
+_MODULES = ("triton_common", "triton_seeded", "triton_decode", "triton_linear", "triton_rans")  # import order
+
 
 @pytest.fixture(scope="session")
 def triton_kernels():
+    """The Triton kernel modules, interpreted on CPU (decorated again if imported before the variable)."""
     if _IMPORTED_LATE and not torch.cuda.is_available():
         pytest.fail("triton was imported before tests/kernels/conftest.py set TRITON_INTERPRET=1; set it in the "
                     "environment (or in the root conftest) to run the kernel tests in this process")
-    from ddq_format.kernels import triton_kernels as tk
-    if not torch.cuda.is_available() and not type(tk.seeded_decode_kernel).__name__.startswith("Interpreted"):
-        tk = importlib.reload(tk)  # imported before the variable was set: decorate the kernels again
-    return tk
+    mods = {m: importlib.import_module(f"ddq_format.kernels.{m}") for m in _MODULES}
+    if not torch.cuda.is_available() and not type(mods["triton_decode"].seeded_rows_decode_kernel).__name__.startswith(
+            "Interpreted"):
+        mods = {m: importlib.reload(mods[m]) for m in _MODULES}
+    return mods
+
+
+@pytest.fixture
+def rng(request):
+    """Inputs seeded from the test's name by a stable hash (seeding.stable_rng)."""
+    from seeding import stable_rng
+    return stable_rng(request.node.name)

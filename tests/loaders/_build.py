@@ -10,7 +10,7 @@ import torch
 from ddq_format import Writer
 from ddq_format.binding import binding
 from ddq_format.converters.dropout import groupwise_dropout
-from ddq_format.encodings import csr_parts, raw, seeded
+from ddq_format.encodings import csr_parts, raw, seeded, seeded_rans
 
 ALPHA, GROUP, BITS, PARTS = 2, 8, 4, 2
 
@@ -70,8 +70,9 @@ def write_ddq(path, base_sd, ft_sd, *, encoding="mixed", seed=7, config=None, ti
                 enc = encoding if encoding != "mixed" else ("csr_parts" if i % 2 == 0 else "seeded")
                 i += 1
                 cols, vals = groupwise_dropout(d, ALPHA, GROUP, seed)
-                if enc == "seeded":
-                    e = seeded.encode(d.shape, vals, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=seed)
+                if enc in ("seeded", "seeded_rans"):
+                    e = (seeded if enc == "seeded" else seeded_rans).encode(d.shape, vals, bits=BITS, alpha=ALPHA,
+                                                                            group_size=GROUP, seed=seed)
                 else:
                     rows = np.repeat(np.arange(d.shape[0]), cols.shape[1])
                     e = csr_parts.encode(d.shape, rows, cols.reshape(-1), vals.reshape(-1), bits=BITS, parts=PARTS,

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from ddq_format.converters import convert  # noqa: E402
 from ddq_format.loaders import apply_delta, attach_deltas, patch_model, use_deltas  # noqa: E402
-from ddq_format.loaders.materialize import materialize  # noqa: E402
+from ddq_format.loaders import materialize  # noqa: E402
 from tests.tiny_models import make_pair  # noqa: E402
 
 BF16_RTOL = 2e-2
@@ -27,7 +27,7 @@ def test_converted_qwen2_bf16(tmp_path):
     ddqs = []
     for i, ft in enumerate((ft_a, ft_b)):
         ddqs.append(tmp_path / f"{i}.ddq")
-        convert(base, ft, ddqs[-1], alpha=2, bits=8, parts=1, group_size=8, quiet=True, progress=False)
+        convert(base, ft, ddqs[-1], alpha=2, bits=8, parts=1, group_size=8, embeddings="dense", encoding="csr_parts", quiet=True, progress=False)
     load = lambda p: AutoModelForCausalLM.from_pretrained(p).eval()  # noqa: E731
     ids = torch.randint(0, 300, (3, 6), generator=torch.Generator().manual_seed(0))
     refs = []

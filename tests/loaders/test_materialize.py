@@ -16,7 +16,7 @@ from _build import checkpoint_state, expected_state, finetune, save_base, tiny_m
 
 from ddq_format import BindingError, DDQFile, UsageError  # noqa: E402
 from ddq_format.loaders import apply_delta, check_base_binding, finetuned_tensor  # noqa: E402
-from ddq_format.loaders.materialize import materialize  # noqa: E402
+from ddq_format.loaders import materialize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +173,61 @@ def test_tied_embeddings(tmp_path):
     ids = torch.arange(10).reshape(2, 5)
     with torch.no_grad():
         assert torch.equal(merged(ids).logits, applied(ids).logits)
+
+
+@pytest.mark.parametrize("files,match", [
+    ({"model.safetensors": b"junk"}, "name of a weights file"),
+    ({"model.safetensors.index.json": b"{}"}, "name of a weights file"),
+    ({"model-00001-of-00002.safetensors": b"junk"}, "name of a weights file"),
+    ({"extra/pytorch_model.bin": b"junk"}, "name of a weights file"),
+    ({"a": b"1", "a/b": b"2"}, "needs 'a' to be a folder"),
+    ({"a/b": b"2", "a": b"1"}, "is also a folder"),
+    ({"Notes.txt": b"1", "notes.txt": b"2"}, "only in letter case"),
+])
+def test_aux_files_never_collide_with_what_materialize_writes(pair, tmp_path, files, match):
+    """Fault 2 of issue 12: an aux file named model.safetensors silently replaced the weights; 'a' + 'a/b'
+    crashed with FileExistsError. Both are refused before any tensor is read, and nothing is written."""
+    ddq = write_ddq(tmp_path / "aux.ddq", pair["base"], finetune(pair["model"]), extra_files=files)
+    out = tmp_path / "merged"
+    with pytest.raises(UsageError, match=match) as err:
+        materialize(pair["base_dir"], ddq, out, progress=False)
+    assert err.value.path == str(ddq) and err.value.field.startswith("files.")
+    assert sorted(os.listdir(tmp_path)) == ["aux.ddq"]
+
+
+def test_base_files_only_fill_gaps_the_delta_leaves(pair, tmp_path):
+    """A base file whose name the delta's files use as a folder (or in another letter case) is skipped."""
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(pair["base_dir"], base)
+    (base / "docs").write_text("a base file named like the delta's folder")
+    (base / "README.MD").write_text("base readme")
+    (base / "LICENSE").write_text("base licence")
+    ddq = write_ddq(tmp_path / "aux.ddq", pair["base"], finetune(pair["model"]),
+                    extra_files={"docs/usage.md": b"from the delta", "readme.md": b"delta readme"})
+    s = materialize(base, ddq, tmp_path / "out", progress=False)
+    assert s["files"] == {"docs/usage.md": "delta", "readme.md": "delta", "LICENSE": "base",
+                          "config.json": "base", "generation_config.json": "base"}
+    assert (tmp_path / "out" / "docs" / "usage.md").read_bytes() == b"from the delta"
+    assert (tmp_path / "out" / "readme.md").read_bytes() == b"delta readme"
+
+
+def test_every_export_resolves_to_its_documented_object():
+    """Fault 11 of issue 12: once the submodule `loaders.materialize` was imported, the package attribute was
+    the module and `from ddq_format.loaders import materialize` returned it (materialize(...) -> TypeError)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import ddq_format.loaders as loaders
+    subs = {m.name for m in pkgutil.iter_modules(loaders.__path__)}
+    for sub in subs:  # every submodule imported first: that is what used to rebind the name
+        importlib.import_module(f"ddq_format.loaders.{sub}")
+    assert not set(loaders.__all__) & subs, "an export named like a submodule is shadowed once it is imported"
+    for name in loaders.__all__:
+        obj = getattr(loaders, name)
+        home = importlib.import_module(f"ddq_format.loaders.{loaders._EXPORTS[name]}")
+        assert obj is getattr(home, name) and not isinstance(obj, types.ModuleType), name
+        assert callable(obj) and obj.__module__ == home.__name__, name
+    from ddq_format.loaders import materialize as m
+    assert m is loaders.hf_folder.materialize

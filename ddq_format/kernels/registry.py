@@ -1,0 +1,241 @@
+"""Which file encodings the kernels serve, and how each one is laid out on the device.
+
+Two registries, keyed by id:
+- LAYOUTS (resident layout -> its table row, Triton constants and torch reference decode): `seeded` (packed
+  k-bit codes in kept order, mask regenerated from the seed) and `csr_parts` (the file's parts as stored).
+- ENCODINGS (file encoding id -> how an entry becomes a resident delta): `seeded` and `csr_parts` upload
+  their buffers as stored; `seeded_rans` decodes its rANS streams once at load (on the device when it is a
+  GPU) into the `seeded` layout (its codes are identical), so every seeded kernel serves it. Its resident
+  bytes are seeded's, about 1.3-1.7x the encoded bytes; `CompressedDelta.encoded_nbytes` keeps the latter.
+
+Every use of the encodings package (header checks, numpy decoders) goes through the small adapter below, so
+a change to that package's interface touches one place here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import encodings as _encodings
+from ..encodings._common import Ctx
+from ..errors import EncodingError, UsageError
+from ..quantize import check_parts
+from ..seeded_mask import group_layout, kept_per_row, width_for
+from ..spec import ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, KIND_COMPRESSED, RANS_STATE_LOW
+from . import reference
+from .common import KIND_FIELD, NF, f32_bits, is_pow2, next_pow2
+
+# Buffers travel as bit-identical signed views (Triton and older torch lack unsigned 16/32-bit types);
+# readers mask them back to unsigned.
+_VIEW = {"U8": torch.uint8, "U16": torch.int16, "U32": torch.int32, "U64": torch.int64}
+UMASK = {"U8": 0xFF, "U16": 0xFFFF, "U32": 0xFFFFFFFF, "U64": None}
+
+
+def upload(buf, dtype: str | None, device) -> torch.Tensor:
+    """File bytes -> a flat device tensor (typed view for U16/U32/U64)."""
+    t = torch.from_numpy(np.array(buf, dtype=np.uint8, copy=True).reshape(-1))
+    if dtype is not None and dtype in _VIEW and dtype != "U8":
+        t = t.view(_VIEW[dtype])
+    return t.to(device)
+
+
+# -- adapter to the encodings package ------------------------------------------------------------------
+def _encoding(enc: str):
+    return _encodings.get(enc)
+
+
+def host_decode(entry, bufs) -> np.ndarray:
+    """The numpy reader's float32 decode (the oracle of every kernel)."""
+    return _encoding(entry["encoding"]).decode(entry, bufs)
+
+
+def _rans_codes(entry, bufs) -> np.ndarray:
+    return _encoding(ENC_SEEDED_RANS).parts(entry, bufs, None)  # the code matrix, as seeded stores it
+
+
+def _csr_validate(entry, bufs, ctx) -> None:
+    _encoding(ENC_CSR_PARTS).parts(entry, bufs, ctx)  # offsets monotone, columns in range
+
+
+# -- resident layouts ------------------------------------------------------------------------------------
+class SeededLayout:
+    """Packed k-bit codes, rows x kept_per_row in kept order (SPEC §9.3); buffer `codes`."""
+    name = "seeded"
+    kind = 1
+
+    def setup(self, d) -> None:
+        full, keep, tail, keep_tail = group_layout(d.shape[1], d.params["group_size"], d.params["alpha"])
+        d.groups = (full, keep, tail, keep_tail)
+        d.kept_per_row = full * keep + keep_tail
+
+    def table_row(self, d) -> list[int]:
+        p = d.params
+        full, keep, tail, keep_tail = d.groups
+        return [d.buffers["codes"].data_ptr(), p["seed"] & 0xFFFFFFFF, f32_bits(p["scale"]), p["zero"], p["bits"],
+                p["group_size"], keep, full, tail, keep_tail, width_for(p["group_size"]),
+                width_for(tail) if tail else 1, d.kept_per_row]
+
+    def consts(self, deltas) -> dict:
+        """Triton constants shared by a launch over `deltas`: padded kept per group (KP, at most 64, a loop
+        covers more), groups per scatter-decode step (GPC), whether any group needs cycle-walking, the padded
+        group width (GP, at most 512; a loop covers more), the group size and the (padded) group count."""
+        if max(d.kept_per_row * d.params["bits"] for d in deltas) >= 2**31 - 8:
+            raise UsageError("rows of more than 2^31 code bits exceed the kernels' 32-bit offsets; use "
+                             "backend='torch'", tensor=deltas[0].name, field="shape")
+        keep = max(max(d.groups[1], d.groups[3]) for d in deltas)
+        kp = min(64, next_pow2(max(keep, 1)))
+        G = max(d.params["group_size"] for d in deltas)
+        gp = min(512, next_pow2(G))
+        walk = any(not is_pow2(d.params["group_size"]) or not is_pow2(d.groups[2]) for d in deltas)
+        groups = max(d.groups[0] + (d.groups[2] > 0) for d in deltas)
+        return {"KP": kp, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
+                "GROUPS": next_pow2(groups), "G": G,
+                "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
+
+    def reference_decode(self, d) -> torch.Tensor:
+        return reference.decode_seeded(d)
+
+
+class CsrLayout:
+    """The csr_parts buffers as stored (SPEC §9.2): row_offsets, col_indices, values."""
+    name = "csr_parts"
+    kind = 2
+
+    def setup(self, d) -> None:
+        d.part_bits = check_parts(d.params["bits"], d.params["parts"])
+        ro = d.row_offsets_i64()
+        ends = ro[:, -1].tolist()
+        d.part_starts = [int(sum(ends[:j])) for j in range(len(ends))]
+        d.part_maxlen = (ro[:, 1:] - ro[:, :-1]).amax(dim=1).contiguous() if d.shape[0] else \
+            torch.zeros(len(ends), dtype=torch.int64, device=ro.device)
+        d.part_starts_dev = torch.tensor(d.part_starts, dtype=torch.int64, device=ro.device)
+
+    def table_row(self, d) -> list[int]:
+        p = d.params
+        return [d.buffers["row_offsets"].data_ptr(), d.buffers["col_indices"].data_ptr(),
+                d.buffers["values"].data_ptr(), f32_bits(p["scale"]), p["zero"], d.part_bits, p["parts"],
+                (1 << p["bits"]) // p["parts"], d.part_starts_dev.data_ptr(), d.part_maxlen.data_ptr()]
+
+    def consts(self, deltas) -> dict:
+        ro64 = {d.dtypes["row_offsets"] == "U64" for d in deltas}
+        cib = {d.buffers["col_indices"].element_size() for d in deltas}
+        if len(ro64) != 1 or len(cib) != 1:
+            raise UsageError("csr_parts deltas of one batch must share row-offset and column-index dtypes")
+        return {"RO64": ro64.pop(), "CI_BYTES": cib.pop(), "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
+
+    def reference_decode(self, d) -> torch.Tensor:
+        return reference.decode_csr(d)
+
+
+SEEDED = SeededLayout()
+CSR = CsrLayout()
+LAYOUTS = {SEEDED.name: SEEDED, CSR.name: CSR}
+
+
+def table_row(d) -> list[int]:
+    row = d.layout.table_row(d)
+    row += [0] * (NF - len(row))
+    row[KIND_FIELD] = d.layout.kind
+    return row
+
+
+# -- file encodings ---------------------------------------------------------------------------------------
+class StoredAsIs:
+    """An encoding whose file buffers are its resident layout."""
+
+    def __init__(self, encoding: str, layout):
+        self.encoding, self.layout = encoding, layout
+
+    def validate(self, entry, buffers, ctx) -> None:
+        _encoding(self.encoding).check(entry, ctx)
+        for role, b in entry["buffers"].items():
+            if role not in buffers or len(buffers[role]) != b["length"]:
+                raise EncodingError(f"buffer has {len(buffers.get(role, ()))} bytes, entry says {b['length']}",
+                                    path=ctx.path, tensor=ctx.name, field=f"buffers.{role}")
+        if self.layout is CSR:
+            _csr_validate(entry, buffers, ctx)  # kernels index memory by these offsets and columns
+
+    def resident(self, entry, buffers, device, backend):
+        """(params, device buffers, dtypes) of the resident layout."""
+        dtypes = {role: b["dtype"] for role, b in entry["buffers"].items()}
+        return dict(entry["params"]), {r: upload(buffers[r], dtypes[r], device) for r in dtypes}, dtypes
+
+
+class RansToSeeded(StoredAsIs):
+    """seeded_rans: streams decoded once at load into seeded's packed codes (bit-identical codes)."""
+
+    def resident(self, entry, buffers, device, backend):
+        codes = rans_codes(entry, buffers, device, backend)
+        params = dict(entry["params"])
+        return params, {"codes": reference.pack_codes(codes, params["bits"])}, {"codes": "PACKED"}
+
+
+def rans_codes(entry, buffers, device, backend) -> torch.Tensor:
+    """uint8 codes [rows * kept_per_row] of a seeded_rans entry on `device`: the Triton lane decoder for GPU
+    tensors (or when forced), else the numpy reader's decoder."""
+    from . import dispatch
+    dev = torch.device(device)
+    p = entry["params"]
+    rows, cols = entry["shape"]
+    per_row = kept_per_row(cols, p["group_size"], p["alpha"])
+    b = p["rows_per_stream"]
+    ns = -(-rows // b)
+    on_device = dispatch.select("load", entry["encoding"], dispatch.choose(dev, backend)).startswith("triton")
+    if not on_device or ns == 0 or per_row == 0:
+        return torch.from_numpy(np.ascontiguousarray(_rans_codes(entry, as_numpy(buffers))).reshape(-1)).to(dev)
+    from . import triton_rans
+    odt = entry["buffers"]["stream_offsets"]["dtype"]
+    off = np.frombuffer(np.asarray(buffers["stream_offsets"], np.uint8).tobytes(), "<u4" if odt == "U32" else "<u8")
+    raw = np.asarray(buffers["streams"], np.uint8).reshape(-1)
+    last = (rows - (ns - 1) * b) * per_row
+    _check_stream_offsets(entry, off.astype(np.int64), raw.size, b * per_row, last)
+    words = upload(raw, "U16", dev)
+    off_w = torch.from_numpy(off.astype(np.int64) // 2).to(dev)
+    table = torch.from_numpy(triton_rans.decoder_table(p["freqs"])).to(dev)
+    codes, state = triton_rans.decode_lanes(words, off_w, table, ns, b * per_row, last)
+    bad = (state[:, 0] != RANS_STATE_LOW) | (state[:, 1] != off_w[1:])
+    if bool(bad.any()):  # one sync at load time
+        j = int(bad.nonzero()[0, 0])
+        raise EncodingError(f"stream {j} is corrupt: it does not end in state {RANS_STATE_LOW} exactly at its last "
+                            "byte", tensor=entry.get("name"), field="buffers.streams")
+    return codes
+
+
+def _check_stream_offsets(entry, off, nbytes, per_stream, last) -> None:
+    """Offsets start at 0, end at the buffer's length, and every stream is an even 4..4+2*codes bytes, so no
+    lane can read outside its own stream."""
+    lengths = np.diff(off)
+    counts = np.full(lengths.size, per_stream, np.int64)
+    counts[-1] = last
+    bad = (lengths < 4) | (lengths % 2 == 1) | (lengths > 4 + 2 * counts)
+    if off[0] != 0 or off[-1] != nbytes or bad.any():
+        where = f"stream {int(np.flatnonzero(bad)[0])}" if bad.any() else "offsets"
+        raise EncodingError(f"{where}: stream offsets do not cut {nbytes} bytes into even streams of 4.."
+                            "4+2*codes bytes", tensor=entry.get("name"), field="buffers.stream_offsets")
+
+
+def as_numpy(buffers) -> dict:
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in buffers.items()}
+
+
+ENCODINGS = {ENC_SEEDED: StoredAsIs(ENC_SEEDED, SEEDED), ENC_CSR_PARTS: StoredAsIs(ENC_CSR_PARTS, CSR),
+             ENC_SEEDED_RANS: RansToSeeded(ENC_SEEDED_RANS, SEEDED)}
+KERNEL_ENCODINGS = tuple(ENCODINGS)
+
+
+def supports(entry: dict) -> bool:
+    """A compressed entry the kernels keep resident, decode and multiply directly (every other entry,
+    baselines included, decodes through the numpy reader)."""
+    return entry.get("kind") == KIND_COMPRESSED and entry.get("encoding") in ENCODINGS
+
+
+def for_entry(entry: dict, path=None):
+    if not supports(entry):
+        raise UsageError(f"only compressed {'/'.join(KERNEL_ENCODINGS)} entries can be kept compressed, got kind "
+                         f"{entry.get('kind')!r} encoding {entry.get('encoding')!r}", path=path,
+                         tensor=entry.get("name"), field="encoding")
+    return ENCODINGS[entry["encoding"]]
+
+
+def ctx_of(entry, path=None) -> Ctx:
+    return Ctx(path, entry.get("name"))

@@ -1,0 +1,78 @@
+"""Replay the crafted-file corpus (manifest.json): each file fails at its stage with exactly the error class,
+field and message fragment recorded, or is accepted; and for every file, `verify` returns fault lines (never
+raises) and the inspect report of any file that opens is JSON. make_attacks.py must reproduce the bytes."""
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+import ddq_format.errors as errors
+from ddq_format import DDQError, DDQFile
+from ddq_format.accounting import report
+from ddq_format.verify import verify
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = json.loads((HERE / "manifest.json").read_text())
+ALLOC_CAP = 16 * 2**20  # no file of the corpus may make any step allocate more than this
+
+
+def _check_error(err: DDQError, case: dict, path: Path):
+    assert type(err) is getattr(errors, case["error"]), (type(err).__name__, str(err))
+    assert str(path) in str(err)
+    if "field" in case:
+        assert err.field == case["field"], (err.field, str(err))
+    if "tensor" in case:
+        assert err.tensor == case["tensor"], (err.tensor, str(err))
+    if "match" in case:
+        assert case["match"] in str(err), str(err)
+
+
+def _within_cap(fn):
+    tracemalloc.start()
+    try:
+        return fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < ALLOC_CAP, peak
+
+
+@pytest.mark.parametrize("case", MANIFEST, ids=[c["file"] for c in MANIFEST])
+def test_attack(case):
+    path = HERE / case["file"]
+    stage = case["stage"]
+    faults = _within_cap(lambda: verify(path))
+    assert isinstance(faults, list) and all(isinstance(f, str) for f in faults)
+    if stage == "open":
+        with pytest.raises(DDQError) as info:
+            _within_cap(lambda: DDQFile(path))
+        _check_error(info.value, case, path)
+        assert faults == [str(info.value)]
+        return
+    with DDQFile(path) as f:
+        json.dumps(_within_cap(lambda: report(f)), allow_nan=False)
+        if stage == "decode":
+            with pytest.raises(DDQError) as info:
+                _within_cap(lambda: f.decode(case["tensor"]))
+            _check_error(info.value, case, path)
+            assert any(case["tensor"] in x for x in faults), faults
+            return
+        for name, e in f.entries.items():
+            if e["kind"] not in ("same", "removed", "tied"):
+                _within_cap(lambda: f.decode(name))
+    if stage == "verify":
+        assert faults and any(case["match"] in x for x in faults), faults
+    else:
+        assert stage == "ok" and faults == [], faults
+
+
+def test_corpus_regenerates_byte_for_byte(tmp_path):
+    from tests.attacks import make_attacks
+    manifest = make_attacks.build(tmp_path)
+    assert manifest == MANIFEST
+    for case in MANIFEST:
+        assert (tmp_path / case["file"]).read_bytes() == (HERE / case["file"]).read_bytes(), case["file"]
+    assert sorted(p.name for p in HERE.glob("*.ddq")) == sorted(c["file"] for c in MANIFEST)

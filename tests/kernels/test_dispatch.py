@@ -1,0 +1,82 @@
+"""The dispatch table: which kernel serves which encoding, device and batch, decided in one place."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ddq_format.kernels import KERNEL_ENCODINGS, describe, dispatch, supports
+from ddq_format.spec import ENC_CSR_F16, ENC_CSR_PARTS, ENC_LOWRANK, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SIGN_SCALE
+
+KERNELS_DIR = Path(dispatch.__file__).parent
+
+
+def test_supports_exactly_the_kernel_encodings():
+    assert set(KERNEL_ENCODINGS) == {ENC_SEEDED, ENC_SEEDED_RANS, ENC_CSR_PARTS}
+    for enc in KERNEL_ENCODINGS:
+        assert supports({"kind": "compressed", "encoding": enc})
+        assert not supports({"kind": "dense", "encoding": enc})
+    for enc in (ENC_CSR_F16, ENC_SIGN_SCALE, ENC_LOWRANK, "raw", None):
+        assert not supports({"kind": "compressed", "encoding": enc})
+
+
+# (op, encoding, backend, batch) -> kernel: the table as the loaders and the vLLM path see it
+EXPECTED = [
+    ("load", ENC_SEEDED, "triton", None, "upload as stored"),
+    ("load", ENC_SEEDED_RANS, "triton", None, "triton rans_lanes -> packed seeded codes"),
+    ("load", ENC_SEEDED_RANS, "torch", None, "numpy rANS decode -> packed seeded codes"),
+    ("decode", ENC_SEEDED, "triton", None, "triton seeded_rows"),
+    ("decode", ENC_SEEDED_RANS, "triton", None, "triton seeded_rows"),
+    ("decode", ENC_CSR_PARTS, "triton", None, "triton csr_scatter"),
+    ("decode", ENC_CSR_PARTS, "torch", None, "torch reference decode"),
+    ("decode_entry", ENC_SEEDED_RANS, "numpy", None, "numpy reader decode"),
+    ("decode_entry", ENC_SEEDED_RANS, "triton", None, "triton rans_lanes -> seeded_rows (8-bit codes)"),
+    ("decode_entry", ENC_SEEDED, "triton", None, "load, then decode"),
+    ("matmul", ENC_SEEDED, "triton", 64, "triton delta_matmul"),
+    ("matmul", ENC_SEEDED, "triton", 65, "decode, then dense matmul"),
+    ("matmul", ENC_CSR_PARTS, "torch", 1, "torch reference matmul"),
+    ("linear", ENC_SEEDED_RANS, "triton", 1, "triton fused_linear"),
+    ("linear", ENC_CSR_PARTS, "triton", 16, "triton fused_linear"),
+    ("linear", ENC_SEEDED, "triton", 17, "F.linear + delta matmul"),
+    ("linear", ENC_SEEDED, "torch", 1, "F.linear + delta matmul"),
+    ("multi", ENC_SEEDED_RANS, "triton", None, "triton sgmv"),
+    ("multi", ENC_SEEDED, "torch", None, "torch reference multi"),
+]
+
+
+@pytest.mark.parametrize("op,enc,backend,batch,kernel", EXPECTED)
+def test_rules(op, enc, backend, batch, kernel):
+    assert dispatch.select(op, enc, backend, batch) == kernel
+
+
+def test_every_encoding_has_a_kernel_for_every_operation_and_backend():
+    for op in ("load", "decode", "matmul", "linear", "multi"):
+        for enc in KERNEL_ENCODINGS:
+            for backend in ("triton", "torch"):
+                assert dispatch.select(op, enc, backend, 1)
+    decoders = {r.kernel for r in dispatch.RULES if r.op == "decode"}
+    assert decoders <= set(dispatch.DECODERS)
+    rows = describe()
+    assert len(rows) == len(dispatch.RULES) and {"op", "encodings", "device", "batch", "kernel"} <= set(rows[0])
+    with pytest.raises(Exception, match="no kernel"):
+        dispatch.select("decode", ENC_LOWRANK, "triton")
+
+
+def test_backend_choice(monkeypatch):
+    import torch
+    monkeypatch.delenv("DDQ_KERNEL_BACKEND", raising=False)
+    assert dispatch.choose(torch.device("cpu"), None) == "torch"
+    monkeypatch.setenv("DDQ_KERNEL_BACKEND", "torch")
+    assert dispatch.choose(torch.device("cpu"), None) == "torch" and not dispatch.unforced(None)
+
+
+def test_no_encoding_names_compared_outside_the_registries():
+    """Kernel choice by encoding lives in registry.py (ENCODINGS) and dispatch.py (RULES), nowhere else."""
+    names = "|".join(re.escape(e) for e in KERNEL_ENCODINGS)
+    pattern = re.compile(rf"""(==|!=|\bin\b)\s*\(?\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    pattern_const = re.compile(r"(==|!=)\s*ENC_[A-Z_]+|ENC_[A-Z_]+\s*(==|!=)")
+    for path in KERNELS_DIR.glob("*.py"):
+        text = path.read_text()
+        assert not pattern.search(text), (path.name, pattern.search(text).group(0))
+        assert not pattern_const.search(text), (path.name, pattern_const.search(text).group(0))
