@@ -38,8 +38,8 @@ PROJECT = "ddq --target-ratio (planner)"
 LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 SWEEP = {
     PROJECT: [dict(target_ratio=r) for r in LADDER],
-    "DeltaDQ seeded (k=4)": [dict(method="deltadq", encoding="seeded", alpha=a, bits=4, parts=1)
-                             for a in (2, 8, 32, 128)],
+    "DeltaDQ seeded_rans (k=4; the default at alpha=8)": [
+        dict(method="deltadq", encoding="seeded_rans", alpha=a, bits=4, parts=1) for a in (2, 8, 32, 128)],
     "DeltaDQ csr_parts (paper presets)": [dict(method="deltadq", encoding="csr_parts", alpha=a, bits=4, parts=m)
                                           for a, m in ((2, 1), (8, 8), (32, 8))],
     "DARE": [dict(method="dare", alpha=a) for a in (16, 64, 256)],
@@ -88,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--facts-seed", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="fewer settings per method")
     p.add_argument("--only", default=None, help="comma-separated method labels (substring match)")
+    p.add_argument("--ladder", default=None, help="comma-separated target ratios of the planner (default: "
+                   + ",".join(map(str, LADDER)) + ")")
     p.add_argument("--calib", type=Path, default=None, help="calibration text for every method")
     p.add_argument("--calib-facts", type=int, default=7, metavar="SEED",
                    help="default calibration: 200 facts in the task's format drawn with this seed (unlearned keys)")
@@ -137,7 +139,9 @@ def main(argv=None):
         base, finetuned = args.base, args.finetuned
         facts = task.make_facts(args.facts_n or 512, args.facts_seed if args.facts_seed is not None else 1234)
         source = f"{base} -> {finetuned}"
-    sweep = QUICK if args.quick else SWEEP
+    sweep = dict(QUICK if args.quick else SWEEP)
+    if args.ladder:
+        sweep[PROJECT] = [dict(target_ratio=float(r)) for r in args.ladder.split(",")]
     if args.only:
         keys = [s.strip().lower() for s in args.only.split(",")]
         sweep = {k: v for k, v in sweep.items() if any(s in k.lower() for s in keys)}

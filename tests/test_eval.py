@@ -66,14 +66,10 @@ def test_eval_scores_every_model(setup):
     assert all(m["perplexity"] > 1 for m in (ftm, bm, dm))
 
 
-def test_cli_json_and_plot(setup, tmp_path):
-    import typer
+def test_cli_json_table_and_plot(setup, tmp_path):
     from typer.testing import CliRunner
 
-    from ddq_format.evaluate.command import eval_command
-    app = typer.Typer()
-    app.command("eval")(eval_command)
-    app.command("other")(lambda: None)  # more than one command: "eval" is a subcommand, as in `ddq`
+    from ddq_format.cli import app  # `ddq eval` as registered
     base, ft, ddq, data = setup
     png = tmp_path / "p.png"
     res = CliRunner().invoke(app, ["eval", str(base), str(ft), str(ddq), "--data", str(data), "--json", "--plot",
@@ -81,10 +77,19 @@ def test_cli_json_and_plot(setup, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout[res.stdout.index("["):])
     assert [r["label"] for r in out] == ["fine-tune", "base", "a.ddq"] and png.stat().st_size > 1000
+    assert out[2]["tensors_true_ratio"] > 1 and out[0]["metrics"]["kl"] == 0.0
+    res = CliRunner().invoke(app, ["eval", str(base), str(ft), str(ddq), "--data", str(data), "-q"])
+    assert res.exit_code == 0, res.output
+    table = res.stdout
+    assert "exact match" in table and "a.ddq" in table and "KL" in table
+    acc = out[2]["metrics"]
+    assert f"{acc['correct']}/{acc['n']}" in table
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": 1, "answer": "x"}\n')
+    bad.write_text('{"prompt": "a", "answer": "x"}\n{"prompt": 1, "answer": "x"}\n')
     res = CliRunner().invoke(app, ["eval", str(base), str(ft), "--data", str(bad), "-q"])
-    assert res.exit_code == 2 and "line 1" in res.output
+    assert res.exit_code == 2 and "line 2" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["eval", str(base), str(ft), "--data", str(data), "--sweep", "--ratios", "8,x"])
+    assert res.exit_code == 2 and "--ratios" in res.output
 
 
 def test_sweep_converts_a_ladder(setup, tmp_path):

@@ -117,14 +117,12 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
 
 
 def tensors_ratio(path) -> float:
-    """fp16 bytes of every tensor's delta / every byte the tensors take (aux files excluded)."""
+    """fp16 bytes of every tensor's delta / every byte the tensors take (aux files excluded): the report's
+    totals.tensors_true_ratio."""
     from ..accounting import report
     from ..reader import DDQFile
     with DDQFile(path) as f:
-        t = report(f)["totals"]
-    if t.get("tensors_true_ratio"):
-        return t["tensors_true_ratio"]
-    return t["delta_fp16_bytes"] / (t["stored_bytes"] - t["components"]["files"])
+        return report(f)["totals"]["tensors_true_ratio"]
 
 
 class Context:

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..cli_common import fail
 from ..errors import DDQError
 
 SWEEP_RATIOS = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -35,11 +36,9 @@ def eval_command(
         rows = run(base, finetuned, list(files or []), data, sweep=rs, out_dir=out_dir, calib=calib, device=device,
                    workers=workers, progress=not quiet)
     except DDQError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     except ValueError as e:  # a malformed --ratios list
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(f"--ratios must be comma-separated numbers: {e}")
     if plot is not None:
         from .run import plot_rows
         plot_rows(rows, plot)

@@ -103,3 +103,59 @@ def test_bad_options_are_refused(tmp_path, pair, quiet_convert, kw, match):
     with pytest.raises(UsageError, match=match):
         quiet_convert(base, ft, tmp_path / "x.ddq", **kw)
     assert not (tmp_path / "x.ddq").exists()
+
+
+def test_cli_target_ratio_and_inspect_show_the_choices(tmp_path, pair):
+    """`ddq convert --target-ratio` from the command line; `ddq inspect` shows the planner's choices and
+    `--json` gives totals.tensors_true_ratio."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ddq_format.cli import app
+    base, ft = pair
+    out = tmp_path / "c.ddq"
+    res = CliRunner().invoke(app, ["convert", str(base), str(ft), "-o", str(out), "--target-ratio", "10", "-q"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["inspect", str(out), "--json"])
+    rep = json.loads(res.stdout)
+    assert abs(rep["totals"]["tensors_true_ratio"] / 10 - 1) <= 0.05
+    assert rep["algorithm"]["planner"] == "budget" and rep["format_version"] == "1.3"
+    res = CliRunner().invoke(app, ["inspect", str(out)])
+    assert res.exit_code == 0 and "chosen" in res.stdout
+    configs, choice = rep["algorithm"]["configs"], rep["algorithm"]["choice"]
+    top = max(set(choice), key=choice.count)
+    assert f"{configs[top]}: {choice.count(top)}" in " ".join(res.stdout.split())
+    res = CliRunner().invoke(app, ["convert", str(base), str(ft), "-o", str(tmp_path / "d.ddq"), "--method",
+                                   "deltacome", "--target-ratio", "8", "--allocation", "ilp", "-q"])
+    assert res.exit_code == 0, res.output
+    with open_ddq(tmp_path / "d.ddq") as f:
+        assert f.header["algorithm"]["allocation"] == "ilp"
+
+
+def test_default_convert_stores_no_tensor_wider_than_fp16(tmp_path, pair, quiet_convert):
+    """Issue 11 item 2: every dense delta at most 16 bits per element, 1-D ones as dense_q codes; an F32
+    fine-tune's 2-D dense delta as binary16."""
+    from ddq_format.converters import convert
+    base, ft = pair
+    out = tmp_path / "default.ddq"
+    convert(base, ft, out, progress=False, quiet=True)  # the library's defaults, as `ddq convert` with no options
+    dense = tmp_path / "dense.ddq"
+    quiet_convert(base, ft, dense, embeddings="dense")
+    for p in (out, dense):
+        with open_ddq(p) as f:
+            rep = report(f)
+            for t in rep["tensors"]:
+                e = f.entries[t["name"]]
+                if e["kind"] != "dense":
+                    continue
+                data = sum(b["length"] for b in e["buffers"].values())
+                assert data <= t["delta_fp16_bytes"], t["name"]
+                if len(e["shape"]) == 1:
+                    assert e["encoding"] == "dense_q"
+                else:
+                    assert e["buffers"]["data"]["dtype"] in ("F16", "BF16")
+                if p == out and t["delta_fp16_bytes"] > 2 * t["components"]["header"]:  # defaults: entry included
+                    assert t["true_ratio"] >= 1, t["name"]
+    with open_ddq(dense) as f:  # --embeddings dense: the delta's own 16 bits, plus its entry
+        assert f.entries["model.embed_tokens.weight"]["kind"] == "dense"
