@@ -4,6 +4,7 @@ and DeltaZip, from 8x to 2048x.
 
     python benchmarks/quality.py                       # the example pair (built/cached by `ddq example build`)
     python benchmarks/quality.py --quick               # fewer settings per method
+    python benchmarks/quality.py --bounded --workers 2  # the sweep of benchmarks/results/quality.md (~1-2 h, 2 cores)
     python benchmarks/quality.py --only "target,DeltaZip" --name quality-part
     python benchmarks/quality.py --render results/quality.csv more.csv   # re-draw table and plot only
 
@@ -55,6 +56,23 @@ SWEEP = {
                  ((2, 4, 4), (1, 8, 4), (1, 32, 2), (1, 128, 2), (1, 256, 1))],
 }
 QUICK = {k: (v[::3] if k == PROJECT else v[::2] if len(v) > 2 else v) for k, v in SWEEP.items()}
+# --bounded: what a shared 2-core machine runs in about an hour: the planner at 8x..2048x by factors of 4, two or
+# three settings of every other method spanning its range (the targets, 128x and 512x, measured directly)
+BOUNDED = {PROJECT: [dict(target_ratio=r) for r in (2048, 512, 128, 32, 8)],
+           "DeltaDQ seeded_rans (k=4; the default at alpha=8)": [
+               dict(method="deltadq", encoding="seeded_rans", alpha=a, bits=4, parts=1) for a in (8, 32, 128)],
+           "BitDelta distilled": [dict(method="bitdelta-distill", method_options={"alpha": a}) for a in (32, 1)],
+           "BitDelta + dropout": [dict(method="bitdelta", alpha=a) for a in (32, 128)],
+           "Delta-CoMe": [dict(method="deltacome", target_ratio=r) for r in (128, 512)],
+           "DeltaMix (ILP)": [dict(method="deltacome", target_ratio=r, method_options={"allocation": "ilp"})
+                              for r in (128, 512)],
+           "DeltaZip": [dict(method="deltazip", method_options={"nm": nm}) for nm in ((2, 4, 4), (1, 32, 2))],
+           "BitDelta": [dict(method="bitdelta", alpha=1)],
+           "DARE": [dict(method="dare", alpha=a) for a in (64, 256)],
+           "magnitude": [dict(method="magnitude", alpha=256)],
+           "low-rank": [dict(method="lowrank", rank=r) for r in (16, 1)],
+           "DeltaDQ csr_parts (paper presets)": [dict(method="deltadq", encoding="csr_parts", alpha=32, bits=4,
+                                                      parts=8)]}
 PLANNED = ("deltacome", "deltazip", "bitdelta-distill")
 X, XL = "true_ratio_all", "true_ratio_linear"
 GRID = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -87,6 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--facts-n", type=int, default=None, help="with --base/--finetuned: facts the fine-tune learned")
     p.add_argument("--facts-seed", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="fewer settings per method")
+    p.add_argument("--bounded", action="store_true", help="the ~1 h sweep of a shared 2-core machine (BOUNDED)")
     p.add_argument("--only", default=None, help="comma-separated method labels (substring match)")
     p.add_argument("--ladder", default=None, help="comma-separated target ratios of the planner (default: "
                    + ",".join(map(str, LADDER)) + ")")
@@ -139,7 +158,7 @@ def main(argv=None):
         base, finetuned = args.base, args.finetuned
         facts = task.make_facts(args.facts_n or 512, args.facts_seed if args.facts_seed is not None else 1234)
         source = f"{base} -> {finetuned}"
-    sweep = dict(QUICK if args.quick else SWEEP)
+    sweep = dict(BOUNDED if args.bounded else QUICK if args.quick else SWEEP)
     if args.ladder:
         sweep[PROJECT] = [dict(target_ratio=float(r)) for r in args.ladder.split(",")]
     if args.only:

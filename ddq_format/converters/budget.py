@@ -22,6 +22,7 @@ Seeds: the chosen dropout configurations then try `seed_trials` seeds per tensor
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import msgpack
@@ -113,10 +114,35 @@ def step_quantizer(vals: np.ndarray, bits: int, step: float) -> Quantizer:
     return Quantizer(s, 1 << (bits - 1) if s > 0 else 0, bits)
 
 
+_SVD = threading.local()  # the last tensor's leading triplets: every lowrank candidate of a tensor shares them
+
+
+def top_svd(delta: np.ndarray, rank: int):
+    """Leading `rank` singular triplets from the eigenvectors of the smaller Gram matrix (float64): one
+    matmul and a small eigh instead of a full SVD of a 49152 x 576 embedding for each candidate rank."""
+    hit = getattr(_SVD, "hit", None)
+    if hit is not None and hit[0] is delta and hit[1] >= rank:
+        return hit[2][:, :rank], hit[3][:rank], hit[4][:rank]
+    want = min(max(rank, max(LOWRANK_RANKS)), min(delta.shape))
+    d = np.asarray(delta, np.float64)
+    tall = d.shape[0] >= d.shape[1]
+    G = d.T @ d if tall else d @ d.T
+    w, V = np.linalg.eigh(G)
+    w, V = w[::-1][:want], V[:, ::-1][:, :want]
+    S = np.sqrt(np.clip(w, 0, None))
+    safe = np.where(S > 0, S, 1)
+    if tall:
+        Vt, U = V.T, (d @ V) / safe
+    else:
+        U, Vt = V, ((V.T @ d).T / safe).T
+    _SVD.hit = (delta, want, U, S, Vt)
+    return U[:, :rank], S[:rank], Vt[:rank]
+
+
 def lowrank_rtn(delta: np.ndarray, rank: int, bits: int) -> Encoded:
     """Truncated SVD, each vector rounded to `bits` per group of 128 (lowrank_q; no calibration)."""
-    from .deltacome import GROUP as LR_GROUP, svd
-    U, S, Vt = svd(delta, rank)
+    from .deltacome import GROUP as LR_GROUP
+    U, S, Vt = top_svd(delta, rank)
     u = (U * S).astype(np.float32)
     qu = [lowrank_q.quantize_groups(u[:, i], bits, LR_GROUP) for i in range(u.shape[1])]
     qv = [lowrank_q.quantize_groups(Vt[i].astype(np.float32), bits, LR_GROUP) for i in range(Vt.shape[0])]
@@ -164,25 +190,28 @@ class Option:
 OBJECTIVES = ("snr", "fisher")
 
 
-def score(name, delta, dtype, base, cfg, seed, stats, rows) -> tuple[Option, Encoded]:
+def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None) -> tuple[Option, Encoded]:
+    """ref: stats.project(delta[rows]) when several candidates of one tensor are scored (computed once)."""
     enc = encode(cfg, delta, seed)
     entry, bufs = as_entry(name, delta.shape, dtype, cfg.kind, enc, base)
     nbytes = stored_bytes(entry)
     if stats is None or delta.ndim != 2:
         return Option(cfg, nbytes, 0.0, 0.0, delta.size), enc
     d_hat = decode(entry, bufs)
-    err, rel = noise_to_signal(stats, delta[rows], d_hat[rows], rows)
+    err, rel = noise_to_signal(stats, delta[rows], d_hat[rows], rows, ref)
     return Option(cfg, nbytes, err, rel, delta.size), enc
 
 
-def noise_to_signal(stats, d, d_hat, rows) -> tuple[float, float]:
+def noise_to_signal(stats, d, d_hat, rows, ref=None) -> tuple[float, float]:
     """(N/g^2, N/(g^2 S)). With S = <D, D>, C = <D^, D>, Q = <D^, D^> in the Fisher metric, the approximation
     is a gain g = C/S times D plus noise N = Q - C^2/S; N/g^2 = S (Q S / C^2 - 1). A shrinking quantizer
     (gain < 1) is charged for the shrinkage, not rewarded for its smaller squared error: on memorised facts a
     delta scaled down loses answers that an unbiased but noisy one keeps (benchmarks/results/quality.md)."""
-    S = stats.inner(d, d, rows)
-    C = stats.inner(d_hat, d, rows)
-    Q = stats.inner(d_hat, d_hat, rows)
+    pd = ref if ref is not None else stats.project(d)
+    ph = stats.project(d_hat)
+    S = stats.inner_projected(pd, pd, rows)
+    C = stats.inner_projected(ph, pd, rows)
+    Q = stats.inner_projected(ph, ph, rows)
     if S <= 0:
         return 0.0, 0.0
     if C <= 1e-12 * S:

@@ -56,25 +56,31 @@ class TensorStats:
 
     def inner(self, A: np.ndarray, B: np.ndarray, rows: np.ndarray | None = None) -> float:
         """<A, B> in the metric of error(): sum_r f_r a_r H b_r^T (+ the lookup term)."""
-        n_rows = A.shape[0]
+        pa = self.project(A)
+        return self.inner_projected(pa, pa if A is B else self.project(B), rows)
+
+    def project(self, A: np.ndarray):
+        """A's products with every use's inputs (A X^T per xs, A L per Gram factor), with A in float64: what
+        inner_projected needs, so that a matrix compared with many others is multiplied once."""
+        A64 = A.astype(np.float64)
+        return A64, [A64 @ x.astype(np.float64).T for x in self.xs] + [A64 @ low_rank_factor(H)[0]
+                                                                         for H in self.grams]
+
+    def inner_projected(self, pa, pb, rows: np.ndarray | None = None) -> float:
+        (A64, ya), (B64, yb) = pa, pb
+        n_rows = A64.shape[0]
         idx = np.arange(n_rows) if rows is None else np.asarray(rows)
         f = self.f[idx] if self.f is not None else np.ones(n_rows)
-        A64, B64 = A.astype(np.float64), B.astype(np.float64)
-        same = A is B
+        ab = np.einsum("ij,ij->i", A64, B64) if self.grams or self.lookups is not None else None
         total = 0.0
-        for x in self.xs:
-            x64 = x.astype(np.float64).T
-            ya = A64 @ x64
-            yb = ya if same else B64 @ x64
-            total += float(np.einsum("ij,ij->i", ya, yb) @ f)
-        for H in self.grams:
-            L, rho = low_rank_factor(H)
-            ya = A64 @ L
-            yb = ya if same else B64 @ L
-            total += float((np.einsum("ij,ij->i", ya, yb) + rho * np.einsum("ij,ij->i", A64, B64)) @ f)
+        for k, (a, b) in enumerate(zip(ya, yb)):
+            t = np.einsum("ij,ij->i", a, b)
+            if k >= len(self.xs):  # a Gram used as L L^T + rho I
+                t = t + low_rank_factor(self.grams[k - len(self.xs)])[1] * ab
+            total += float(t @ f)
         if self.lookups is not None:
-            total += self.lookup_f * float(np.einsum("ij,ij->i", A64, B64) @ self.lookups[idx])
-        return total * (self.total_rows(A) / n_rows if rows is not None else 1.0)
+            total += self.lookup_f * float(ab @ self.lookups[idx])
+        return total * (self.total_rows(A64) / n_rows if rows is not None else 1.0)
 
     def total_rows(self, E) -> int:
         if self.f is not None:

@@ -195,8 +195,9 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
         rows = budget.sample_rows(d.shape[0]) if d.ndim == 2 else None
         emb = task.name.endswith(("embed_tokens.weight", "wte.weight", "lm_head.weight", "embed_out.weight"))
         opts = []
+        ref = st.project(d[rows]) if st is not None and d.ndim == 2 else None
         for cfg in budget.grid(d.shape, task.name, emb):
-            o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows)
+            o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows, ref)
             opts.append(o)
         return task.name, budget.within_fp16(opts, 2 * d.size)
 
@@ -236,10 +237,11 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
             return cfg.kind, budget.encode(cfg, delta, seeds[name, cfg, trials, objective])
         st = ctx.stats.get(name)
         rows = budget.sample_rows(delta.shape[0])
+        ref = st.project(delta[rows]) if st is not None else None
         best = None
         for i in range(trials):  # the seed search of --seed-trials, on the chosen configuration
             s = trial_seed(ctx.seed, name, i)
-            o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows)
+            o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows, ref)
             if best is None or o.cost(objective) < best[0]:
                 best = (o.cost(objective), enc, s)
         seeds[name, cfg, trials, objective] = best[2]

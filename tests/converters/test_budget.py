@@ -100,3 +100,39 @@ def test_candidates_above_the_fp16_size_are_dropped():
     opts = [budget.Option(cfg, 900, 1.0), budget.Option(cfg, 1100, 0.5), budget.Option(cfg, 1000, 0.7)]
     assert [o.bytes for o in budget.within_fp16(opts, 1000)] == [900, 1000]
     assert [o.bytes for o in budget.within_fp16(opts, 100)] == [900]  # none fits: the smallest alone
+
+
+def test_top_svd_matches_numpy_and_is_shared_across_ranks():
+    d = np.random.default_rng(3).standard_normal((300, 40)).astype(np.float32)
+    for m in (d, d.T.copy()):
+        U, S, Vt = budget.top_svd(m, 4)
+        S_ref = np.linalg.svd(m.astype(np.float64), compute_uv=False)[:4]
+        np.testing.assert_allclose(S, S_ref, rtol=1e-9)
+        np.testing.assert_allclose((U * S) @ Vt, _rank_k(m, 4), atol=1e-9)
+        U2, _, _ = budget.top_svd(m, 2)
+        assert np.shares_memory(U2, U)  # the second rank of the same tensor reuses the first factorization
+
+
+def _rank_k(m, k):
+    U, S, Vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
+    return (U[:, :k] * S[:k]) @ Vt[:k]
+
+
+def test_metric_inner_matches_its_definition():
+    """<A, B> = sum_r f_r a_r H b_r^T over both kinds of use (raw inputs X, a Gram as L L^T + rho I) plus the
+    lookup term lookup_f sum_r count_r a_r b_r^T; the projected form (one product per matrix) gives the same number."""
+    from ddq_format.converters.calibration import TensorStats, low_rank_factor
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((50, 12)).astype(np.float32).astype(np.float64)
+    G = (lambda Y: Y.T @ Y)(rng.standard_normal((80, 12)))
+    st = TensorStats(xs=[X.astype(np.float32)], grams=[G], f=rng.random(7), lookups=rng.random(7), lookup_f=0.3)
+    A, B = rng.standard_normal((7, 12)), rng.standard_normal((7, 12))
+    L, rho = low_rank_factor(G)
+    Hg = L @ L.T + rho * np.eye(12)  # the Gram as the metric uses it (exact here: 12 <= the factor rank)
+    np.testing.assert_allclose(Hg, G, rtol=1e-8, atol=1e-8)
+    want = sum(st.f[r] * A[r] @ (X.T @ X + Hg) @ B[r] + 0.3 * st.lookups[r] * A[r] @ B[r] for r in range(7))
+    assert st.inner(A, B) == pytest.approx(want, rel=1e-9)
+    assert st.inner_projected(st.project(A), st.project(B)) == pytest.approx(want, rel=1e-9)
+    rows = np.array([1, 4])
+    part = sum(st.f[r] * A[i] @ (X.T @ X + Hg) @ B[i] + 0.3 * st.lookups[r] * A[i] @ B[i] for i, r in enumerate(rows))
+    assert st.inner(A[:2], B[:2], rows) == pytest.approx(part * 7 / 2, rel=1e-9)  # a row sample, scaled up
