@@ -1,0 +1,528 @@
+"""All numba kernels of the accelerated path, in one module on purpose: numba's on-disk cache (cache=True)
+revalidates a compiled function against its own source file only, so a helper inlined from another file
+could change without invalidating its callers' cached machine code.
+
+Sections: u32 arithmetic and bit patterns; bit packing (SPEC.md §7); the seeded mask hash (§9.3.2);
+decode; convert. Kernels are single-threaded and release the GIL; callers validate inputs first (no
+bounds checks here). u32 arithmetic is done in uint64 and masked: numba widens uint32 products to 64 bits
+and only the low 32 bits matter (wrap-around). Every constant is a np.uint64 so no operand is promoted to
+float64 (numba's rule for uint64 op int64).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from ..spec import FMIX_C1, FMIX_C2, GOLDEN, PERM_ROUNDS, SEED_SALT
+
+assert PERM_ROUNDS == 3  # permute() unrolls the three rounds
+
+U64 = np.uint64
+M32 = U64(0xFFFFFFFF)
+C1, C2, GOLD, SALT = U64(FMIX_C1), U64(FMIX_C2), U64(GOLDEN), U64(SEED_SALT)
+S8, S13, S16, ONE = U64(8), U64(13), U64(16), U64(1)
+GOLD1, GOLD2, GOLD3, GOLD4 = (U64((t * GOLDEN) & 0xFFFFFFFF) for t in (1, 2, 3, 4))
+B8, FF = U64(8), U64(0xFF)
+NONFINITE_FT, NONFINITE_BASE, NONFINITE_DELTA = 1, 2, 4  # flags returned by the convert kernels
+
+
+# -- u32 arithmetic and bit patterns -----------------------------------------------------------------
+@intrinsic
+def u32_as_f32(typingctx, x):
+    """The float32 whose bits are the low 32 bits of the integer x (no conversion)."""
+    if not (isinstance(x, types.Integer) and x.bitwidth >= 32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0] if x.bitwidth == 32 else builder.trunc(args[0], ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+    return types.float32(x), codegen
+
+
+@intrinsic
+def f32_as_u32(typingctx, x):
+    """Reinterpret a float32 as its uint32 bit pattern."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(x), codegen
+
+
+@intrinsic
+def cttz(typingctx, x):
+    """Count of trailing zero bits of a non-zero uint64."""
+    if x != types.uint64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+    return types.uint64(x), codegen
+
+
+def to_f32(bits, lut):
+    """float32 value of one element given as its bit pattern. The array's integer type says the format:
+    uint16 = bfloat16 (the high half of a float32), int16 = float16 (through `lut`, 65536 float32 values),
+    uint32 = float32."""
+
+
+@overload(to_f32, inline="always")
+def _to_f32(bits, lut):
+    if bits == types.uint16:
+        return lambda bits, lut: u32_as_f32(np.uint32(bits) << np.uint32(16))
+    if bits == types.int16:
+        return lambda bits, lut: lut[np.uint16(bits)]
+    if bits == types.uint32:
+        return lambda bits, lut: u32_as_f32(bits)
+    return None
+
+
+
+# -- bit packing ----------------------------------------------------------------------------------
+@njit(nogil=True, cache=True)
+def pack(codes, bits, out):
+    """out = codes packed LSB-first at `bits` bits each (1 <= bits <= 8). Returns False (out then undefined)
+    when a code does not fit in `bits` bits."""
+    acc = U64(0)
+    have = U64(0)
+    seen = U64(0)
+    j = 0
+    b = U64(bits)
+    for i in range(codes.size):
+        c = U64(codes[i])
+        seen |= c
+        acc |= c << have
+        have += b
+        if have >= B8:
+            out[j] = acc & FF
+            j += 1
+            acc >>= B8
+            have -= B8
+    if have:
+        out[j] = acc & FF
+    return (seen >> b) == 0
+
+
+@njit(nogil=True, cache=True)
+def unpack(data, bits, count, out):
+    """out[0:count] = the first `count` codes of `data` (LSB-first, `bits` bits each, 1 <= bits <= 8)."""
+    mask = U64((1 << bits) - 1)
+    b = U64(bits)
+    acc = U64(0)
+    have = U64(0)
+    j = 0
+    for i in range(count):
+        if have < b:
+            acc |= U64(data[j]) << have
+            j += 1
+            have += B8
+        out[i] = acc & mask
+        acc >>= b
+        have -= b
+
+
+# -- the seeded mask hash -------------------------------------------------------------------------
+@njit(inline="always", nogil=True, cache=True)
+def fmix32(x):
+    x ^= x >> S16
+    x = (x * C1) & M32
+    x ^= x >> S13
+    x = (x * C2) & M32
+    x ^= x >> S16
+    return x
+
+
+@njit(inline="always", nogil=True, cache=True)
+def seed_hash(seed):
+    """h0 of group_keys: depends on the seed only."""
+    return fmix32((U64(seed) & M32) ^ SALT)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def row_hash(h0, r):
+    return fmix32(h0 ^ (U64(r) & M32))
+
+
+@njit(inline="always", nogil=True, cache=True)
+def group_keys(h1, g):
+    """(a0, m0, a1, m1, a2, m2, rot): per round the add key and the odd multiplier, and the rotation key."""
+    h2 = fmix32((h1 + U64(g) * GOLD) & M32)
+    k0 = fmix32((h2 + GOLD1) & M32)
+    k1 = fmix32((h2 + GOLD2) & M32)
+    k2 = fmix32((h2 + GOLD3) & M32)
+    rot = fmix32((h2 + GOLD4) & M32)
+    return k0, (k0 >> S8) | ONE, k1, (k1 >> S8) | ONE, k2, (k2 >> S8) | ONE, rot
+
+
+@njit(inline="always", nogil=True, cache=True)
+def permute(x, a0, m0, a1, m1, a2, m2, mask, sh):
+    x = ((x + a0) * m0) & mask  # the mask after the add is not needed: 2^w divides 2^64
+    x ^= x >> sh
+    x = ((x + a1) * m1) & mask
+    x ^= x >> sh
+    x = ((x + a2) * m2) & mask
+    x ^= x >> sh
+    return x
+
+
+@njit(inline="always", nogil=True, cache=True)
+def width_for(length):
+    w = 1
+    while (1 << w) < length:
+        w += 1
+    return w
+
+
+@njit(inline="always", nogil=True, cache=True)
+def group_positions(h1, g, length, n, out):
+    """out[0:n] = column offsets within group g (of `length` columns) of kept elements 0..n-1 (uint64).
+    Three passes so the first and the last vectorize: the permutation, the cycle-walk of the few values
+    >= length (none when length is a power of two), the rotation."""
+    a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g)
+    w = width_for(length)
+    mask = U64((1 << w) - 1)
+    sh = U64((w + 1) >> 1)
+    L = U64(length)
+    r = rot % L
+    for i in range(n):
+        out[i] = permute(U64(i), a0, m0, a1, m1, a2, m2, mask, sh)
+    if (1 << w) != length:
+        for i in range(n):
+            x = out[i]
+            while x >= L:
+                x = permute(x, a0, m0, a1, m1, a2, m2, mask, sh)
+            out[i] = x
+    for i in range(n):
+        x = out[i] + r  # < 2 * length
+        out[i] = x - L if x >= L else x
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _layout(cols, group, alpha):
+    """(full groups, kept per full group, tail length, kept in the tail, kept per row): SPEC.md §9.3.1."""
+    full = cols // group
+    tail = cols - full * group
+    keep = group // alpha
+    keep_tail = (tail + alpha - 1) // alpha
+    return full, keep, tail, keep_tail, full * keep + keep_tail
+
+
+# -- decode ---------------------------------------------------------------------------------------
+# Hot loops index through views (a[s:e][i], i from range()) or with unsigned indices: numba then knows the
+# index is not negative, skips its wrap-around select, and the loops vectorize.
+@njit(nogil=True, cache=True)
+def seeded_scatter(codes, lut, seed, rows, cols, group, alpha, out):
+    """out [rows*cols] float32 = lut[code] at each kept column of the seeded mask, 0 elsewhere, row by row
+    (each output row is zeroed and filled in cache: the output is written to memory once).
+    codes: uint8 [rows*K] in kept order (K = kept_per_row); lut: float32, one value per code."""
+    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
+    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    h0 = seed_hash(seed)
+    for r in range(rows):
+        orow = out[r * cols:(r + 1) * cols]
+        orow[:] = 0
+        crow = codes[r * per_row:(r + 1) * per_row]
+        h1 = row_hash(h0, r)
+        for g in range(full + (1 if keep_tail else 0)):
+            n = keep if g < full else keep_tail
+            group_positions(h1, g, group if g < full else tail, n, pos)
+            og = orow[g * group:]
+            cg = crow[g * keep:]
+            for i in range(n):
+                og[pos[i]] = lut[cg[i]]
+
+
+@njit(nogil=True, cache=True)
+def mask_columns(seed, rows, cols, group, alpha, row_stride, out):
+    """out [rows, K] int64 = seeded_mask.mask_columns(...) (+ r * row_stride)."""
+    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
+    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    h0 = seed_hash(seed)
+    for r in range(rows):
+        h1 = row_hash(h0, r)
+        orow = out[r]
+        for g in range(full + (1 if keep_tail else 0)):
+            n = keep if g < full else keep_tail
+            group_positions(h1, g, group if g < full else tail, n, pos)
+            o = r * row_stride + g * group
+            og = orow[g * keep:]
+            for i in range(n):
+                og[i] = o + np.int64(pos[i])
+
+
+@njit(nogil=True, cache=True)
+def csr_scatter(row_offsets, part_start, col_indices, codes, luts, rows, cols, out):
+    """csr_parts: out [rows*cols] float32 = luts[j, code] at each stored column, parts in order j = 0..m-1
+    (a later write wins, as in the numpy decoder). row_offsets [m, rows+1] int64, validated by the caller."""
+    m = row_offsets.shape[0]
+    for r in range(rows):
+        orow = out[r * cols:(r + 1) * cols]
+        orow[:] = 0
+        for j in range(m):
+            s = part_start[j] + row_offsets[j, r]
+            e = part_start[j] + row_offsets[j, r + 1]
+            ci = col_indices[s:e]
+            cj = codes[s:e]
+            lut = luts[j]
+            for t in range(e - s):
+                orow[ci[t]] = lut[cj[t]]
+
+
+@njit(nogil=True, cache=True)
+def csr_f16_scatter(row_offsets, col_indices, values, lut, rows, cols, out):
+    """csr_f16: out [rows*cols] float32 = lut[fp16 bits] at each stored column (lut: fp16 -> float32)."""
+    for r in range(rows):
+        orow = out[r * cols:(r + 1) * cols]
+        orow[:] = 0
+        s, e = row_offsets[r], row_offsets[r + 1]
+        ci = col_indices[s:e]
+        v = values[s:e]
+        for t in range(e - s):
+            orow[ci[t]] = lut[v[t]]
+
+
+@njit(nogil=True, cache=True)
+def rans_decode(words, word_offsets, symbols, table, out):
+    """Decode every stream (SPEC.md §9.5). words: the streams as uint16; word_offsets [n+1] int64 (validated:
+    0, even byte offsets / 2, increasing, every stream >= 2 words); symbols [n] codes per stream; table
+    [4096] uint64 packing symbol | (t - cum) << 8 | f << 20. out: the codes, stream after stream. Returns
+    the first invalid stream (initial state < L, a read past its end, or not ending in state L exactly at
+    its last word), or -1."""
+    low = U64(1 << 16)
+    slot = U64(4095)
+    o = 0
+    for j in range(symbols.size):
+        w = words[word_offsets[j]:word_offsets[j + 1]]
+        x = U64(w[0]) | (U64(w[1]) << S16)
+        ok = x >= low
+        p = 2
+        dst = out[o:o + symbols[j]]
+        for i in range(symbols[j]):
+            e = table[x & slot]
+            dst[i] = e & FF
+            x = (e >> U64(20)) * (x >> U64(12)) + ((e >> B8) & slot)
+            if x < low:
+                if p < w.size:
+                    x = (x << S16) | U64(w[p])
+                else:
+                    ok = False
+                p += 1
+        o += symbols[j]
+        if not ok or x != low or p != w.size:
+            return j
+    return -1
+
+
+# -- convert --------------------------------------------------------------------------------------
+def abs_bits(x):
+    """The bit pattern without its sign bit, in x's own integer type (uint16, int16 or uint32)."""
+
+
+@overload(abs_bits, inline="always")
+def _abs_bits(x):
+    if x == types.uint16:
+        return lambda x: x & np.uint16(0x7FFF)
+    if x == types.int16:
+        return lambda x: x & np.int16(0x7FFF)
+    if x == types.uint32:
+        return lambda x: x & np.uint32(0x7FFFFFFF)
+    return None
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _nonfinite(a, em):
+    """Whether the (non-empty) view a holds a NaN or inf: its largest magnitude pattern reaches the
+    all-ones exponent em. A max in the array's own type, which vectorizes."""
+    m = abs_bits(a[0])
+    for i in range(a.size):
+        m = max(m, abs_bits(a[i]))
+    return U64(m) >= em
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _flags(ft, base, em_ft, em_base):
+    """NONFINITE_FT / NONFINITE_BASE of two equal-length non-empty views."""
+    flags = 0
+    if _nonfinite(ft, em_ft):
+        flags |= NONFINITE_FT
+    if _nonfinite(base, em_base):
+        flags |= NONFINITE_BASE
+    return flags
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _sort_positions(pos, n, length, bitmap):
+    """pos[0:n] (distinct values < length) in ascending order: set their bits, then read the bits back
+    word by word (O(n + length / 64), no comparisons). bitmap: uint64 [>= ceil(length / 64)], all zero,
+    left all zero."""
+    for i in range(n):
+        bitmap[pos[i] >> U64(6)] |= ONE << (pos[i] & U64(63))
+    k = 0
+    for w in range((length + 63) // 64):
+        word = bitmap[w]
+        bitmap[w] = 0
+        while word:
+            pos[k] = U64(w * 64) + cttz(word)
+            k += 1
+            word &= word - ONE
+
+
+@njit(nogil=True, cache=True)
+def gather_kept(ft, lut_ft, em_ft, base, lut_base, em_base, has_base, seed, rows, cols, group, alpha, factors,
+                sort_columns, vals, kept_cols):
+    """The kept, rescaled delta values of group-wise dropout, straight from the two weights' bit patterns,
+    row by row: the finite test of the whole row, then the delta of its kept elements while it is in cache.
+
+    ft, base: [rows*cols] bit patterns (see to_f32); em_*: the all-ones exponent of their format.
+    has_base=False: ft already is the float32 delta (uint32 bits) and base is ignored.
+    vals [rows*K] float32 = float32(ft - base) * factors[e], in the spec's kept order, or with sort_columns
+    in ascending column order (kept_cols [rows*K] then gets the columns).
+    Returns the NONFINITE_FT / NONFINITE_BASE flags of every element (kept or not) of both weights."""
+    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
+    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    bitmap = np.zeros((group + 63) // 64 if sort_columns else 1, np.uint64)
+    h0 = seed_hash(seed)
+    flags = 0
+    for r in range(rows):
+        frow = ft[r * cols:(r + 1) * cols]
+        brow = base[r * cols:(r + 1) * cols] if has_base else frow
+        flags |= _flags(frow, brow, em_ft, em_base)
+        vrow = vals[r * per_row:(r + 1) * per_row]
+        h1 = row_hash(h0, r)
+        for g in range(full + (1 if keep_tail else 0)):
+            length = group if g < full else tail
+            n = keep if g < full else keep_tail
+            group_positions(h1, g, length, n, pos)
+            if sort_columns:
+                _sort_positions(pos, n, length, bitmap)
+                kc = kept_cols[r * per_row + g * keep:]
+                for i in range(n):
+                    kc[i] = U64(g * group) + pos[i]
+            fg = frow[g * group:]
+            bg = brow[g * group:]
+            vg = vrow[g * keep:]
+            f = factors[g * keep]  # one factor per group: alpha, or the tail's
+            if has_base:
+                for i in range(n):
+                    vg[i] = (to_f32(fg[pos[i]], lut_ft) - to_f32(bg[pos[i]], lut_base)) * f
+            else:
+                for i in range(n):
+                    vg[i] = to_f32(fg[pos[i]], lut_ft) * f
+    return flags if has_base else flags & NONFINITE_FT
+
+
+BLOCK = 2048  # elements per block of the dense delta kernels: both inputs stay in L1 between the two loops
+
+
+@njit(nogil=True, cache=True)
+def delta_f32(ft, lut_ft, em_ft, base, lut_base, em_base, out):
+    """out [n] float32 = float32(ft) - float32(base), element by element (out may be ft's own memory);
+    returns the NONFINITE_* flags (the finite test runs block by block, on data in cache)."""
+    flags = 0
+    bad = False
+    for s in range(0, ft.size, BLOCK):
+        fb = ft[s:s + BLOCK]
+        bb = base[s:s + BLOCK]
+        ob = out[s:s + BLOCK]
+        flags |= _flags(fb, bb, em_ft, em_base)
+        for i in range(fb.size):
+            d = to_f32(fb[i], lut_ft) - to_f32(bb[i], lut_base)
+            bad |= d - d != 0  # NaN or inf (also an overflow of two finite weights)
+            ob[i] = d
+    if bad:
+        flags |= NONFINITE_DELTA
+    return flags
+
+
+@njit(nogil=True, cache=True)
+def delta_bf16(ft, lut_ft, em_ft, base, lut_base, em_base, out):
+    """out [n] uint16 = bfloat16 bits (round to nearest even, NaN -> 0x7FC0) of float32(ft) - float32(base)."""
+    flags = 0
+    for s in range(0, ft.size, BLOCK):
+        fb = ft[s:s + BLOCK]
+        bb = base[s:s + BLOCK]
+        ob = out[s:s + BLOCK]
+        flags |= _flags(fb, bb, em_ft, em_base)
+        for i in range(fb.size):
+            d = to_f32(fb[i], lut_ft) - to_f32(bb[i], lut_base)
+            b = U64(f32_as_u32(d))
+            r = (b + U64(0x7FFF) + ((b >> S16) & ONE)) >> S16
+            ob[i] = U64(0x7FC0) if d != d else r & U64(0xFFFF)
+    return flags
+
+
+@njit(nogil=True, cache=True)
+def quantize(vals, scale, zero, qmax, out):
+    """out = clip(rint(v / s) + z, 0, qmax) as uint8, binary32 throughout (quantize.quantize). Returns False
+    when a value is NaN (numpy's cast of NaN is then what counts: the caller falls back to it)."""
+    s = np.float32(scale)
+    z = np.float32(zero)
+    top = np.float32(qmax)
+    ok = True
+    for i in range(vals.size):
+        q = np.rint(vals[i] / s) + z
+        ok &= q == q
+        out[i] = np.uint8(min(max(q, np.float32(0)), top))
+    return ok
+
+
+@njit(nogil=True, cache=True)
+def csr_rows(kept_cols, codes, rows, per_row, part_bits, parts, row_offsets, col_out, code_out):
+    """csr_parts from row-major kept elements (columns ascending in each row) and their k-bit codes: part
+    j = code >> part_bits; elements ordered by (part, row, column); row_offsets [parts, rows+1] int64."""
+    low = (1 << part_bits) - 1
+    counts = np.zeros(parts, np.int64)
+    for r in range(rows):
+        crow = codes[r * per_row:(r + 1) * per_row]
+        for e in range(per_row):
+            counts[crow[e] >> part_bits] += 1
+        for j in range(parts):
+            row_offsets[j, r + 1] = counts[j]
+    start = np.zeros(parts, np.int64)
+    for j in range(1, parts):
+        start[j] = start[j - 1] + counts[j - 1]
+    for e in range(codes.size):
+        j = codes[e] >> part_bits
+        t = start[j]
+        col_out[t] = kept_cols[e]
+        code_out[t] = codes[e] & low
+        start[j] = t + 1
+
+
+@njit(nogil=True, cache=True)
+def rans_encode(codes, stream_symbols, freqs, scratch, word_counts):
+    """rANS-encode each stream (codes stream after stream) backwards from x = L (SPEC.md §9.5). Stream j's
+    words (state low, state high, then renormalisation words in decode order) go to scratch, back to back;
+    word_counts[j] gets their number. scratch holds at least 2 * streams + len(codes) words. Returns the
+    words used."""
+    cum = np.zeros(freqs.size, np.uint64)
+    for s in range(1, freqs.size):
+        cum[s] = cum[s - 1] + U64(freqs[s - 1])
+    low = U64(1 << 16)
+    start = 0  # first code of the stream
+    w = 0  # first word of the stream in scratch
+    for j in range(stream_symbols.size):
+        n = stream_symbols[j]
+        x = low
+        top = w + 2 + n  # pushed words are written downwards from here, so they end in decode order
+        p = top
+        for i in range(start + n - 1, start - 1, -1):
+            s = codes[i]
+            f = U64(freqs[s])
+            if (x >> U64(20)) >= f:
+                p -= 1
+                scratch[p] = x & U64(0xFFFF)
+                x >>= S16
+            x = ((x // f) << U64(12)) + x % f + cum[s]
+        pushed = top - p
+        scratch[w] = x & U64(0xFFFF)
+        scratch[w + 1] = x >> S16
+        for t in range(pushed):
+            scratch[w + 2 + t] = scratch[p + t]
+        word_counts[j] = 2 + pushed
+        w += 2 + pushed
+        start += n
+    return w
