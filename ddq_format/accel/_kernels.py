@@ -377,7 +377,7 @@ def gather_kept(ft, lut_ft, em_ft, base, lut_base, em_base, has_base, seed, rows
     row by row: the finite test of the whole row, then the delta of its kept elements while it is in cache.
 
     ft, base: [rows*cols] bit patterns (see to_f32); em_*: the all-ones exponent of their format.
-    has_base=False: ft already is the float32 delta (uint32 bits) and base is ignored.
+    has_base=False: ft already is the float32 delta (uint32 bits), base is not read, and no flags are set.
     vals [rows*K] float32 = float32(ft - base) * factors[e], in the spec's kept order, or with sort_columns
     in ascending column order (kept_cols [rows*K] then gets the columns).
     Returns the NONFINITE_FT / NONFINITE_BASE flags of every element (kept or not) of both weights."""
@@ -388,8 +388,9 @@ def gather_kept(ft, lut_ft, em_ft, base, lut_base, em_base, has_base, seed, rows
     flags = 0
     for r in range(rows):
         frow = ft[r * cols:(r + 1) * cols]
-        brow = base[r * cols:(r + 1) * cols] if has_base else frow
-        flags |= _flags(frow, brow, em_ft, em_base)
+        brow = base[r * cols:(r + 1) * cols]
+        if has_base:
+            flags |= _flags(frow, brow, em_ft, em_base)
         vrow = vals[r * per_row:(r + 1) * per_row]
         h1 = row_hash(h0, r)
         for g in range(full + (1 if keep_tail else 0)):
@@ -411,7 +412,7 @@ def gather_kept(ft, lut_ft, em_ft, base, lut_base, em_base, has_base, seed, rows
             else:
                 for i in range(n):
                     vg[i] = to_f32(fg[pos[i]], lut_ft) * f
-    return flags if has_base else flags & NONFINITE_FT
+    return flags
 
 
 BLOCK = 2048  # elements per block of the dense delta kernels: both inputs stay in L1 between the two loops

@@ -115,10 +115,37 @@ def _encode_lanes(syms: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     return words[flags], flags.sum(axis=1)
 
 
+SCALAR_LANES = 32  # up to this many lanes, a plain Python loop per lane beats numpy's per-step overhead
+
+
+def _decode_scalar(words: np.ndarray, start: int, n: int, tables) -> tuple[bytearray, int, int]:
+    """One lane of _decode_lanes in plain Python (~0.5 us per symbol instead of ~20 us of numpy calls on
+    one-element arrays): a file with one long stream decodes in seconds, not minutes."""
+    sym, fsym, bias = (t.tolist() for t in tables)
+    w = memoryview(np.ascontiguousarray(words))
+    last = len(w) - 1
+    x = w[min(start, last)] | w[min(start + 1, last)] << 16
+    bad_start = x < L
+    wp = start + 2
+    out = bytearray(n)
+    for i in range(n):
+        t = x & (M - 1)
+        out[i] = sym[t]
+        x = fsym[t] * (x >> P) + bias[t]
+        if x < L:
+            x = x << 16 | w[min(wp, last)]
+            wp += 1
+    return out, 0 if bad_start else x, wp
+
+
 def _decode_lanes(words: np.ndarray, start: np.ndarray, n: int, tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode n symbols from each lane whose stream starts at word index `start`. Reads never leave `words`
     (indices are clipped); a lane that ran past its own stream is caught by the caller's end check.
     Returns (symbols uint8 [n, lanes], final states, word positions after the last read)."""
+    if start.size <= SCALAR_LANES:
+        lanes = [_decode_scalar(words, int(s), n, tables) for s in start]
+        out = np.frombuffer(b"".join(o for o, _, _ in lanes), np.uint8).reshape(start.size, n).T
+        return out, np.array([x for _, x, _ in lanes], np.uint32), np.array([p for _, _, p in lanes], np.int64)
     sym, fsym, bias = tables
     x = (words.take(start, mode="clip").astype(np.uint32)
          | (words.take(start + 1, mode="clip").astype(np.uint32) << np.uint32(16)))
