@@ -55,13 +55,20 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(bitplanes.reshape(-1), bitorder="little")
 
 
-def unpack(buf, bits: int, count: int) -> np.ndarray:
-    """Inverse of pack: the first `count` codes of `buf` as uint8. `buf` must hold enough bytes."""
+def packed_view(buf, bits: int, count: int) -> np.ndarray:
+    """The bytes of `count` packed codes as a flat uint8 view, after checking `buf` holds them."""
     _check(bits)
     data = np.frombuffer(buf, np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1)
     need = packed_nbytes(count, bits)
     if data.size < need:
         raise ValueError(f"packed buffer has {data.size} bytes, {need} needed for {count} codes of {bits} bits")
+    return data[:need]
+
+
+def unpack(buf, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack: the first `count` codes of `buf` as uint8. `buf` must hold enough bytes."""
+    data = packed_view(buf, bits, count)
+    need = data.size
     if bits == 0 or count == 0:
         return np.zeros(count, np.uint8)
     if bits == 8:

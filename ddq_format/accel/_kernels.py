@@ -213,26 +213,36 @@ def _layout(cols, group, alpha):
 # -- decode ---------------------------------------------------------------------------------------
 # Hot loops index through views (a[s:e][i], i from range()) or with unsigned indices: numba then knows the
 # index is not negative, skips its wrap-around select, and the loops vectorize.
+@njit(inline="always", nogil=True, cache=True)
+def _code(padded, bits, mask, index):
+    """Code `index` of an LSB-first stream of `bits`-bit codes (padded: the stream plus one zero byte)."""
+    b = U64(index) * U64(bits)
+    byte = b >> U64(3)
+    window = U64(padded[byte]) | (U64(padded[byte + ONE]) << B8)
+    return (window >> (b & U64(7))) & mask
+
+
 @njit(nogil=True, cache=True)
-def seeded_scatter(codes, lut, seed, rows, cols, group, alpha, out):
+def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out):
     """out [rows*cols] float32 = lut[code] at each kept column of the seeded mask, 0 elsewhere, row by row
     (each output row is zeroed and filled in cache: the output is written to memory once).
-    codes: uint8 [rows*K] in kept order (K = kept_per_row); lut: float32, one value per code."""
+    padded: the packed codes (rows*K of `bits` bits, kept order, K = kept_per_row) plus one zero byte, read
+    in place (no unpacked copy); bits = 8 also serves unpacked uint8 codes. lut: float32, one per code."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
     pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    mask = U64((1 << bits) - 1)
     h0 = seed_hash(seed)
     for r in range(rows):
         orow = out[r * cols:(r + 1) * cols]
         orow[:] = 0
-        crow = codes[r * per_row:(r + 1) * per_row]
         h1 = row_hash(h0, r)
         for g in range(full + (1 if keep_tail else 0)):
             n = keep if g < full else keep_tail
             group_positions(h1, g, group if g < full else tail, n, pos)
             og = orow[g * group:]
-            cg = crow[g * keep:]
+            e = r * per_row + g * keep
             for i in range(n):
-                og[pos[i]] = lut[cg[i]]
+                og[pos[i]] = lut[_code(padded, bits, mask, e + i)]
 
 
 @njit(nogil=True, cache=True)
@@ -254,10 +264,12 @@ def mask_columns(seed, rows, cols, group, alpha, row_stride, out):
 
 
 @njit(nogil=True, cache=True)
-def csr_scatter(row_offsets, part_start, col_indices, codes, luts, rows, cols, out):
+def csr_scatter(row_offsets, part_start, col_indices, padded, bits, luts, rows, cols, out):
     """csr_parts: out [rows*cols] float32 = luts[j, code] at each stored column, parts in order j = 0..m-1
-    (a later write wins, as in the numpy decoder). row_offsets [m, rows+1] int64, validated by the caller."""
+    (a later write wins, as in the numpy decoder). row_offsets [m, rows+1] int64, validated by the caller;
+    padded: the packed `bits`-bit codes plus one zero byte (see _code)."""
     m = row_offsets.shape[0]
+    mask = U64((1 << bits) - 1)
     for r in range(rows):
         orow = out[r * cols:(r + 1) * cols]
         orow[:] = 0
@@ -265,10 +277,9 @@ def csr_scatter(row_offsets, part_start, col_indices, codes, luts, rows, cols, o
             s = part_start[j] + row_offsets[j, r]
             e = part_start[j] + row_offsets[j, r + 1]
             ci = col_indices[s:e]
-            cj = codes[s:e]
             lut = luts[j]
             for t in range(e - s):
-                orow[ci[t]] = lut[cj[t]]
+                orow[ci[t]] = lut[_code(padded, bits, mask, s + t)]
 
 
 @njit(nogil=True, cache=True)
@@ -284,35 +295,83 @@ def csr_f16_scatter(row_offsets, col_indices, values, lut, rows, cols, out):
             orow[ci[t]] = lut[v[t]]
 
 
+RANS_LOW, RANS_SLOT = U64(1 << 16), U64(4095)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _rans_step(x, p, w, last, table):
+    """One decode step (SPEC.md §9.5) without branches: the next word is always loaded (from a clamped
+    position) and taken when the state fell below L. Returns (symbol, state, words read so far)."""
+    e = table[x & RANS_SLOT]
+    x = (e >> U64(20)) * (x >> U64(12)) + ((e >> B8) & RANS_SLOT)
+    need = x < RANS_LOW
+    v = U64(w[min(p, last)])
+    x = ((x << S16) | v) if need else x
+    return e & FF, x, p + need
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _rans_start(words, word_offsets, j):
+    w = words[word_offsets[j]:word_offsets[j + 1]]
+    return w, U64(w[0]) | (U64(w[1]) << S16)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _rans_valid(x0, x, p, w):
+    """Initial state >= L, final state L, and exactly the stream's words read (a read past its end left
+    p beyond it)."""
+    return x0 >= RANS_LOW and x == RANS_LOW and p == w.size
+
+
 @njit(nogil=True, cache=True)
 def rans_decode(words, word_offsets, symbols, table, out):
     """Decode every stream (SPEC.md §9.5). words: the streams as uint16; word_offsets [n+1] int64 (validated:
     0, even byte offsets / 2, increasing, every stream >= 2 words); symbols [n] codes per stream; table
     [4096] uint64 packing symbol | (t - cum) << 8 | f << 20. out: the codes, stream after stream. Returns
     the first invalid stream (initial state < L, a read past its end, or not ending in state L exactly at
-    its last word), or -1."""
-    low = U64(1 << 16)
-    slot = U64(4095)
+    its last word), or -1. Four streams of equal length are decoded in lockstep: their steps are
+    independent, so the core overlaps four dependency chains."""
+    ns = symbols.size
     o = 0
-    for j in range(symbols.size):
-        w = words[word_offsets[j]:word_offsets[j + 1]]
-        x = U64(w[0]) | (U64(w[1]) << S16)
-        ok = x >= low
+    j = 0
+    while j < ns:
+        n = symbols[j]
+        if j + 4 <= ns and symbols[j + 3] == n and symbols[j + 1] == n and symbols[j + 2] == n:
+            wa, ia = _rans_start(words, word_offsets, j)
+            wb, ib = _rans_start(words, word_offsets, j + 1)
+            wc, ic = _rans_start(words, word_offsets, j + 2)
+            wd, id_ = _rans_start(words, word_offsets, j + 3)
+            xa, xb, xc, xd = ia, ib, ic, id_
+            pa = pb = pc = pd = 2
+            da, db, dc, dd = out[o:o + n], out[o + n:o + 2 * n], out[o + 2 * n:o + 3 * n], out[o + 3 * n:o + 4 * n]
+            la, lb, lc, ld = wa.size - 1, wb.size - 1, wc.size - 1, wd.size - 1
+            for i in range(n):
+                sa, xa, pa = _rans_step(xa, pa, wa, la, table)
+                sb, xb, pb = _rans_step(xb, pb, wb, lb, table)
+                sc, xc, pc = _rans_step(xc, pc, wc, lc, table)
+                sd, xd, pd = _rans_step(xd, pd, wd, ld, table)
+                da[i] = sa
+                db[i] = sb
+                dc[i] = sc
+                dd[i] = sd
+            for k, (x0, x, p, w) in enumerate(((ia, xa, pa, wa), (ib, xb, pb, wb), (ic, xc, pc, wc),
+                                              (id_, xd, pd, wd))):
+                if not _rans_valid(x0, x, p, w):
+                    return j + k
+            o += 4 * n
+            j += 4
+            continue
+        w, x0 = _rans_start(words, word_offsets, j)
+        x = x0
         p = 2
-        dst = out[o:o + symbols[j]]
-        for i in range(symbols[j]):
-            e = table[x & slot]
-            dst[i] = e & FF
-            x = (e >> U64(20)) * (x >> U64(12)) + ((e >> B8) & slot)
-            if x < low:
-                if p < w.size:
-                    x = (x << S16) | U64(w[p])
-                else:
-                    ok = False
-                p += 1
-        o += symbols[j]
-        if not ok or x != low or p != w.size:
+        last = w.size - 1
+        dst = out[o:o + n]
+        for i in range(n):
+            dst[i], x, p = _rans_step(x, p, w, last, table)
+        if not _rans_valid(x0, x, p, w):
             return j
+        o += n
+        j += 1
     return -1
 
 

@@ -64,19 +64,32 @@ def unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 
 # -- decode ----------------------------------------------------------------------------------------
-def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_size, alpha) -> np.ndarray:
-    """encodings.seeded.scatter (lut = code_lut(scale, zero); sign_scale passes its own two values)."""
-    out = np.empty(rows * cols, np.float32)
-    _k.seeded_scatter(np.ascontiguousarray(codes, np.uint8).reshape(-1), lut, int(seed) & 0xFFFFFFFF, rows, cols,
-                           group_size, alpha, out)
+def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_size, alpha, *, bits: int = 8,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """encodings.seeded.scatter (lut = code_lut(scale, zero); sign_scale passes its own two values).
+    codes: uint8 codes (bits=8), or the packed `bits`-bit stream itself (unpacked on the fly).
+    out: a float32 array of rows*cols elements to decode into (else a new one)."""
+    out = np.empty(rows * cols, np.float32) if out is None else out.reshape(-1)
+    _k.seeded_scatter(_padded(codes), bits, lut, int(seed) & 0xFFFFFFFF, rows, cols, group_size, alpha, out)
     return out.reshape(rows, cols)
 
 
-def csr_scatter(row_offsets: np.ndarray, col_indices, codes, luts, rows, cols) -> np.ndarray:
-    """encodings.csr_parts.decode from validated parts: row_offsets int64 [m, rows+1], luts [m, 256]."""
+def _padded(packed: np.ndarray) -> np.ndarray:
+    """The packed stream plus one zero byte, so the kernels read every code's 16-bit window in bounds."""
+    flat = np.ascontiguousarray(packed, np.uint8).reshape(-1)
+    out = np.empty(flat.size + 1, np.uint8)
+    out[:-1] = flat
+    out[-1] = 0
+    return out
+
+
+def csr_scatter(row_offsets: np.ndarray, col_indices, packed, bits, luts, rows, cols) -> np.ndarray:
+    """encodings.csr_parts.decode from validated parts: row_offsets int64 [m, rows+1], the packed `bits`-bit
+    codes (bits >= 1), luts float32 [m, 256]."""
     part_start = np.concatenate([[0], np.cumsum(row_offsets[:, -1])[:-1]]).astype(np.int64)
     out = np.empty(rows * cols, np.float32)
-    _k.csr_scatter(np.ascontiguousarray(row_offsets), part_start, col_indices, codes, luts, rows, cols, out)
+    _k.csr_scatter(np.ascontiguousarray(row_offsets), part_start, col_indices, _padded(packed), bits, luts, rows,
+                   cols, out)
     return out.reshape(rows, cols)
 
 

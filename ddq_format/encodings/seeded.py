@@ -75,4 +75,12 @@ def scatter(entry, codes: np.ndarray) -> np.ndarray:
 
 
 def decode(entry, bufs) -> np.ndarray:
+    k = accel.kernels()
+    if k is not None:  # the packed codes read in place, no unpacked copy
+        p = entry["params"]
+        n_rows, n_cols = entry["shape"]
+        count = n_rows * kept_per_row(n_cols, p["group_size"], p["alpha"])
+        packed = bitpack.packed_view(bufs["codes"], p["bits"], count)
+        return k.seeded_scatter(packed, k.code_lut(p["scale"], p["zero"]), p["seed"], n_rows, n_cols,
+                                p["group_size"], p["alpha"], bits=p["bits"])
     return scatter(entry, codes_of(entry, bufs))

@@ -48,11 +48,12 @@ def check(entry, ctx):
 def decode(entry, bufs) -> np.ndarray:
     p = entry["params"]
     n_rows, n_cols = entry["shape"]
-    bits = bitpack.unpack(bufs["signs"], 1, count(entry))
     k = accel.kernels()
     if k is not None and p["alpha"] > 1:
         lut = np.float32(p["scale"]) * np.array([-1, 1], np.float32)  # the two values decoded below
-        return k.seeded_scatter(bits, lut, p["seed"], n_rows, n_cols, p["group_size"], p["alpha"])
+        return k.seeded_scatter(bitpack.packed_view(bufs["signs"], 1, count(entry)), lut, p["seed"], n_rows,
+                                n_cols, p["group_size"], p["alpha"], bits=1)
+    bits = bitpack.unpack(bufs["signs"], 1, count(entry))
     vals = np.float32(p["scale"]) * (2 * bits.astype(np.int32) - 1).astype(np.float32)
     if p["alpha"] == 1:
         return vals.reshape(n_rows, n_cols)
