@@ -16,8 +16,10 @@ from ddq_format.encodings import csr_f16, csr_parts, seeded, seeded_rans, sign_s
 from ddq_format.quantize import fit, quantize
 from ddq_testing import small_delta
 
-pytest.importorskip("numba")
 DATA = Path(__file__).resolve().parent / "data"
+
+
+pytest.importorskip("numba")
 
 
 def both(fn, *args, **kw):

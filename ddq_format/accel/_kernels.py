@@ -29,38 +29,29 @@ NONFINITE_FT, NONFINITE_BASE, NONFINITE_DELTA = 1, 2, 4  # flags returned by the
 
 
 # -- u32 arithmetic and bit patterns -----------------------------------------------------------------
-@intrinsic
-def u32_as_f32(typingctx, x):
-    """The float32 whose bits are the low 32 bits of the integer x (no conversion)."""
-    if not (isinstance(x, types.Integer) and x.bitwidth >= 32):
-        return None
+def _intrinsic(accepts, result, emit):
+    """A one-argument numba intrinsic: accepts(numba type) -> bool, result(numba type) -> return type,
+    emit(builder, llvm value, numba type) -> llvm value."""
+    def typer(typingctx, x):
+        if not accepts(x):
+            return None
 
-    def codegen(context, builder, sig, args):
-        v = args[0] if x.bitwidth == 32 else builder.trunc(args[0], ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-    return types.float32(x), codegen
-
-
-@intrinsic
-def f32_as_u32(typingctx, x):
-    """Reinterpret a float32 as its uint32 bit pattern."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.uint32(x), codegen
+        def codegen(context, builder, sig, args):
+            return emit(builder, args[0], x)
+        return result(x)(x), codegen
+    return intrinsic(typer)
 
 
-@intrinsic
-def cttz(typingctx, x):
-    """Count of trailing zero bits of a non-zero uint64."""
-    if x != types.uint64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
-    return types.uint64(x), codegen
+# The float32 whose bits are the low 32 bits of an integer (no conversion).
+u32_as_f32 = _intrinsic(lambda x: isinstance(x, types.Integer) and x.bitwidth >= 32, lambda x: types.float32,
+                        lambda b, v, x: b.bitcast(v if x.bitwidth == 32 else b.trunc(v, ir.IntType(32)),
+                                                  ir.FloatType()))
+# The uint32 bit pattern of a float32.
+f32_as_u32 = _intrinsic(lambda x: x == types.float32, lambda x: types.uint32,
+                        lambda b, v, x: b.bitcast(v, ir.IntType(32)))
+# Trailing zero bits of a non-zero uint64.
+cttz = _intrinsic(lambda x: x == types.uint64, lambda x: types.uint64,
+                  lambda b, v, x: b.cttz(v, ir.Constant(ir.IntType(1), 1)))
 
 
 def to_f32(bits, lut):
@@ -477,10 +468,30 @@ def gather_kept(ft, lut_ft, em_ft, base, lut_base, em_base, has_base, seed, rows
 BLOCK = 2048  # elements per block of the dense delta kernels: both inputs stay in L1 between the two loops
 
 
+def store(out, i, d):
+    """out[i] = d: as is for a float32 out, as bfloat16 bits for a uint16 out (round to nearest even, NaN ->
+    0x7FC0, as encodings.raw.to_bf16_bits)."""
+
+
+@overload(store, inline="always")
+def _store(out, i, d):
+    if out.dtype == types.float32:
+        def impl(out, i, d):
+            out[i] = d
+        return impl
+    if out.dtype == types.uint16:
+        def impl(out, i, d):
+            b = U64(f32_as_u32(d))
+            r = (b + U64(0x7FFF) + ((b >> S16) & ONE)) >> S16
+            out[i] = U64(0x7FC0) if d != d else r & U64(0xFFFF)
+        return impl
+    return None
+
+
 @njit(nogil=True, cache=True)
-def delta_f32(ft, lut_ft, em_ft, base, lut_base, em_base, out):
-    """out [n] float32 = float32(ft) - float32(base), element by element (out may be ft's own memory);
-    returns the NONFINITE_* flags (the finite test runs block by block, on data in cache)."""
+def delta(ft, lut_ft, em_ft, base, lut_base, em_base, out):
+    """out [n] = float32(ft) - float32(base), element by element, stored by store() (out may be ft's own
+    memory); returns the NONFINITE_* flags (the finite test runs block by block, on data in cache)."""
     flags = 0
     bad = False
     for s in range(0, ft.size, BLOCK):
@@ -491,26 +502,9 @@ def delta_f32(ft, lut_ft, em_ft, base, lut_base, em_base, out):
         for i in range(fb.size):
             d = to_f32(fb[i], lut_ft) - to_f32(bb[i], lut_base)
             bad |= d - d != 0  # NaN or inf (also an overflow of two finite weights)
-            ob[i] = d
+            store(ob, i, d)
     if bad:
         flags |= NONFINITE_DELTA
-    return flags
-
-
-@njit(nogil=True, cache=True)
-def delta_bf16(ft, lut_ft, em_ft, base, lut_base, em_base, out):
-    """out [n] uint16 = bfloat16 bits (round to nearest even, NaN -> 0x7FC0) of float32(ft) - float32(base)."""
-    flags = 0
-    for s in range(0, ft.size, BLOCK):
-        fb = ft[s:s + BLOCK]
-        bb = base[s:s + BLOCK]
-        ob = out[s:s + BLOCK]
-        flags |= _flags(fb, bb, em_ft, em_base)
-        for i in range(fb.size):
-            d = to_f32(fb[i], lut_ft) - to_f32(bb[i], lut_base)
-            b = U64(f32_as_u32(d))
-            r = (b + U64(0x7FFF) + ((b >> S16) & ONE)) >> S16
-            ob[i] = U64(0x7FC0) if d != d else r & U64(0xFFFF)
     return flags
 
 

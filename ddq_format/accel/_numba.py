@@ -145,10 +145,9 @@ def delta(ft, ft_dtype, base, base_dtype, out_dtype, in_place=False):
     b, lut_b, em_b = _source(base, base_dtype)
     if out_dtype == "F32":
         out = f.view(np.float32) if in_place and ft_dtype == "F32" else np.empty(f.size, np.float32)
-        flags = _k.delta_f32(f, lut_f, em_f, b, lut_b, em_b, out)
     else:
         out = np.empty(f.size, np.uint16)
-        flags = _k.delta_bf16(f, lut_f, em_f, b, lut_b, em_b, out)
+    flags = _k.delta(f, lut_f, em_f, b, lut_b, em_b, out)
     return int(flags), out.reshape(ft.shape)
 
 

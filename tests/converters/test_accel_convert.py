@@ -11,15 +11,7 @@ import pytest
 from ddq_format import accel
 
 pytest.importorskip("numba")
-
-
-def both(fn, *args, **kw):
-    """(numpy result, numba result) of fn(*args, **kw)."""
-    with accel.use("numpy"):
-        a = fn(*args, **kw)
-    with accel.use("numba"):
-        b = fn(*args, **kw)
-    return a, b
+from tests.test_accel import both  # noqa: E402
 
 
 def _convert(pair, out, **kw):
