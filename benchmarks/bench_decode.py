@@ -35,6 +35,7 @@ from ddq_format import DDQFile, Writer, accel  # noqa: E402
 from ddq_format.converters.csr_rows import encode_rows  # noqa: E402
 from ddq_format.converters.dropout import groupwise_dropout_blocked  # noqa: E402
 from ddq_format.encodings import seeded, seeded_rans  # noqa: E402
+from _common import median_seconds  # noqa: E402
 
 ALPHA, BITS, GROUP, SEED = 8, 4, 128, 0
 ENCODINGS = ("csr_parts", "csr_parts_m1", "seeded", "seeded_rans")
@@ -100,6 +101,36 @@ def threaded(path: Path, out_bytes: int, backend: str, name: str, threads: int, 
     return tensors * out_bytes / statistics.median(times) / 1e6
 
 
+def _rans_entry(vals, shape):
+    """(entry, buffers) of one seeded_rans tensor whose codes all sit in one stream."""
+    enc = seeded_rans.encode(shape, vals, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=SEED,
+                             rows_per_stream=shape[0])
+    entry = {"name": "w", "shape": list(shape), "params": enc.params,
+             "buffers": {r: {"dtype": dt} for r, (dt, _) in enc.buffers.items()}}
+    return entry, {r: np.asarray(b).view(np.uint8).reshape(-1) for r, (_, b) in enc.buffers.items()}
+
+
+def long_stream(symbols: int, backends) -> list[str]:
+    """Issue 12 fault 9: microseconds per symbol of one rANS stream holding every code of a tensor."""
+    rows = max(8, symbols // 512)
+    delta = np.random.default_rng(1).standard_normal((rows, 4096), dtype=np.float32) * np.float32(0.01)
+    _, vals = groupwise_dropout_blocked(delta, ALPHA, GROUP, SEED, columns=False)
+    out = []
+    for b, how in [(b, "") for b in backends if b != "numpy"] + [("numpy", "scalar"), ("numpy", "lanes")]:
+        n_rows = 8 if how == "lanes" else rows  # the numpy lanes path on one lane: ~20 us per symbol
+        entry, bufs = _rans_entry(vals[:n_rows], (n_rows, 4096))
+        old = seeded_rans.SCALAR_LANES
+        seeded_rans.SCALAR_LANES = 0 if how == "lanes" else old
+        try:
+            with accel.use(b):
+                dt = median_seconds(lambda: seeded_rans.codes_of(entry, bufs), 1 if b == "numpy" else 5)
+        finally:
+            seeded_rans.SCALAR_LANES = old
+        n = n_rows * vals.shape[1]
+        out.append(f"{(b + ' ' + how).strip():<14} {n:>9} symbols {dt * 1e6 / n:8.3f} us/symbol")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=11008)
@@ -108,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default=",".join(b for b in accel.BACKENDS if b != "numba" or accel.available()))
     ap.add_argument("--threads", default=None, help="comma-separated thread counts (default 1..cores)")
     ap.add_argument("--tensors", type=int, default=8, help="decodes per threaded measurement")
+    ap.add_argument("--long-stream", type=int, default=1 << 20,
+                    help="symbols in the one-stream seeded_rans case (issue 12 fault 9); 0 skips it")
     args = ap.parse_args(argv)
     rows, cols = args.rows, args.cols
     out_bytes = rows * cols * 4
@@ -144,6 +177,10 @@ def main(argv=None) -> int:
                              for t in threads]
                     cells = "  ".join(f"{t}T {r:6.0f} ({r / rates[0]:.2f}x)" for t, r in zip(threads, rates))
                     print(f"{b:<8} {name:<13} {cells}")
+        if args.long_stream:
+            print("\nseeded_rans, one stream holding every code (issue 12 fault 9; 1 thread):")
+            for line in long_stream(args.long_stream, backends):
+                print(line)
     return 0
 
 
