@@ -215,8 +215,8 @@ def _code(padded, bits, mask, index):
 
 @njit(nogil=True, cache=True)
 def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out):
-    """out [rows*cols] float32 = lut[code] at each kept column of the seeded mask, 0 elsewhere, row by row
-    (each output row is zeroed and filled in cache: the output is written to memory once).
+    """out [rows*cols] float32, all zero (np.zeros: pages the OS hands over zeroed, no second zeroing pass)
+    = lut[code] at each kept column of the seeded mask, row by row.
     padded: the packed codes (rows*K of `bits` bits, kept order, K = kept_per_row) plus one zero byte, read
     in place (no unpacked copy); bits = 8 also serves unpacked uint8 codes. lut: float32, one per code."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
@@ -225,7 +225,6 @@ def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out):
     h0 = seed_hash(seed)
     for r in range(rows):
         orow = out[r * cols:(r + 1) * cols]
-        orow[:] = 0
         h1 = row_hash(h0, r)
         for g in range(full + (1 if keep_tail else 0)):
             n = keep if g < full else keep_tail
@@ -256,14 +255,13 @@ def mask_columns(seed, rows, cols, group, alpha, row_stride, out):
 
 @njit(nogil=True, cache=True)
 def csr_scatter(row_offsets, part_start, col_indices, padded, bits, luts, rows, cols, out):
-    """csr_parts: out [rows*cols] float32 = luts[j, code] at each stored column, parts in order j = 0..m-1
+    """csr_parts: out [rows*cols] float32, all zero, = luts[j, code] at each stored column, parts j = 0..m-1
     (a later write wins, as in the numpy decoder). row_offsets [m, rows+1] int64, validated by the caller;
     padded: the packed `bits`-bit codes plus one zero byte (see _code)."""
     m = row_offsets.shape[0]
     mask = U64((1 << bits) - 1)
     for r in range(rows):
         orow = out[r * cols:(r + 1) * cols]
-        orow[:] = 0
         for j in range(m):
             s = part_start[j] + row_offsets[j, r]
             e = part_start[j] + row_offsets[j, r + 1]
@@ -275,10 +273,9 @@ def csr_scatter(row_offsets, part_start, col_indices, padded, bits, luts, rows, 
 
 @njit(nogil=True, cache=True)
 def csr_f16_scatter(row_offsets, col_indices, values, lut, rows, cols, out):
-    """csr_f16: out [rows*cols] float32 = lut[fp16 bits] at each stored column (lut: fp16 -> float32)."""
+    """csr_f16: out [rows*cols] float32, all zero, = lut[fp16 bits] at each stored column (fp16 -> float32)."""
     for r in range(rows):
         orow = out[r * cols:(r + 1) * cols]
-        orow[:] = 0
         s, e = row_offsets[r], row_offsets[r + 1]
         ci = col_indices[s:e]
         v = values[s:e]

@@ -64,12 +64,11 @@ def unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 
 # -- decode ----------------------------------------------------------------------------------------
-def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_size, alpha, *, bits: int = 8,
-                   out: np.ndarray | None = None) -> np.ndarray:
+def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_size, alpha, *,
+                   bits: int = 8) -> np.ndarray:
     """encodings.seeded.scatter (lut = code_lut(scale, zero); sign_scale passes its own two values).
-    codes: uint8 codes (bits=8), or the packed `bits`-bit stream itself (unpacked on the fly).
-    out: a float32 array of rows*cols elements to decode into (else a new one)."""
-    out = np.empty(rows * cols, np.float32) if out is None else out.reshape(-1)
+    codes: uint8 codes (bits=8), or the packed `bits`-bit stream itself (unpacked on the fly)."""
+    out = np.zeros(rows * cols, np.float32)
     _k.seeded_scatter(_padded(codes), bits, lut, int(seed) & 0xFFFFFFFF, rows, cols, group_size, alpha, out)
     return out.reshape(rows, cols)
 
@@ -87,7 +86,7 @@ def csr_scatter(row_offsets: np.ndarray, col_indices, packed, bits, luts, rows, 
     """encodings.csr_parts.decode from validated parts: row_offsets int64 [m, rows+1], the packed `bits`-bit
     codes (bits >= 1), luts float32 [m, 256]."""
     part_start = np.concatenate([[0], np.cumsum(row_offsets[:, -1])[:-1]]).astype(np.int64)
-    out = np.empty(rows * cols, np.float32)
+    out = np.zeros(rows * cols, np.float32)
     _k.csr_scatter(np.ascontiguousarray(row_offsets), part_start, col_indices, _padded(packed), bits, luts, rows,
                    cols, out)
     return out.reshape(rows, cols)
@@ -95,7 +94,7 @@ def csr_scatter(row_offsets: np.ndarray, col_indices, packed, bits, luts, rows, 
 
 def csr_f16_scatter(row_offsets, col_indices, values_f16, rows, cols) -> np.ndarray:
     """encodings.csr_f16.decode from validated arrays."""
-    out = np.empty(rows * cols, np.float32)
+    out = np.zeros(rows * cols, np.float32)
     _k.csr_f16_scatter(row_offsets, col_indices, values_f16.view(np.uint16), _lut16("F16"), rows, cols, out)
     return out.reshape(rows, cols)
 

@@ -68,8 +68,7 @@ def groupwise_dropout_blocked(delta: np.ndarray, alpha: int, group_size: int, se
     col_dtype = np.uint16 if cols <= 1 << 16 else np.uint32
     k = accel.kernels()
     if k is not None:  # one pass over the rows, no temporaries
-        _, values, kept = k.gather_kept(delta, "F32", None, None, seed, group_size, alpha, factors,
-                                              sort_columns)
+        _, values, kept = k.gather_kept(delta, "F32", None, None, seed, group_size, alpha, factors, sort_columns)
         if kept is None and columns:
             kept = mask_columns(seed, rows, cols, group_size, alpha).astype(col_dtype)
         return kept, values

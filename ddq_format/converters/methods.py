@@ -103,7 +103,7 @@ def compress_bits(ft: np.ndarray, ft_dtype: str, base: np.ndarray, base_dtype: s
     enc = encodings.get(opts.encoding) if opts.method == "deltadq" else None
     sort = enc is not None and not enc.kept_order
     flags, vals, cols = k.gather_kept(ft, ft_dtype, base, base_dtype, seed, group_size, opts.alpha,
-                                              rescale_factors(shape[1], group_size, opts.alpha), sort)
+                                      rescale_factors(shape[1], group_size, opts.alpha), sort)
     lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
     if flags or not (np.isfinite(lo) and np.isfinite(hi)):  # the latter: fine-tune - base overflowed
         raise NonFinite(flags or NonFinite.DELTA)
