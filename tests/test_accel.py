@@ -269,3 +269,13 @@ def test_compress_and_reconstruct(opts):
     if fused is not None:
         assert fused.params == enc_np.params and same(_bufs(fused).values(), _bufs(enc_np).values())
         assert same(*both(methods.reconstruct, delta, opts, 7, group))
+
+
+def test_llvmlite_lib_has_no_dunder_attributes():
+    """vLLM's CPU worker start calls vars() on every module attribute with a __dict__; llvmlite's library
+    wrapper claimed one (any name resolved to a C-function wrapper) and vllm.LLM crashed in every process
+    that had decoded with numba first. The accelerated path refuses dunder names there."""
+    from llvmlite.binding import ffi
+    accel.kernels()  # imports the numba backend, which installs the guard
+    assert not hasattr(ffi.lib, "__dict__")
+    assert callable(ffi.lib.LLVMPY_GetVersionInfo)  # real symbols still resolve

@@ -1,4 +1,4 @@
-"""The numba backend: numpy-level entry points over the jitted kernels (_mask, _bits, _decode, _encode).
+"""The numba backend: numpy-level entry points over the jitted kernels of _kernels.py.
 
 Callers validate their inputs first (the kernels do no bounds checks); each function here returns exactly
 what the numpy function named in its docstring returns.
@@ -12,6 +12,29 @@ import numba  # noqa: F401  (ImportError here = no accelerated path)
 
 from . import _kernels as _k
 from ._kernels import NONFINITE_BASE, NONFINITE_DELTA, NONFINITE_FT  # noqa: F401
+
+
+def _guard_llvmlite_lib() -> None:
+    """llvmlite's library wrapper answers every attribute name with a C-function wrapper, "__dict__" included.
+    vLLM's CPU worker start (register_triton_kernel_overrides) calls vars() on every module attribute that
+    has a __dict__, so it crashes (AttributeError: '_lib_fn_wrapper' object has no attribute 'get') in any
+    process that imported numba first: a ddq decode, then vllm.LLM(...). No C symbol is a dunder name:
+    refuse those, as ctypes.CDLL itself does."""
+    from llvmlite.binding import ffi
+    cls = type(getattr(ffi, "lib", None))
+    original = getattr(cls, "__getattr__", None)
+    if original is None or getattr(original, "_ddq_guard", False):
+        return  # another llvmlite layout: nothing to guard
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return original(self, name)
+    __getattr__._ddq_guard = True
+    cls.__getattr__ = __getattr__
+
+
+_guard_llvmlite_lib()
 
 _EXP_MASK = {"F32": 0x7F800000, "F16": 0x7C00, "BF16": 0x7F80}  # NaN or inf: exponent bits all ones
 _DUMMY_LUT = np.zeros(1, np.float32)
