@@ -71,7 +71,6 @@ def _to_f32(bits, lut):
     return None
 
 
-
 # -- bit packing ----------------------------------------------------------------------------------
 @njit(nogil=True, cache=True)
 def pack(codes, bits, out):
@@ -95,24 +94,6 @@ def pack(codes, bits, out):
     if have:
         out[j] = acc & FF
     return (seen >> b) == 0
-
-
-@njit(nogil=True, cache=True)
-def unpack(data, bits, count, out):
-    """out[0:count] = the first `count` codes of `data` (LSB-first, `bits` bits each, 1 <= bits <= 8)."""
-    mask = U64((1 << bits) - 1)
-    b = U64(bits)
-    acc = U64(0)
-    have = U64(0)
-    j = 0
-    for i in range(count):
-        if have < b:
-            acc |= U64(data[j]) << have
-            j += 1
-            have += B8
-        out[i] = acc & mask
-        acc >>= b
-        have -= b
 
 
 # -- the seeded mask hash -------------------------------------------------------------------------
@@ -211,6 +192,14 @@ def _code(padded, bits, mask, index):
     byte = b >> U64(3)
     window = U64(padded[byte]) | (U64(padded[byte + ONE]) << B8)
     return (window >> (b & U64(7))) & mask
+
+
+@njit(nogil=True, cache=True)
+def unpack(padded, bits, count, out):
+    """out[0:count] = the first `count` codes of an LSB-first stream of `bits`-bit codes (padded, see _code)."""
+    mask = U64((1 << bits) - 1)
+    for i in range(count):
+        out[i] = _code(padded, bits, mask, i)
 
 
 @njit(nogil=True, cache=True)

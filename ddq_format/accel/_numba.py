@@ -82,7 +82,7 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray | None:
 def unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     """bitpack.unpack for 1 <= bits <= 7 (the caller checked the length)."""
     out = np.empty(count, np.uint8)
-    _k.unpack(data, bits, count, out)
+    _k.unpack(_padded(data), bits, count, out)
     return out
 
 
