@@ -7,9 +7,10 @@ Setting: alpha=8, k=4, h_g=128; csr_parts with m=8 (the 128x preset) and m=1; se
 no parts. One rows x cols tensor per encoding, written to a temp dir (seeded_rans: the seeded codes
 rANS-coded, SPEC.md §9.5). Throughput is MB (10^6 bytes) of dense fp32 output per second of
 DDQFile.decode (checksums verified, as a loader would; the output is a fresh array, page faults included).
-Baseline: np.copyto of rows*cols*4 bytes into a preallocated array. Each figure is the median of --repeats
-runs, the runs of every row interleaved round-robin with the baseline so that load from other processes
-on the machine hits them alike; the load average is printed.
+Baseline: np.copyto of rows*cols*4 bytes into a preallocated array. --repeats runs of every row,
+interleaved round-robin with the baseline so that load from other processes hits them alike; ratios are
+given by the medians and by the minima (the least disturbed runs), and a target counts as met only when
+both meet it; the load average is printed.
 
 Backends (ddq_format.accel): "numba" (the optional extra `ddq[accel]`), "numpy" (the reference reader).
 Threads: T threads each decode their own copies of the tensor (--tensors of them in all); the
@@ -59,7 +60,7 @@ def write_file(path: Path, rows: int, cols: int) -> None:
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each fn, one warm-up call each, then `repeats` rounds calling every fn once."""
+    """(median, min) seconds of each fn: one warm-up call each, then `repeats` rounds calling every fn once."""
     for fn in fns.values():
         fn()
     times = {k: [] for k in fns}
@@ -68,7 +69,7 @@ def interleaved(fns: dict, repeats: int) -> dict:
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
 def single_thread(path: Path, out_bytes: int, backends, repeats: int) -> dict:
@@ -152,22 +153,23 @@ def main(argv=None) -> int:
         write_file(path, rows, cols)
         load0 = os.getloadavg()
         med = single_thread(path, out_bytes, backends, args.repeats)
-        copy_mbs = out_bytes / med[("memcpy", "")] / 1e6
+        copy_med, copy_min = med[("memcpy", "")]
         print(f"decode {rows}x{cols} -> {out_bytes / 2**20:.0f} MiB fp32; alpha={ALPHA} k={BITS} h_g={GROUP}, "
-              f"csr_parts m=8 and m=1; median of {args.repeats} interleaved runs; numpy {np.__version__}; "
+              f"csr_parts m=8 and m=1; {args.repeats} interleaved runs; numpy {np.__version__}; "
               f"{cores} cores; load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
         with DDQFile(path) as f:
             stored = {n: sum(b["length"] for b in f.entries[n]["buffers"].values()) for n in ENCODINGS}
-        print(f"{'backend':<8} {'encoding':<13} {'stored MB':>9} {'median ms':>10} {'MB/s':>8} {'vs memcpy':>9} "
-              f"{'target':>7}")
-        print(f"{'':<8} {'memcpy':<13} {'':>9} {med[('memcpy', '')] * 1e3:10.2f} {copy_mbs:8.0f} {1.0:9.3f}")
+        print(f"{'backend':<8} {'encoding':<13} {'stored MB':>9} {'median ms':>9} {'min ms':>7} {'MB/s(med)':>9} "
+              f"{'x memcpy med':>12} {'x memcpy min':>12} {'target':>7}")
+        print(f"{'':<8} {'memcpy':<13} {'':>9} {copy_med * 1e3:9.2f} {copy_min * 1e3:7.2f} "
+              f"{out_bytes / copy_med / 1e6:9.0f} {1.0:12.3f} {1.0:12.3f}")
         for b in backends:
             for name in ENCODINGS:
-                t = med[(b, name)]
-                mbs = out_bytes / t / 1e6
-                ok = "met" if mbs / copy_mbs >= TARGET[name] else "MISSED"
-                print(f"{b:<8} {name:<13} {stored[name] / 1e6:9.2f} {t * 1e3:10.2f} {mbs:8.0f} "
-                      f"{mbs / copy_mbs:9.3f} {'>=' + str(TARGET[name]):>5} {ok}")
+                t, t_min = med[(b, name)]
+                r, r_min = copy_med / t, copy_min / t_min
+                ok = "met" if min(r, r_min) >= TARGET[name] else "MISSED"
+                print(f"{b:<8} {name:<13} {stored[name] / 1e6:9.2f} {t * 1e3:9.2f} {t_min * 1e3:7.2f} "
+                      f"{out_bytes / t / 1e6:9.0f} {r:12.3f} {r_min:12.3f} {'>=' + str(TARGET[name]):>5} {ok}")
         if threads != [1]:
             print(f"\nthreads: {args.tensors} decodes of one entry, aggregate MB/s (scaling vs 1 thread); "
                   f"load average {os.getloadavg()[0]:.2f}")
