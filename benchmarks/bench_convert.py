@@ -17,8 +17,7 @@ read once first, so when they fit in RAM floor and conversion both read warm; wh
 floor of the run. Targets (issue 13): convert <= 3x floor with a fixed h_g, <= 4x with auto; peak RSS of
 the converter above its state after imports <= 3x the largest fp32 tensor + 1 GiB.
 
---profile adds the converter's time per stage, summed over the worker threads (so it can exceed the wall
-time); --sha256 prints each output's hash (the before/after check that output bytes did not change);
+--profile adds the converter's CPU and wall time per stage, summed over the worker threads; --sha256 prints each output's hash (the before/after check that output bytes did not change);
 --repeats N keeps the fastest of N conversions per setting. "CPU s" is the conversion's user + system time
 (all threads): on a machine shared with other work, wall time is CPU time stretched by the load, and the
 load average at each conversion's start is printed beside it.
@@ -169,15 +168,16 @@ def hwm():  # VmHWM belongs to this process image (ru_maxrss would inherit the p
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 stages, lock = collections.Counter(), threading.Lock()
-def timed(owner, attr, label):
+def timed(owner, attr, label):  # wall and CPU (this thread's) seconds per stage
     f = getattr(owner, attr)
     def g(*a, **k):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return f(*a, **k)
         finally:
             with lock:
-                stages[label] += time.perf_counter() - t
+                stages[label + "|wall"] += time.perf_counter() - t
+                stages[label + "|cpu"] += time.thread_time() - c
     setattr(owner, attr, g)
 if args["profile"]:
     from ddq_format.converters import checkpoint, tensor_work, write
@@ -320,9 +320,11 @@ def main():
             if args.sha256:
                 print(f"sha256 {backend} {conv['encoding']} h_g={conv['group_size']}: {r['sha256']}")
             if args.profile:
-                print(f"stages, {backend} {conv['encoding']} h_g={conv['group_size']} (seconds summed over threads):")
-                for k, v in sorted(r["stages"].items(), key=lambda kv: -kv[1]):
-                    print(f"  {k:<55} {v:7.2f}")
+                print(f"stages, {backend} {conv['encoding']} h_g={conv['group_size']} (seconds summed over threads; "
+                      f"wall includes waiting for the disk and for a core):")
+                st = r["stages"]
+                for k in sorted({k.split("|")[0] for k in st}, key=lambda k: -st[k + "|cpu"]):
+                    print(f"  {k:<55} CPU {st[k + '|cpu']:7.2f}   wall {st[k + '|wall']:7.2f}")
     finally:
         (root / "out.ddq").unlink(missing_ok=True)
         (root / "out.ddq.warmup").unlink(missing_ok=True)
