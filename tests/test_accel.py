@@ -166,6 +166,25 @@ def test_csr_f16_decode():
     assert same(*both(csr_f16.decode, _entry(enc, d.shape), _bufs(enc)))
 
 
+@pytest.mark.parametrize("case", ["one symbol", "a symbol of frequency 1", "k=8 skewed", "k=1"])
+@pytest.mark.parametrize("rows_per_stream", [1, 2, 3, 7])
+def test_rans_encode_extreme_tables(case, rows_per_stream):
+    """The numba encoder divides by f through a float64 reciprocal: exact for f = 4096 (one symbol), f = 1
+    and everything between, like the integer division of the numpy encoder."""
+    rng = np.random.default_rng(rows_per_stream)
+    if case == "one symbol":
+        codes, bits = np.full((9, 13), 3, np.uint8), 2
+    elif case == "a symbol of frequency 1":
+        codes, bits = np.zeros((9, 50), np.uint8), 8
+        codes[4, 7] = 255
+    elif case == "k=8 skewed":
+        codes, bits = rng.geometric(0.05, (11, 40)).clip(0, 255).astype(np.uint8), 8
+    else:
+        codes, bits = (rng.random((9, 31)) < 0.1).astype(np.uint8), 1
+    a, b = both(seeded_rans.encode_codes, codes, bits, rows_per_stream)
+    assert a[0] == b[0] and a[3] == b[3] and same(a[1:3], b[1:3])
+
+
 def _rans_entry(shape=(40, 64), rows_per_stream=3):
     kept, vals = dropout.groupwise_dropout(small_delta(*shape, seed=9), 4, 16, 1)
     enc = seeded_rans.encode(shape, vals, bits=4, alpha=4, group_size=16, seed=1, rows_per_stream=rows_per_stream)
