@@ -157,9 +157,12 @@ def io_floor(root: Path, out_bytes: int) -> tuple[float, float]:
 
 
 CHILD = r"""
-import collections, json, sys, threading, time
+import collections, contextlib, json, sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from ddq_format import accel
+try:
+    from ddq_format import accel
+except ImportError:  # --code of a version without the accelerated path
+    accel = None
 from ddq_format.converters.pipeline import convert
 import rich.progress, rich.table, tokenizers
 args = json.loads(sys.argv[5])
@@ -169,7 +172,9 @@ def hwm():  # VmHWM belongs to this process image (ru_maxrss would inherit the p
             return int(line.split()[1]) * 1024
 stages, lock = collections.Counter(), threading.Lock()
 def timed(owner, attr, label):  # wall and CPU (this thread's) seconds per stage
-    f = getattr(owner, attr)
+    f = getattr(owner, attr, None)
+    if f is None:  # an older --code without this stage
+        return
     def g(*a, **k):
         t, c = time.perf_counter(), time.thread_time()
         try:
@@ -182,7 +187,7 @@ def timed(owner, attr, label):  # wall and CPU (this thread's) seconds per stage
 if args["profile"]:
     from ddq_format.converters import checkpoint, tensor_work, write
     from ddq_format.converters.resume import ResumableWriter
-    timed(checkpoint.Checkpoint, "read", "map tensor (Checkpoint.read)")
+    timed(checkpoint.Checkpoint, "read", "Checkpoint.read (maps; older versions read)")
     timed(tensor_work, "binding", "base fingerprint")
     timed(tensor_work, "_equal", "equality test")
     timed(tensor_work, "compress_bits", "fused compress (read + dropout + quantize + encode)")
@@ -190,7 +195,7 @@ if args["profile"]:
     timed(tensor_work, "compress", "compress of a dense delta")
     timed(tensor_work, "delta_blocks", "dense-kind delta (embeddings, norms)")
     timed(ResumableWriter, "add", "write + fsync + journal (writer thread)")
-with accel.use(args["backend"]):
+with accel.use(args["backend"]) if accel else contextlib.nullcontext():
     t = time.perf_counter()
     convert(sys.argv[6], sys.argv[7], sys.argv[4] + ".warmup", progress=False, quiet=True, print_summary=False,
             **args["convert"])
@@ -229,9 +234,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_one(root: Path, tiny: Path, backend: str, conv: dict, profile: bool) -> dict:
+def run_one(root: Path, tiny: Path, backend: str, conv: dict, profile: bool, code: Path) -> dict:
     out = root / "out.ddq"
-    p = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(root / "base"), str(root / "ft"), str(out),
+    p = subprocess.run([sys.executable, "-c", CHILD, str(code), str(root / "base"), str(root / "ft"), str(out),
                         json.dumps({"backend": backend, "convert": conv, "profile": profile}),
                         str(tiny / "base"), str(tiny / "ft")], capture_output=True, text=True)
     if p.returncode:
@@ -258,6 +263,8 @@ def main():
     ap.add_argument("--backends", default="numba", help="comma-separated: numba, numpy")
     ap.add_argument("--repeats", type=int, default=1, help="conversions per setting (the fastest counts)")
     ap.add_argument("--profile", action="store_true", help="print the converter's time per stage")
+    ap.add_argument("--code", default=str(ROOT), help="checkout whose ddq_format converts (default: this one; "
+                    "e.g. an older commit extracted with git archive, for a before/after comparison)")
     ap.add_argument("--sha256", action="store_true", help="print each output's sha256")
     ap.add_argument("--dir", default=None, help="where to generate the pair (default: a temp dir, removed)")
     ap.add_argument("--keep", default=None, help="generate the pair into this folder once and reuse it later")
@@ -290,7 +297,7 @@ def main():
                     for _ in range(args.repeats):
                         floors.append(io_floor(root, runs[-1][2]["bytes"] if runs else 64 << 20))
                         load = os.getloadavg()[0]
-                        r = run_one(root, tiny, backend, conv, args.profile)
+                        r = run_one(root, tiny, backend, conv, args.profile, Path(args.code).resolve())
                         r["load"] = load
                         if args.sha256:
                             r["sha256"] = sha256(root / "out.ddq")

@@ -7,7 +7,14 @@ environment, every caller takes the numpy path. The kernels are single-threaded 
 (`nogil=True`), so threads decoding or converting different tensors run on all cores.
 
 numba is imported on the first call of `kernels()`, never when ddq_format is imported, so the reader's
-import stays numpy + msgpack. Compiled kernels are cached on disk (numba's `cache=True`).
+import stays numpy + msgpack. Compiled kernels are cached on disk (numba's `cache=True`): the first use in
+a fresh install compiles for a few seconds per kernel, later processes load them.
+
+What it speeds up (benchmarks/results/cpu-speed.md): decode of seeded / seeded_rans / csr_parts / csr_f16 /
+sign_scale (the mask regenerated and each output row filled while in cache, packed codes read in place,
+rANS four streams at a time), and the converter's per-tensor work (one fused pass over the two weights'
+bit patterns: finite test of every element, delta of the kept elements only, quantization, packing,
+csr_parts rows, rANS streams; the dense delta of unfused methods and embeddings in one pass).
 """
 from __future__ import annotations
 
