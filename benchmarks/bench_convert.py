@@ -17,7 +17,9 @@ read once first, so when they fit in RAM floor and conversion both read warm; wh
 floor of the run. Targets (issue 13): convert <= 3x floor with a fixed h_g, <= 4x with auto; peak RSS of
 the converter above its state after imports <= 3x the largest fp32 tensor + 1 GiB.
 
---profile adds the converter's CPU and wall time per stage, summed over the worker threads; --sha256 prints each output's hash (the before/after check that output bytes did not change);
+--profile adds the converter's CPU and wall time per stage, summed over the worker threads; --sha256
+prints each output's hash (the before/after check that output bytes did not change; --code runs another
+checkout's converter on the same pair, e.g. `git archive <commit> | tar -x -C /tmp/old`);
 --repeats N keeps the fastest of N conversions per setting. "CPU s" is the conversion's user + system time
 (all threads): on a machine shared with other work, wall time is CPU time stretched by the load, and the
 load average at each conversion's start is printed beside it.
@@ -211,9 +213,10 @@ with accel.use(args["backend"]) if accel else contextlib.nullcontext():
     wall = time.perf_counter() - t
 import resource
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime - cpu0, "warmup": warm, "rss0": rss0, "peak": hwm(), "stages": stages,
-                  "search": s.search_seconds, "chosen": s.group_size, "true": s.true_ratio_compressed,
-                  "file_true": s.true_ratio_file, "nominal": s.nominal_ratio, "bytes": s.file_bytes}))
+print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime - cpu0, "warmup": warm, "rss0": rss0,
+                  "peak": hwm(), "stages": stages, "search": s.search_seconds, "chosen": s.group_size,
+                  "true": s.true_ratio_compressed, "file_true": s.true_ratio_file, "nominal": s.nominal_ratio,
+                  "bytes": s.file_bytes}))
 """
 
 
