@@ -9,7 +9,7 @@ from .. import accel
 from ..binding import binding
 from ..encodings import raw
 from ..errors import UsageError
-from ..spec import DTYPES, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
+from ..spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
 from .checkpoint import Checkpoint, to_f32
 from .methods import NonFinite, Options, compress, compress_bits, tensor_group_size
 from .plan import Task
@@ -67,24 +67,6 @@ def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_s
     except NonFinite as e:
         raise _nonfinite_error(e.flags, n, ft, base) from None
     return Result(n, KIND_COMPRESSED, task.shape, task.dtype, enc, base=bind, group_size=gt)
-
-
-def memory_cost(task: Task, base: Checkpoint, opts: Options, group_size, choose_seed=None) -> float | None:
-    """Peak memory of process(task) in multiples of the tensor's float32 size when it takes an accelerated
-    path (the write stage budgets tensors in flight with it); None: another path, whose cost write.COST
-    gives. Counts the two weights' pages (mapped), then what the path allocates: the fused pass at most
-    4 float32s per kept element (values, sorted columns, csr_parts columns, codes, packed buffers), the
-    dense delta one output element."""
-    if accel.kernels() is None or task.kind not in (KIND_COMPRESSED, KIND_DENSE) or task.name not in base.tensors:
-        return None
-    inputs = (DTYPES[task.dtype].size + DTYPES[base.tensors[task.name].dtype].size) / 4
-    if task.kind == KIND_DENSE:
-        return inputs + DTYPES[task.dtype].size / 4 if task.dtype in ("F32", "BF16") else None
-    if choose_seed is not None or not opts.uses_groups:
-        return None
-    if tensor_group_size(group_size, task.shape[1], opts.alpha) is None:
-        return None
-    return inputs + 4 / opts.alpha
 
 
 def _nonfinite_error(flags: int, name: str, ft: Checkpoint, base: Checkpoint) -> UsageError:

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..progress import make_progress
 from ..spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
-from .tensor_work import memory_cost, process
+from .tensor_work import process
 
 # Memory budget per tensor in flight, in multiples of its float32 size (measured: see bench_convert.py).
 COST = {KIND_COMPRESSED: 2.5, KIND_DENSE: 2.0, KIND_REPLACE: 1.0, KIND_SAME: 1.0, KIND_REMOVED: 0.5, KIND_TIED: 0}
@@ -32,7 +32,7 @@ def write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, pr
     job = bar.add_task("tensors", total=total, completed=total - len(tasks), what="tensors")
     with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ddq-convert") as pool:
         for task in tasks:
-            cost = (memory_cost(task, base_ck, opts, group_size, choose_seed) or COST[task.kind]) * task.numel * 4
+            cost = COST[task.kind] * task.numel * 4
             while pending and (used + cost > limit or len(pending) >= 2 * workers):
                 write_head()
             while pending and pending[0][1].done():
