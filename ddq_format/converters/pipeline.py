@@ -37,13 +37,16 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             parts: int | None = None, group_size="auto", encoding: str | None = None, seed: int = 0,
             calib=None, ratio: int | None = None, workers: int = 1, resume: bool = False,
             embeddings: str | None = None, rank: int | None = None, progress: bool = True, console=None,
-            quiet: bool = False, seed_trials: int = 1, print_summary: bool = True, target_ratio: float | None = None,
-            method_options: dict | None = None, _encode_hook=None, _algorithm=None) -> Summary:
+            quiet: bool = False, seed_trials: int = 1, print_summary: bool = True,
+            base_digest: bool = False, target_ratio: float | None = None, method_options: dict | None = None,
+            _encode_hook=None, _algorithm=None) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
     base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`; what
     is not given comes from spec.CONVERT_DEFAULTS exactly as on the command line (options.settings).
     print_summary=False: return the Summary without printing its table (the CLI prints its own).
+    base_digest=True: record a full SHA-256 of every bound base tensor (format 1.2), so `ddq verify --full
+    --base` proves the base is bit-identical, not only that its sampled fingerprint matches.
     """
     from . import planned
     if _encode_hook is None and (target_ratio is not None or method in planned.METHODS):
@@ -75,6 +78,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         settings["seed_trials"] = seed_trials
     if _algorithm is not None:  # a planned conversion (planned.py): its choices are part of the run
         settings["planned"] = _algorithm
+    if base_digest:  # likewise: absent keeps the run key of a file without digests
+        settings["base_digest"] = True
     run_key = _run_key(base_ck, ft_ck, settings)
     with OutputLock(out):  # from reading the journal to publishing OUT: one run per output
         recorded = ResumableWriter.recorded_start(out, run_key) if resume else None
@@ -98,7 +103,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         write_tensors = functools.partial(
             write_all, base_ck=finite.FiniteReads(base_ck, base_names), ft_ck=finite.FiniteReads(ft_ck, ft_names),
             opts=opts, group_size=chosen, seed=seed, workers=workers, progress=progress, console=console,
-            total=len(tasks), choose_seed=choose_seed, encode_hook=_encode_hook)
+            total=len(tasks), choose_seed=choose_seed, digest=base_digest, encode_hook=_encode_hook)
         writer = _write(out, run_key, ft_ck, base_rec, algorithm, recorded is not None, tasks, write_tensors)
     result = _summarize(out, writer.header["tensors"], opts, algorithm, chosen, search_rec,
                         time.perf_counter() - t_start, search_seconds, writer.resumed, seed_trials, cal_seconds)

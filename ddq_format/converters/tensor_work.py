@@ -5,12 +5,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import accel
 from ..binding import binding
 from ..encodings import dense_q, raw
+from ..errors import UsageError
 from ..spec import (CONVERT_DENSE_1D_BITS, DTYPES, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME,
                     KIND_TIED)
 from .checkpoint import Checkpoint, to_f32
-from .methods import Options, compress, tensor_group_size
+from .methods import NonFinite, Options, compress, compress_bits, tensor_group_size
 from .plan import Task
 from .seeds import tensor_seed
 
@@ -28,19 +30,21 @@ class Result:
 
 
 def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_size, seed: int,
-             choose_seed=None, encode_hook=None) -> Result:
+             choose_seed=None, digest: bool = False, encode_hook=None) -> Result:
+    """digest=True: each base binding also records the SHA-256 of every element (format 1.2, `verify --full`).
+    encode_hook(name, float32 delta) -> (kind, Encoded): a planned conversion's own choice (planned.py)."""
     n = task.name
     if task.kind == KIND_TIED:
         return Result(n, KIND_TIED, task.shape, task.dtype, tied_to=task.tied_to)
     if task.kind == KIND_REMOVED:
         bb = base.read(n)
-        return Result(n, KIND_REMOVED, task.shape, task.dtype, base=binding(bb, task.shape, task.dtype))
+        return Result(n, KIND_REMOVED, task.shape, task.dtype, base=binding(bb, task.shape, task.dtype, digest=digest))
     fb = ft.read(n)
     bind = None
     if n in base.tensors:
         bi = base.tensors[n]
         bb = base.read(n)
-        bind = binding(bb, bi.shape, bi.dtype)
+        bind = binding(bb, bi.shape, bi.dtype, digest=digest)
     if task.kind == KIND_REPLACE:
         arr = fb.view(np.float16) if task.dtype == "F16" else fb
         return Result(n, KIND_REPLACE, task.shape, task.dtype, raw.encode(arr, task.dtype), base=bind)
@@ -55,11 +59,19 @@ def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_s
     if task.kind == KIND_DENSE or opts.uses_groups and gt is None:
         enc = dense_delta(fb, task.dtype, bb, base.tensors[n].dtype)
         return Result(n, KIND_DENSE, task.shape, task.dtype, enc, base=bind)
-    arrays = [fb, bb]
-    del fb, bb  # from here the list holds the only references: the delta replaces them, then compress frees it
-    arrays = [_delta_from(arrays, task.dtype, base.tensors[n].dtype)]  # still the only reference, for compress
-    s = tensor_seed(seed, n) if choose_seed is None else choose_seed(n, arrays[0], gt)
-    enc = compress(arrays.pop(), opts, s, gt)
+    bdtype = base.tensors[n].dtype
+    try:
+        enc = None
+        if choose_seed is None:  # fused: the kept elements' delta only, straight from the bit patterns
+            enc = compress_bits(fb, task.dtype, bb, bdtype, opts, tensor_seed(seed, n), gt)
+        if enc is None:
+            arrays = [fb, bb]
+            del fb, bb  # the list holds the only references: the delta replaces them, then compress frees it
+            arrays = [_delta_from(arrays, task.dtype, bdtype)]  # still the only reference, for compress
+            s = tensor_seed(seed, n) if choose_seed is None else choose_seed(n, arrays[0], gt)
+            enc = compress(arrays.pop(), opts, s, gt)
+    except NonFinite as e:
+        raise _nonfinite_error(e.flags, n, ft, base) from None
     return Result(n, KIND_COMPRESSED, task.shape, task.dtype, enc, base=bind, group_size=gt)
 
 
@@ -77,13 +89,47 @@ def dense_delta(fb, fdtype: str, bb, bdtype: str):
     return raw.encode(delta, dtype)
 
 
+def _nonfinite_error(flags: int, name: str, ft: Checkpoint, base: Checkpoint) -> UsageError:
+    """The error for NaN/inf met in a linear layer; flags 0 (the numpy path) = find out which weight holds it."""
+    if not flags:
+        flags = (NonFinite.FT * _has_nonfinite(ft, name)) | (NonFinite.BASE * _has_nonfinite(base, name))
+    where = base if flags & NonFinite.BASE and not flags & NonFinite.FT else ft
+    what = (f"in the {'base' if where is base else 'fine-tuned'} weight" if flags & (NonFinite.FT | NonFinite.BASE)
+            else "in the fine-tune minus the base (float32 overflow)")
+    return UsageError(f"non-finite values (NaN or inf) {what}: a linear layer's delta must be finite",
+                      path=where.tensors[name].source, tensor=name, field="values")
+
+
+def _has_nonfinite(ck: Checkpoint, name: str) -> bool:
+    """Error path only: read the weight again (the delta may have overwritten it) and look for NaN/inf."""
+    return not _finite(to_f32(ck.read(name), ck.tensors[name].dtype))
+
+
 def _delta_from(arrays: list, fdtype: str, bdtype: str) -> np.ndarray:
-    """Pops [fine-tune bits, base bits] and returns the float32 delta (in place over the fine-tune when F32)."""
+    """Pops [fine-tune bits, base bits] and returns the float32 delta (in place over the fine-tune when F32).
+    Raises NonFinite when an element of the delta is NaN or inf."""
     bb, fb = arrays.pop(), arrays.pop()
-    if fdtype == "F32" and fb.flags.writeable:
+    in_place = fdtype == "F32" and fb.flags.writeable
+    k = accel.kernels()
+    if k is not None:
+        flags, d = k.delta(fb, fdtype, bb, bdtype, "F32", in_place=in_place)
+        if flags:
+            raise NonFinite(flags)
+        return d
+    if in_place:
         fb -= to_f32(bb, bdtype)
-        return fb
-    return delta_blocks(fb, fdtype, bb, bdtype, "F32")
+        d = fb
+    else:
+        d = delta_blocks(fb, fdtype, bb, bdtype, "F32")
+    if not _finite(d):
+        raise NonFinite(0)
+    return d
+
+
+def _finite(a: np.ndarray, block=1 << 20) -> bool:
+    """Every element finite, in cache-sized blocks (no full-size boolean temporary)."""
+    f = a.reshape(-1)
+    return all(np.isfinite(f[i:i + block]).all() for i in range(0, f.size, block))
 
 
 def _equal(a: np.ndarray, b: np.ndarray, block=1 << 22) -> bool:
@@ -96,6 +142,9 @@ def delta_blocks(fb, fdtype, bb, bdtype, out_dtype, block=1 << 20):
     """fine-tune - base in float32, stored as out_dtype (F32 float32, F16 float16, BF16 uint16 bit patterns),
     computed in blocks of `block` elements: no full-size float32 temporaries, cache-sized passes."""
     from ..encodings.raw import to_bf16_bits
+    k = accel.kernels()
+    if k is not None and out_dtype in ("F32", "BF16"):
+        return k.delta(fb, fdtype, bb, bdtype, out_dtype)[1]
     f, b = fb.reshape(-1), bb.reshape(-1)
     out = np.empty(f.size, {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[out_dtype])
     for i in range(0, f.size, block):
