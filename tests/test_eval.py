@@ -88,6 +88,8 @@ def test_cli_json_table_and_plot(setup, tmp_path):
     bad.write_text('{"prompt": "a", "answer": "x"}\n{"prompt": 1, "answer": "x"}\n')
     res = CliRunner().invoke(app, ["eval", str(base), str(ft), "--data", str(bad), "-q"])
     assert res.exit_code == 2 and "line 2" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), str(ft), "--data", str(data), "-q"])
+    assert res.exit_code == 2 and "no such model folder" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["eval", str(base), str(ft), "--data", str(data), "--sweep", "--ratios", "8,x"])
     assert res.exit_code == 2 and "--ratios" in res.output
 

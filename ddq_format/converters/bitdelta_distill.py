@@ -115,5 +115,5 @@ def train_scales(base_folder, ft_folder, ids, signs: dict, init: dict, *, steps:
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return {n: float(scale[i].detach()) for i, n in enumerate(names)}, losses

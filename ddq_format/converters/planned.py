@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import UsageError
-from ..spec import CONVERT_PLAN_CALIB_MAX_TOKENS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_TIED, MAX_ALPHA
+from ..spec import (CONVERT_DENSE_1D_BITS, CONVERT_PLAN_CALIB_MAX_TOKENS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED,
+                    KIND_TIED, MAX_ALPHA)
 from . import budget, calibration, groupsize
 from .checkpoint import Checkpoint
 from .methods import Options
@@ -160,8 +161,8 @@ class Context:
 
 
 def small(name, delta):
-    """Every planned method: a 1-D delta as 8-bit codes."""
-    return KIND_DENSE, budget.encode(budget.Config("dense_q", bits=8), delta, 0)
+    """Every planned method: a 1-D delta as dense_q codes, as the default conversion stores it."""
+    return KIND_DENSE, budget.encode(budget.Config("dense_q", bits=CONVERT_DENSE_1D_BITS), delta, 0)
 
 
 def fixed_overhead(ctx, record: dict) -> int:

@@ -38,8 +38,7 @@ def write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, pr
             while pending and pending[0][1].done():
                 write_head()
             used += cost
-            pending.append((task, pool.submit(process, task, base_ck, ft_ck, opts, group_size, seed, choose_seed, digest,
-                                              encode_hook),
-                            cost))
+            fut = pool.submit(process, task, base_ck, ft_ck, opts, group_size, seed, choose_seed, digest, encode_hook)
+            pending.append((task, fut, cost))
         while pending:
             write_head()

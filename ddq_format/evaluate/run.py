@@ -36,7 +36,13 @@ def run(base, finetuned, files, data_path, *, sweep=(), out_dir=None, calib=None
     for f in files:
         if not Path(f).is_file():
             raise UsageError("no such .ddq file", path=f)
-    tok = AutoTokenizer.from_pretrained(str(finetuned))
+    for folder in (base, finetuned):
+        if not Path(folder).is_dir():
+            raise UsageError("no such model folder", path=folder)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(finetuned), local_files_only=True)
+    except Exception as e:  # transformers raises many types for a folder without a usable tokenizer
+        raise UsageError(f"cannot load the fine-tune's tokenizer: {type(e).__name__}: {e}", path=finetuned) from None
     pad = next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     seqs = sequences(tok, data)
     console = _console()
