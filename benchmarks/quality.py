@@ -76,6 +76,7 @@ BOUNDED = {PROJECT: [dict(target_ratio=r) for r in (128, 512, 32, 2048, 8)],
 PLANNED = ("deltacome", "deltazip", "bitdelta-distill")
 X, XL = "true_ratio_all", "true_ratio_linear"
 GRID = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+TARGETS = ((128, 0.90), (512, 0.50))  # (all-tensor true ratio, share of the fine-tune's exact-match gain)
 FIELDS = ["method", "setting", "nominal_ratio", X, XL, "true_ratio_file", "tensor_bytes", "linear_stored_bytes",
           "file_bytes", "accuracy", "correct", "n", "answer_nll", "kl_heldout", "convert_s", "eval_s", "pareto"]
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "lm_head.weight", "embed_out.weight")
@@ -337,6 +338,23 @@ def write_md(rows, path: Path, *, note, source, failures=(), calib=None, png="qu
                       for i, g in enumerate(GRID) if PROJECT in table and table[PROJECT][i] is not None
                       for k in table if k != PROJECT and table[k][i] is not None
                       and table[k][i] > table[PROJECT][i] + 0.005]
+    lines += ["", "## The issue's targets (issue 11), on the all-tensor true ratio", ""]
+    proj = method_rows(rows).get(PROJECT, [])
+    for at, want in TARGETS:
+        got = interpolate_at(proj, at) if proj else None
+        if got is None and proj:  # just outside the measured range: the planner's point within 5% of it
+            near = min(proj, key=lambda r: abs(math.log(r[X] / at)))
+            got = near["accuracy"] if abs(near[X] / at - 1) <= 0.05 else None
+        if got is None or gain <= 0:
+            lines.append(f"- at {at}x, >= {want:.0%} of the fine-tune's gain: not measured (no {PROJECT} rows "
+                         f"around {at}x)")
+            continue
+        share = (got - base["accuracy"]) / gain
+        near = min(proj, key=lambda r: abs(math.log(r[X] / at)))
+        lines.append(f"- at {at}x, >= {want:.0%} of the gain: **{'met' if share >= want else 'missed'}**, "
+                     f"{100 * share:.1f}% ({100 * got:.1f}% exact match vs the fine-tune's "
+                     f"{100 * ft['accuracy']:.1f}% and the base's {100 * base['accuracy']:.1f}%; nearest measured "
+                     f"point {near['setting']} at {near[X]:.1f}x: {100 * near['accuracy']:.1f}%)")
     lines += ["", f"## Where {PROJECT} is not the best", ""]
     lines += [f"- {x}" for x in losses] if losses else [
         "- Nowhere in its measured range: at every common all-tensor ratio it is at least as accurate as every "
