@@ -108,6 +108,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer settings per method")
     p.add_argument("--bounded", action="store_true", help="the ~1 h sweep of a shared 2-core machine (BOUNDED)")
     p.add_argument("--only", default=None, help="comma-separated method labels (substring match)")
+    p.add_argument("--objective", default=None, help="the planner's objective (budget.OBJECTIVES), as its own rows")
     p.add_argument("--ladder", default=None, help="comma-separated target ratios of the planner (default: "
                    + ",".join(map(str, LADDER)) + ")")
     p.add_argument("--calib", type=Path, default=None, help="calibration text for every method")
@@ -162,6 +163,10 @@ def main(argv=None):
     sweep = dict(BOUNDED if args.bounded else QUICK if args.quick else SWEEP)
     if args.ladder:
         sweep[PROJECT] = [dict(target_ratio=float(r)) for r in args.ladder.split(",")]
+    if args.objective:  # the planner with another objective, as its own rows
+        rows_of = sweep.pop(PROJECT, [])
+        sweep[f"{PROJECT}, objective {args.objective}"] = [
+            dict(o, method_options={"objective": args.objective}) for o in rows_of]
     if args.only:
         keys = [s.strip().lower() for s in args.only.split(",")]
         sweep = {k: v for k, v in sweep.items() if any(s in k.lower() for s in keys)}

@@ -180,14 +180,21 @@ class Option:
     error: float  # N / g^2: the noise left after the gain, in the Fisher-weighted output metric
     rel: float = 0.0  # N / (g^2 S): the same relative to the delta's own size (1 / SNR)
     numel: int = 0
+    shrink: float = 1.0  # C / Q: the scale of the decoded delta that minimises the output error
 
     def cost(self, objective: str) -> float:
         """What the allocator sums. snr (default): numel x rel, every element of every tensor at an equal
-        price for its noise-to-signal ratio; fisher: error, tensors weighted by their calibration Fisher."""
-        return self.error if objective == "fisher" else self.numel * self.rel
+        price for its noise-to-signal ratio; fisher: error, tensors weighted by their calibration Fisher;
+        shrink: numel x the relative output error left once the decoded delta is scaled by `shrink`,
+        rel / (1 + rel) (the encoder then stores shrink x the delta; never above a zero delta's 1)."""
+        if objective == "fisher":
+            return self.error
+        if objective == "shrink":
+            return self.numel * self.rel / (1.0 + self.rel)
+        return self.numel * self.rel
 
 
-OBJECTIVES = ("snr", "fisher")
+OBJECTIVES = ("snr", "fisher", "shrink")
 
 
 def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None) -> tuple[Option, Encoded]:
@@ -198,12 +205,12 @@ def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None) -> tuple[O
     if stats is None or delta.ndim != 2:
         return Option(cfg, nbytes, 0.0, 0.0, delta.size), enc
     d_hat = decode(entry, bufs)
-    err, rel = noise_to_signal(stats, delta[rows], d_hat[rows], rows, ref)
-    return Option(cfg, nbytes, err, rel, delta.size), enc
+    err, rel, shrink = noise_to_signal(stats, delta[rows], d_hat[rows], rows, ref)
+    return Option(cfg, nbytes, err, rel, delta.size, shrink), enc
 
 
-def noise_to_signal(stats, d, d_hat, rows, ref=None) -> tuple[float, float]:
-    """(N/g^2, N/(g^2 S)). With S = <D, D>, C = <D^, D>, Q = <D^, D^> in the Fisher metric, the approximation
+def noise_to_signal(stats, d, d_hat, rows, ref=None) -> tuple[float, float, float]:
+    """(N/g^2, N/(g^2 S), C/Q). With S = <D, D>, C = <D^, D>, Q = <D^, D^> in the Fisher metric, the approximation
     is a gain g = C/S times D plus noise N = Q - C^2/S; N/g^2 = S (Q S / C^2 - 1). A shrinking quantizer
     (gain < 1) is charged for the shrinkage, not rewarded for its smaller squared error: on memorised facts a
     delta scaled down loses answers that an unbiased but noisy one keeps (benchmarks/results/quality.md)."""
@@ -213,11 +220,11 @@ def noise_to_signal(stats, d, d_hat, rows, ref=None) -> tuple[float, float]:
     C = stats.inner_projected(ph, pd, rows)
     Q = stats.inner_projected(ph, ph, rows)
     if S <= 0:
-        return 0.0, 0.0
+        return 0.0, 0.0, 1.0
     if C <= 1e-12 * S:
-        return S * 1e6, 1e6  # no signal left
+        return S * 1e6, 1e6, 0.0  # no signal left
     rel = max(Q * S / (C * C) - 1.0, 0.0)
-    return S * rel, rel
+    return S * rel, rel, (C / Q if Q > 0 else 1.0)
 
 
 def sample_rows(n: int, seed: int = 0) -> np.ndarray:

@@ -212,7 +212,8 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
     seeds = ctx.cache.setdefault("seeds", {})
     data_names = [t.name for t in ctx.data_tasks()]
     record = {"method": "deltadq", "planner": "budget", "encoding": "per tensor",
-              "objective": objective, "cost": "snr: sum numel * N/(g^2 S); fisher: sum N/g^2 (Fisher-weighted)",
+              "objective": objective, "cost": "snr: sum numel * N/(g^2 S); fisher: sum N/g^2 (Fisher-weighted); shrink: sum numel * "
+                      "rel/(1+rel), deltas stored scaled by C/Q",
               "budget_bytes": int(total_budget), "seed": int(ctx.seed), "seed_trials": int(trials),
               "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
               "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
@@ -230,12 +231,16 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
     ctx.console.print(f"  allocated {planned_bytes:,} bytes of {avail:,.0f}; "
                       + ", ".join(f"{c.label()}: {sum(o.cfg == c for o in choice.values())}" for c in configs))
 
+    def scaled(o, delta):  # the shrink objective stores C/Q x the delta (same codes, scaled grid)
+        return delta * np.float32(o.shrink) if objective == "shrink" and o.shrink != 1.0 else delta
+
     def hook(name, delta):
         cfg = choice[name].cfg
         if cfg.family not in ("rans", "sign") or trials <= 1:
-            return cfg.kind, budget.encode(cfg, delta, tensor_seed(ctx.seed, name))
+            return cfg.kind, budget.encode(cfg, scaled(choice[name], delta), tensor_seed(ctx.seed, name))
         if (name, cfg, trials, objective) in seeds:
-            return cfg.kind, budget.encode(cfg, delta, seeds[name, cfg, trials, objective])
+            s, o = seeds[name, cfg, trials, objective]
+            return cfg.kind, budget.encode(cfg, scaled(o, delta), s)
         st = ctx.stats.get(name)
         rows = budget.sample_rows(delta.shape[0])
         ref = st.project(delta[rows]) if st is not None else None
@@ -244,8 +249,10 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
             s = trial_seed(ctx.seed, name, i)
             o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows, ref)
             if best is None or o.cost(objective) < best[0]:
-                best = (o.cost(objective), enc, s)
-        seeds[name, cfg, trials, objective] = best[2]
+                best = (o.cost(objective), enc, s, o)
+        seeds[name, cfg, trials, objective] = best[2], best[3]
+        if objective == "shrink":
+            return cfg.kind, budget.encode(cfg, scaled(best[3], delta), best[2])
         return cfg.kind, best[1]
 
     return hook, record

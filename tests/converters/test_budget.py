@@ -136,3 +136,24 @@ def test_metric_inner_matches_its_definition():
     rows = np.array([1, 4])
     part = sum(st.f[r] * A[i] @ (X.T @ X + Hg) @ B[i] + 0.3 * st.lookups[r] * A[i] @ B[i] for i, r in enumerate(rows))
     assert st.inner(A[:2], B[:2], rows) == pytest.approx(part * 7 / 2, rel=1e-9)  # a row sample, scaled up
+
+
+def test_shrink_objective_scales_noisy_candidates_down_and_lowers_the_output_error():
+    """objective "shrink": a candidate whose noise exceeds its signal (heavy dropout) is stored scaled by C/Q,
+    which lowers the calibration output error; its cost never exceeds a zero delta's (numel)."""
+    from ddq_format.converters.calibration import TensorStats
+    rng = np.random.default_rng(7)
+    d = (rng.standard_normal((64, 256)) * 1e-3).astype(np.float32)
+    st = TensorStats(xs=[rng.standard_normal((40, 256)).astype(np.float32)], f=np.ones(64))
+    rows = np.arange(64)
+    cfg = budget.Config("rans", alpha=64)
+    o, _ = budget.score("t", d, "F32", None, cfg, 3, st, rows)
+    assert o.rel > 1 and 0 < o.shrink < 1
+    assert o.cost("shrink") < o.numel < o.cost("snr")
+
+    def out_err(scale):
+        enc = budget.encode(cfg, d * np.float32(scale), 3)
+        e, b = budget.as_entry("t", d.shape, "F32", cfg.kind, enc)
+        return st.error(budget.decode(e, b) - d)
+    assert out_err(o.shrink) < out_err(1.0)
+    assert out_err(o.shrink) < st.error(d)  # better than no delta at all
