@@ -119,6 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="quality", help="output file stem (CSV, PNG, MD)")
     p.add_argument("--note", default="", help="free text recorded in the markdown (machine, build)")
+    p.add_argument("--source", default=None, help="--render: what the rows were measured on (the markdown's words)")
     p.add_argument("--render", type=Path, nargs="+", default=None,
                    help="only re-render png/md from these CSV files (rows concatenated, duplicates dropped)")
     return p.parse_args(argv)
@@ -142,7 +143,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.render:
         rows = read_csv(args.render)
-        finish(rows, args, source="the example pair")
+        finish(rows, args, source=args.source or "the example pair")
         return
     import torch
 
