@@ -107,6 +107,7 @@ def parse_args(argv=None):
     p.add_argument("--facts-seed", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="fewer settings per method")
     p.add_argument("--bounded", action="store_true", help="the ~1 h sweep of a shared 2-core machine (BOUNDED)")
+    p.add_argument("--first", type=int, default=None, metavar="N", help="only the first N settings of each method")
     p.add_argument("--only", default=None, help="comma-separated method labels (substring match)")
     p.add_argument("--objective", default=None, help="the planner's objective (budget.OBJECTIVES), as its own rows")
     p.add_argument("--ladder", default=None, help="comma-separated target ratios of the planner (default: "
@@ -164,6 +165,8 @@ def main(argv=None):
     sweep = dict(BOUNDED if args.bounded else QUICK if args.quick else SWEEP)
     if args.ladder:
         sweep[PROJECT] = [dict(target_ratio=float(r)) for r in args.ladder.split(",")]
+    if args.first:
+        sweep = {k: v[:args.first] for k, v in sweep.items()}
     if args.objective:  # the planner with another objective, as its own rows
         rows_of = sweep.pop(PROJECT, [])
         sweep[f"{PROJECT}, objective {args.objective}"] = [
