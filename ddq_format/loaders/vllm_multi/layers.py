@@ -11,6 +11,11 @@ delta of each row's slot after vLLM's own computation (base, then LoRA):
 - lm_head: in `_get_logits`, this rank's vocabulary rows, gathered like the base logits;
 - norm: the rows of a slot whose delta changes the norm weight are recomputed with the fine-tuned weight.
 
+Each step's rows are grouped by slot once (deltas.StepIndex, one per punica wrapper, reset when vLLM
+updates the wrapper's indices) and shared by every layer: the linear layers and lm_head run the grouped
+kernels without a host sync, norms select per row without one; embedding rows and dense deltas cost one
+device-to-host copy per step.
+
 `ModelPlan(manager)` also maps every checkpoint tensor name to where it is applied on this rank (payload.
 Target), with the rows/columns of the rank's shard taken from vLLM's own LoRA slicing (slice_lora_b for
 column-parallel output rows, the rank's input range for row-parallel layers, the vocab shard indices).
@@ -20,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .deltas import LinearSlots, RowSlots, fit_index
+from .deltas import LinearSlots, NormSlots, RowSlots, StepIndex, fit_index
 from .payload import EMBEDDING, LINEAR, LM_HEAD, NORM, SKIP, Target
 
 _CLASSES: dict = {}
@@ -51,6 +56,29 @@ def ranges(index: torch.Tensor) -> tuple:
     return tuple((a, b) for a, b in out)
 
 
+def step_index(punica, n_slots: int) -> StepIndex:
+    """The StepIndex of a punica wrapper, reset whenever vLLM updates the wrapper's per-row slot indices
+    (update_metadata, once per step whose batch changed)."""
+    step = punica.__dict__.get("ddq_step")
+    if step is None:
+        step = punica.ddq_step = StepIndex(n_slots)
+        update = punica.update_metadata
+
+        def update_metadata(*args, **kwargs):
+            try:
+                return update(*args, **kwargs)
+            finally:
+                step.bump()
+        punica.update_metadata = update_metadata
+    return step
+
+
+def _rows(punica, n: int, n_slots: int, kind: str = "tokens"):
+    """(slot per row fitted to n rows, the step's segments of it)."""
+    idx = fit_index(punica.token_lora_indices if kind == "tokens" else punica.sampler_indices, n)
+    return idx, step_index(punica, n_slots).segments(idx, kind)
+
+
 # -- the mixins -----------------------------------------------------------------------------------------
 class LinearDeltas:
     """y = (vLLM's base + LoRA) + x·ΔWᵀ of each row's slot, rank-local."""
@@ -61,9 +89,9 @@ class LinearDeltas:
         if slots.empty:
             return out
         x2, y2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
-        idx = fit_index(self.punica_wrapper.token_lora_indices, x2.shape[0])
+        idx, seg = _rows(self.punica_wrapper, x2.shape[0], slots.n)
         # a row-parallel layer adds its bias on rank 0 only, before the all-reduce: so does the bias delta
-        y2 = slots.apply(x2, y2, idx, with_bias=self.ddq_bias_here)
+        y2 = slots.apply(x2, y2, idx, with_bias=self.ddq_bias_here, segments=seg)
         return y2.reshape(out.shape)
 
 
@@ -74,8 +102,8 @@ class EmbeddingDeltas:
         if slots.empty:
             return out
         tokens = x.reshape(-1)
-        idx = fit_index(self.ddq_punica.token_lora_indices, tokens.numel())
-        add = slots.embedding_add(tokens, idx, out.shape[-1], self.ddq_vocab_start)
+        idx, seg = _rows(self.ddq_punica, tokens.numel(), slots.n)
+        add = slots.embedding_add(tokens, idx, out.shape[-1], self.ddq_vocab_start, segments=seg)
         if add is None:  # the same on every rank: they all see the same batch
             return out
         if self.ddq_tp > 1:
@@ -93,11 +121,9 @@ class LogitsDeltas:
         if slots.empty:
             return logits
         h = hidden_states.reshape(-1, hidden_states.shape[-1])
-        idx = fit_index(self.ddq_punica.sampler_indices, h.shape[0])
-        if not bool((idx >= 0).any()):
-            return logits
+        idx, seg = _rows(self.ddq_punica, h.shape[0], slots.n, "sampler")
         local = torch.zeros(h.shape[0], self.ddq_local_width, dtype=torch.float32, device=h.device)
-        slots.apply(h, local[:, :slots.out_features], idx)
+        slots.apply(h, local[:, :slots.out_features], idx, segments=seg)
         if kwargs.get("skip_gather", args[1] if len(args) > 1 else False):  # the caller gathers
             return logits + local.to(logits.dtype)
         # gathered like the base logits (None on ranks > 0 when vLLM gathers to rank 0)
@@ -120,22 +146,20 @@ def rms_rows(module, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class NormDeltas:
-    """Rows of a slot whose delta changes this norm's weight get the norm with the fine-tuned weight."""
+    """Rows of a slot whose delta changes this norm's weight get the norm with the fine-tuned weight: every
+    row is normalized again with its slot's weight (NormSlots.table) and selected where its slot has one,
+    which costs an elementwise pass and no host sync; other rows keep vLLM's output exactly."""
 
     def forward(self, x, residual=None):
         slots = self.ddq_slots
         if slots.empty:
             return super().forward(x, residual)
-        idx = fit_index(self.ddq_punica.token_lora_indices, x.shape[0])
-        present = list(slots.present(idx))
-        if not present:
-            return super().forward(x, residual)
+        idx = fit_index(self.ddq_punica.token_lora_indices, x.shape[0]) + 1
         h = x.clone() if residual is None else None  # fused kernels may write in place
         out = super().forward(x, residual)
         y = out if residual is None else out[0]
         h = h if residual is None else out[1]  # x + residual: the fused path's normalized input
-        for _, rows, w in present:
-            y[rows] = rms_rows(self, h[rows], w)
+        y.copy_(torch.where(slots.has[idx][:, None], rms_rows(self, h, slots.table[idx]), y))
         return out
 
 
@@ -187,7 +211,7 @@ class ModelPlan:
                                                                        torch.nn.Parameter) \
                     and getattr(module, "variance_size_override", None) is None:
                 swap_class(module, NormDeltas)
-                module.ddq_slots, module.ddq_punica = RowSlots(self.n), punica
+                module.ddq_slots, module.ddq_punica = NormSlots(self.n, module.weight), punica
                 module.ddq_gemma = isinstance(module, GemmaRMSNorm)
                 self._add(name, module, name + ".weight", Target(name, NORM))
             elif isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead) \

@@ -15,8 +15,7 @@ import torch
 
 from ...errors import BindingError, UsageError
 from ...kernels import KERNEL_ENCODINGS
-from ...spec import (ENC_SEEDED, ENC_SEEDED_RANS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE,
-                     KIND_SAME, KIND_TIED, PACKED)
+from ...spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
 from .deltas import DenseDelta, nbytes
 from .shard import shard_compressed, shard_dense
 
@@ -58,7 +57,7 @@ def check_entries(ddq, base) -> None:
                                      list(base.shards[name].info(name)[1]) != list(e["shape"])):
             raise BindingError("the fine-tune changes this tensor's shape (or adds it); one engine cannot serve "
                                "that per request (materialize the fine-tune instead)", path=ddq.path, tensor=name)
-        if kind == KIND_COMPRESSED and e.get("encoding") not in KERNEL_ENCODINGS + (ENC_SEEDED_RANS,):
+        if kind == KIND_COMPRESSED and e.get("encoding") not in KERNEL_ENCODINGS:
             raise UsageError(f"encoding {e.get('encoding')!r} has no kernel that keeps it compressed on the "
                              "device; convert with --encoding seeded, seeded_rans or csr_parts, or materialize "
                              "it", path=ddq.path, tensor=name, field="encoding")
@@ -105,8 +104,8 @@ def build(ddq, targets, base) -> tuple[dict[str, ModuleDelta], int]:
 
 
 def _delta(ddq, name: str, t: Target, base):
-    """The rank's delta for entry `name`: a kernel-encoded delta, a SeededShard, a DenseDelta, or a float32
-    vector (biases, norms)."""
+    """The rank's delta for entry `name`: a kernel-encoded delta (or its shard, or a shard.RowRuns), a
+    DenseDelta, or a float32 vector (biases, norms)."""
     e = ddq.entries[name]
     vector = t.role == NORM or t.leaf == "bias"
     if e["kind"] == KIND_COMPRESSED and not vector:
@@ -123,10 +122,8 @@ def _delta(ddq, name: str, t: Target, base):
 
 
 def _compressed(ddq, name, e, t: Target):
-    bufs = ddq.buffers(name)  # CRC-32 verified
-    if e.get("encoding") == ENC_SEEDED_RANS:
-        e, bufs = as_seeded(ddq, name, e)
-    return shard_compressed(e, bufs, row_index(t.rows), t.cols, path=ddq.path)
+    """A kernel-encoded entry (seeded_rans re-laid as seeded codes by the kernels), this rank's shard."""
+    return shard_compressed(e, ddq.buffers(name), row_index(t.rows), t.cols, path=ddq.path)  # CRC-32 verified
 
 
 def row_index(rows: tuple | None) -> np.ndarray | None:
@@ -134,14 +131,3 @@ def row_index(rows: tuple | None) -> np.ndarray | None:
     if rows is None:
         return None
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in rows]) if rows else np.zeros(0, np.int64)
-
-
-def as_seeded(ddq, name, e) -> tuple[dict, dict]:
-    """A seeded_rans entry re-laid as `seeded` (same mask and codes, k bits each, no entropy coding), the
-    layout the kernels read; its bytes are what `inspect` reports for seeded."""
-    from ... import bitpack
-    codes = ddq.parts(name)
-    p = {k: e["params"][k] for k in ("alpha", "group_size", "bits", "scale", "zero", "seed")}
-    buf = bitpack.pack(codes, p["bits"])
-    return ({**e, "encoding": ENC_SEEDED, "params": p,
-             "buffers": {"codes": {"dtype": PACKED, "length": int(buf.size)}}}, {"codes": buf})
