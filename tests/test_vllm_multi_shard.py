@@ -180,6 +180,11 @@ def test_norm_slots_table():
     assert torch.equal(n.table[1], base) and n.nbytes(1) == 16 and n.nbytes(0) == 0
     n.clear(1)
     assert n.empty and torch.equal(n.table[2], base) and not n.has.any()
+    fresh = NormSlots(3, base)
+    with torch.inference_mode():  # vLLM activates adapters inside its steps, removes them outside
+        fresh.set(2, torch.ones(4) * 2)
+    fresh.clear(2)
+    assert fresh.empty and torch.equal(fresh.table[3], base)
 
 
 def test_compressed_embedding_rows_decode_only_the_tokens():

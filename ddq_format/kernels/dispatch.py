@@ -161,7 +161,7 @@ DECODERS = {
     "triton seeded_scatter": _triton_decode("seeded_scatter"),  # the previous kernel, for the benchmark
     "triton csr_scatter": _triton_decode("csr_scatter"),
     "torch reference decode": lambda d, dtype: reference.decode(d).to(dtype),
-    "numpy reader decode": lambda d, dtype: host.dense(d).to(dtype),
+    "numpy reader decode": lambda d, dtype: torch.from_numpy(host.dense(d)).to(dtype),
 }
 
 

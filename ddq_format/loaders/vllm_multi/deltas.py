@@ -224,6 +224,9 @@ class NormSlots:
     def empty(self) -> bool:
         return not self.slots
 
+    # vLLM moves adapters in and out of slots both inside its inference-mode steps and outside them (its
+    # add/remove API): the table is an ordinary tensor, updated in place either way.
+    @torch.inference_mode(False)
     def set(self, slot: int, weight: torch.Tensor) -> None:
         if self.table is None:
             self.table = self.base.detach().reshape(1, -1).repeat(self.n + 1, 1)
@@ -232,6 +235,7 @@ class NormSlots:
         self.has[slot + 1] = True
         self.slots.add(slot)
 
+    @torch.inference_mode(False)
     def clear(self, slot: int) -> None:
         if slot in self.slots:
             self.table[slot + 1] = self.base.detach().reshape(-1)
