@@ -11,8 +11,10 @@ baseline covers the same tensors), converted N times with different seeds (N dis
 N distinct deltas of equal size). LoRA adapters are written in PEFT's format (adapter_config.json +
 adapter_model.safetensors, rank r on every linear layer). Resident bytes are counted from the tensors the
 engine holds: base weights, vLLM's preallocated LoRA slot buffers (max_loras x max_lora_rank), and the
-deltas in the device slots. On CPU the deltas go through the kernels' torch reference path, which decodes
-each delta to a dense matrix on every call; the figures say what that path costs, not the GPU kernels.
+deltas in the device slots. On CPU the deltas go through the kernels' numpy backend: per layer and step,
+each delta some request uses is decoded once by the numpy reader's decoder into a scratch that lives for
+that call, then multiplied for all its tokens; the figures say what that path costs, not the GPU kernels.
+The machine's load average is printed beside the figures (other work shares it).
 """
 from __future__ import annotations
 
@@ -136,6 +138,11 @@ def generate_rate(llm, prompts, loras, new, min_seconds: float = 0.0) -> tuple[f
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
+def torch_threads(worker) -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def engine(base_dir, **kw):
     import vllm
     # no prefix caching: every run pays its prefill, as distinct user prompts would
@@ -147,6 +154,7 @@ def run(args) -> tuple[list[dict], dict]:
     """Every engine is built first; then rounds, each measuring every configuration once (so the load of a
     shared machine drifts over all of them alike); the median round per configuration."""
     from vllm.lora.request import LoRARequest
+    load0 = os.getloadavg()[0]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_vllm_multi_"))
     b = build(work, args)
     rng = np.random.default_rng(7)
@@ -205,11 +213,22 @@ def run(args) -> tuple[list[dict], dict]:
                      "vs_base_cpu": med(paired[label], 1),
                      "spread": (min(x[0] for x in paired[label]), max(x[0] for x in paired[label])),
                      **memory[label]})
+    threads = ddq_engine.collective_rpc(torch_threads)[0]
     del configs, lora_configs, ddq_engine, lora_engine
     gc.collect()
-    info = {"convert_s": b["convert_s"], "rank": rank, "max_rank": max_rank, "lora_bytes": rank * per_rank,
+    info = {"convert_s": b["convert_s"], "rank": rank, "load": (load0, os.getloadavg()[0]),
+            "threads": threads, "max_rank": max_rank, "lora_bytes": rank * per_rank,
             "delta_bytes": delta_bytes, "file_bytes": os.path.getsize(b["deltas"][0]), "work": str(work)}
     return rows, info
+
+
+def decoder_backend() -> str:
+    """Which numpy decoder the reader runs ('numba' when the optional accel extra is present)."""
+    try:
+        from ddq_format import accel
+    except ImportError:
+        return "numpy (no accel package)"
+    return accel.backend()
 
 
 def report(rows, info, args) -> str:
@@ -222,7 +241,9 @@ def report(rows, info, args) -> str:
            f"Machine: {machine()}; vLLM {vllm.__version__}, torch {torch.__version__}. Run: "
            f"`python benchmarks/bench_vllm_multi.py --ns {','.join(map(str, args.ns))} --prompts {args.prompts} "
            f"--new {args.new} --repeats {args.repeats} --min-seconds {args.min_seconds:g}` "
-           f"({time.strftime('%Y-%m-%d')}).\n",
+           f"({time.strftime('%Y-%m-%d')}). Load average (1 min) {info['load'][0]:.1f} at the start, "
+           f"{info['load'][1]:.1f} at the end; reader decoder: {decoder_backend()}; engine torch threads: "
+           f"{info['threads']}.\n",
            f"Model: tiny random LLaMA (hidden {args.hidden}, {args.layers} layers, intermediate {args.inter}, "
            f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}; "
            f"{info['delta_bytes']} resident bytes each ({info['file_bytes']} bytes of file). LoRA baseline: rank "
@@ -252,9 +273,9 @@ def report(rows, info, args) -> str:
                "vLLM's LoRA slot buffers (allocated for max_loras slots at max_lora_rank, whatever is loaded) + "
                "the deltas resident in the slots; 'vs N merged engines' divides by N copies of the base alone. "
                "On this CPU build the "
-               "deltas run through the kernels' torch reference path (a dense decode of every delta on every "
-               "call), so throughput with deltas reflects that path; the GPU Triton kernels are measured in "
-               "benchmarks/bench_kernels.py.")
+               "deltas run through the kernels' numpy backend (each delta a step uses decoded once per layer by "
+               "the reader's decoder, then multiplied for all its tokens), so throughput with deltas reflects "
+               "that path; the GPU Triton kernels are measured in benchmarks/bench_kernels.py.")
     return "\n".join(out) + "\n"
 
 

@@ -145,3 +145,19 @@ def test_multi_delta_usage_errors(tmp_path, rng):
         multi_delta_matmul(x, deltas, idx, add_to=torch.zeros(3, 15))
     with pytest.raises(UsageError, match="at least one"):
         multi_delta_matmul(x, [None, None], idx)
+
+
+def test_numpy_backend_large_products_take_torch_matmul(tmp_path, rng, monkeypatch):
+    """Above host.SMALL_PRODUCT multiply-adds the numpy backend's products go to torch's matmul: same
+    results within the tolerance."""
+    from ddq_format.kernels import host
+    deltas, dense = _deltas(tmp_path, rng, MULTI[:2], "cpu")
+    index = torch.tensor([1, 0, -1, 1])
+    x = torch.from_numpy(rng.standard_normal((4, 96)))
+    ref = torch.stack([x[b] @ dense[i].T if i >= 0 else torch.zeros(16, dtype=torch.float64)
+                       for b, i in enumerate(index.tolist())])
+    small = multi_delta_matmul(x.float(), deltas, index, backend="numpy")
+    monkeypatch.setattr(host, "SMALL_PRODUCT", 0)
+    large = multi_delta_matmul(x.float(), deltas, index, backend="numpy")
+    assert _rel(small, ref) <= MATMUL_TOL and _rel(large, ref) <= MATMUL_TOL
+    assert _rel(deltas[0].matmul(x.float()), x @ dense[0].T) <= MATMUL_TOL
