@@ -47,7 +47,7 @@ def test_unknown_and_partless_encodings_fail_clearly():
 # An encoding id literal or ENC_* constant compared with == / != / in (...), outside the registries
 # ("lowrank" is also a --method name, so only its ENC_ constant counts).
 _BRANCH = re.compile(r"""(==|!=|\bin\s*\()\s*(ENC_[A-Z_]+|["'](raw|csr_parts|seeded|seeded_rans|csr_f16|"""
-                     r"""sign_scale)["'])""")
+                     r"""sign_scale)["'])|\bin\s+KERNEL_ENCODINGS""")
 _ALLOWED = ("encodings/", "spec.py", "kernels/registry.py", "kernels/dispatch.py")  # the registries
 
 

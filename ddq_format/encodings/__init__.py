@@ -12,6 +12,7 @@ and optionally
   KEPT_ORDER               DeltaDQ layouts only: True = values in the seeded mask's kept order (the mask is
                            regenerated from the seed), False = positions stored, columns ascending
   SEPARATE_PARTS           True when the encoding stores m > 1 parts of separate quantization
+  ENTROPY_CODED            True when the codes are entropy-coded (parts() still gives the plain code matrix)
 
 `registry()` wraps each module in an `Encoding` and checks the set against spec.ENCODING_SINCE; callers use
 `get(id)` / `require(id, ctx)` and the Encoding's attributes, never comparisons of encoding names.
@@ -46,6 +47,7 @@ class Encoding:
     roles: dict
     kept_order: bool | None = None
     separate_parts: bool = False
+    entropy_coded: bool = False
 
     @property
     def deltadq(self) -> bool:
@@ -92,7 +94,7 @@ def _build() -> dict[str, Encoding]:
         m = importlib.import_module(f".{mod_name}", __name__)
         kinds = tuple(k for k, ids in ENCODINGS_BY_KIND.items() if m.ID in ids)
         out[m.ID] = Encoding(m.ID, m, ENCODING_SINCE[m.ID], kinds, dict(m.ROLES), getattr(m, "KEPT_ORDER", None),
-                             getattr(m, "SEPARATE_PARTS", False))
+                             getattr(m, "SEPARATE_PARTS", False), getattr(m, "ENTROPY_CODED", False))
     if set(out) != set(ENCODING_SINCE):
         raise RuntimeError(f"encoding modules {sorted(out)} differ from spec.ENCODING_SINCE {sorted(ENCODING_SINCE)}")
     return out

@@ -33,6 +33,7 @@ from .seeded import check_params, scatter
 ID = ENC_SEEDED_RANS
 ROLES = {"streams": "values", "stream_offsets": "row_offsets"}  # coded codes; stream starts
 KEPT_ORDER = True
+ENTROPY_CODED = True  # parts() decodes the streams to seeded's code matrix
 
 P = RANS_PROB_BITS
 M = 1 << P

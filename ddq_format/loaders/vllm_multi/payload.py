@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ...errors import BindingError, UsageError
-from ...kernels import KERNEL_ENCODINGS
+from ...kernels import supports
 from ...spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
 from .deltas import DenseDelta, nbytes
 from .shard import shard_compressed, shard_dense
@@ -57,7 +57,7 @@ def check_entries(ddq, base) -> None:
                                      list(base.shards[name].info(name)[1]) != list(e["shape"])):
             raise BindingError("the fine-tune changes this tensor's shape (or adds it); one engine cannot serve "
                                "that per request (materialize the fine-tune instead)", path=ddq.path, tensor=name)
-        if kind == KIND_COMPRESSED and e.get("encoding") not in KERNEL_ENCODINGS:
+        if kind == KIND_COMPRESSED and not supports(e):
             raise UsageError(f"encoding {e.get('encoding')!r} has no kernel that keeps it compressed on the "
                              "device; convert with --encoding seeded, seeded_rans or csr_parts, or materialize "
                              "it", path=ddq.path, tensor=name, field="encoding")
