@@ -33,10 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from vllm_testing import VLLM_ENV, save_finetune, save_llama  # noqa: E402
+from vllm_testing import LORA_TARGETS, VLLM_ENV, save_finetune, save_llama, save_peft_lora  # noqa: E402
 
 os.environ.update(VLLM_ENV)
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
@@ -76,7 +75,7 @@ def build(work: Path, args) -> dict:
 def linears(layers: int):
     """(checkpoint module path) of every linear layer a LoRA adapter targets."""
     for i in range(layers):
-        for m in LINEARS:
+        for m in LORA_TARGETS:
             yield f"model.layers.{i}.{'self_attn' if m[0] in 'qkvo' else 'mlp'}.{m}"
 
 
@@ -85,25 +84,6 @@ def lora_rank(delta_bytes: int, state: dict, layers: int, elem: int = 4) -> tupl
     holds about delta_bytes."""
     per_rank = sum(sum(state[f"{m}.weight"].shape) for m in linears(layers)) * elem
     return max(1, round(delta_bytes / per_rank)), per_rank
-
-
-def write_lora(folder: Path, state: dict, layers: int, rank: int, seed: int) -> Path:
-    """A PEFT-format LoRA adapter (random A and B) of rank `rank` on every linear layer."""
-    import json
-
-    from safetensors.numpy import save_file
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(100 + seed)
-    tensors = {}
-    for m in linears(layers):
-        out_f, in_f = state[f"{m}.weight"].shape
-        tensors[f"base_model.model.{m}.lora_A.weight"] = rng.normal(0, 0.02, (rank, in_f)).astype(np.float32)
-        tensors[f"base_model.model.{m}.lora_B.weight"] = rng.normal(0, 0.02, (out_f, rank)).astype(np.float32)
-    save_file(tensors, folder / "adapter_model.safetensors")
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "bias": "none",
-        "target_modules": list(LINEARS), "base_model_name_or_path": "base"}))
-    return folder
 
 
 def device_bytes(worker) -> dict:
@@ -182,7 +162,9 @@ def run(args) -> tuple[list[dict], dict]:
     delta_bytes = max(memory[configs[2][0]]["per_delta"].values())
     rank, per_rank = lora_rank(delta_bytes, b["state"], args.layers)
     max_rank = min(r for r in LORA_RANKS if r >= rank)
-    adapters = [write_lora(work / f"lora{i}", b["state"], args.layers, rank, i) for i in range(n_max)]
+    adapters = [work / f"lora{i}" for i in range(n_max)]
+    for i, folder in enumerate(adapters):
+        save_peft_lora(folder, b["state"], rank, i)
     lora_engine = engine(b["base_dir"], enable_lora=True, max_loras=n_max, max_lora_rank=max_rank)
     lora_configs = [(f"{n} PEFT LoRA adapters (rank {rank}), one engine", n, "lora", lora_engine,
                      [LoRARequest(f"l{i % n}", 1 + i % n, str(adapters[i % n])) for i in range(len(prompts))])

@@ -13,8 +13,9 @@ the Triton backend runs. Public interface (what loaders and the vLLM path call):
   add_to=y, check_index=False) per layer: y[t] += x[t]·ΔŴ_{index[t]}ᵀ (SGMV; None deltas and -1 = none).
 - dispatch.describe(): the table of which kernel serves which encoding, device and batch.
 
-Backends: Triton on CUDA; on CPU the numpy backend (host.py: the numpy reader's decoder per call, into a
-scratch that lives for the call); the torch reference (reference.py) anywhere, the oracle of both.
+Backends: Triton on CUDA; on CPU the numpy backend (host.py: decoded per call into a scratch that lives for
+the call, the reader's mask hash run once for all seeded deltas of a call); the torch reference
+(reference.py) anywhere, the oracle of both.
 """
 from .delta import KERNEL_ENCODINGS, CompressedDelta, decode_dense, delta_linear, multi_delta_matmul, supports
 from .dispatch import BACKENDS, choose, describe

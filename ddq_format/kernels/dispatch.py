@@ -1,7 +1,8 @@
 """The dispatch: which kernel serves which operation, file encoding, device and batch, in one table (RULES).
 
 Backends: `triton` for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1, how CI checks the kernels),
-`numpy` for CPU tensors (host.py: the numpy reader's decoder per call, a dense scratch per product), `torch`
+`numpy` for CPU tensors (host.py: per call, one mask hash pass for all seeded deltas of a geometry, the
+reader's decoder for csr_parts, a dense scratch per product), `torch`
 (the pure-torch reference and oracle, any device). The default is triton on CUDA, numpy on CPU, torch
 elsewhere; `backend="triton"|"torch"|"numpy"` (or env DDQ_KERNEL_BACKEND) forces one. The first rule whose
 operation, encoding, backend and batch bound match is used; `describe()` prints the table (README, results).
@@ -45,7 +46,7 @@ RULES = (
     Rule("load", RELAID, "any", None, "numpy rANS decode -> packed seeded codes"),
     Rule("decode", SEEDED_ENCODINGS, "triton", None, "triton seeded_rows"),
     Rule("decode", CSR_ENCODINGS, "triton", None, "triton csr_scatter"),
-    Rule("decode", ALL, "numpy", None, "numpy reader decode"),
+    Rule("decode", ALL, "numpy", None, "numpy reader decode"),  # seeded: the reader's hash, batched
     Rule("decode", ALL, "torch", None, "torch reference decode"),
     Rule("decode_entry", ALL, "numpy", None, "numpy reader decode"),
     Rule("decode_entry", RELAID, "triton", None, "triton rans_lanes -> seeded_rows (8-bit codes)"),
@@ -59,7 +60,7 @@ RULES = (
     Rule("linear", ALL, "triton", FUSED_MAX_BATCH, "triton fused_linear"),
     Rule("linear", ALL, "any", None, "F.linear + delta matmul"),
     Rule("multi", ALL, "triton", None, "triton sgmv"),
-    Rule("multi", ALL, "numpy", None, "numpy decode of each delta used, dense matmul of its tokens"),
+    Rule("multi", ALL, "numpy", None, "numpy decode (one hash pass per mask geometry), dense matmul per delta"),
     Rule("multi", ALL, "torch", None, "torch reference multi"),
 )
 

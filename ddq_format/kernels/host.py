@@ -1,18 +1,23 @@
-"""The CPU backend ("numpy"): compressed deltas in host memory, decoded by the numpy reader per call.
+"""The CPU backend ("numpy"): compressed deltas in host memory, decoded per call into a scratch.
 
-A product decodes each delta it needs once, through the reader's own decoder (`encodings.get(id).decode`,
-bit-identical to DDQFile.decode, and whatever makes that decoder fast makes this path fast), into a dense
-float32 scratch that lives for that call only, then multiplies with the library's dense matmul. The grouped
-product decodes only the deltas some token uses, once each, for all of that delta's tokens. Seeded shards
-(tensor parallelism) and row gathers (embeddings) regenerate only their rows' mask with the reader's hash
-(seeded_mask.positions), keyed by global row and group. Nothing dense outlives a call.
+seeded-layout deltas (seeded; seeded_rans re-laid at load) are decoded by `seeded_dense`: the reader's own
+mask hash (seeded_mask.positions) run ONCE for every delta of a call whose mask geometry (shape, group size,
+alpha, shard offsets) agrees, the delta's seed folded into the row key (`_seed_keys`), so a step over N
+deltas pays one vectorized hash pass per layer instead of N small ones; bit-identical to DDQFile.decode
+(tests/kernels/test_host.py). csr_parts goes through the reader's decoder (`encodings.get(id).decode`).
+The grouped product decodes only the deltas some token uses, once each, for all of that delta's tokens.
+Shards (tensor parallelism) key the hash by global row and group. Nothing dense outlives a call.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .. import bitpack
+from ..quantize import dequantize
+from ..seeded_mask import fmix32
 from ..seeded_mask import positions as np_positions
+from ..spec import SEED_SALT
 from . import reference, registry
 
 U32 = np.uint32
@@ -38,11 +43,67 @@ def positions(seed, rows, groups, index, length) -> torch.Tensor:
 
 
 def dense(d) -> np.ndarray:
-    """float32 [out, in]: the reader's decode, or for a seeded shard its rows' mask from the reader's hash."""
-    if getattr(d, "sharded", False):
-        return reference.decode_seeded(d, None, positions).numpy()
+    """float32 [out, in] of one delta."""
+    if d.layout is registry.SEEDED:
+        return seeded_dense([d])[0]
     entry, bufs = _entry(d)
     return registry.host_decode(entry, bufs)
+
+
+def _seed_keys(seeds) -> np.ndarray:
+    """Per seed, the word whose XOR into the row key turns seed 0's mask hash into that seed's: the hash
+    starts h1 = fmix32(fmix32(seed ^ SALT) ^ row) (seeded_mask.group_keys), so row ^ (h0(seed) ^ h0(0))
+    under seed 0 gives seed's h1 exactly, and one positions() call covers many seeds."""
+    h0 = fmix32((np.asarray(seeds, np.int64) & 0xFFFFFFFF).astype(U32) ^ U32(SEED_SALT))
+    return h0 ^ fmix32(U32(SEED_SALT))
+
+
+def geometry(d) -> tuple:
+    """What a seeded delta's mask columns depend on besides its seed: deltas equal in it share a hash pass."""
+    p = d.params
+    return (d.shape, p["group_size"], d.row0, d.g0, d.col0, d.clip, tuple(d.layout.blocks(d)))
+
+
+def seeded_dense(ds: list) -> np.ndarray:
+    """float32 [n, out, in] of seeded-layout deltas of one geometry: one hash pass for all of them."""
+    d0 = ds[0]
+    R, C = d0.shape
+    n, G = len(ds), d0.params["group_size"]
+    rows = (np.arange(R, dtype=U32) + U32(d0.row0))[None, :, None, None] ^ \
+        _seed_keys([d.params["seed"] for d in ds])[:, None, None, None]
+    cols = []
+    for g_first, n_groups, keep, length in d0.layout.blocks(d0):
+        g = np.arange(g_first, g_first + n_groups, dtype=U32)[None, None, :, None]
+        pos = np_positions(0, rows, g + U32(d0.g0), np.arange(keep, dtype=U32), length)  # [n, R, groups, keep]
+        cols.append((pos + g.astype(np.int64) * G).reshape(n, R, n_groups * keep))
+    K = d0.kept_per_row
+    width = C + d0.clip  # a shard's cut-off elements land in a spare last column
+    out = np.zeros((n, R, width), np.float32)
+    if not cols or not K:
+        return out[..., :C]
+    cols = np.concatenate(cols, 2) - d0.col0 if len(cols) > 1 else cols[0] - d0.col0
+    if d0.clip:
+        cols = np.where((cols >= 0) & (cols < C), cols, C)
+    vals = np.stack([dequantize(bitpack.unpack(_entry(d)[1]["codes"], d.params["bits"], R * K),
+                                d.params["scale"], d.params["zero"]) for d in ds])
+    cols += (np.arange(n * R, dtype=np.int64) * width).reshape(n, R, 1)
+    out.reshape(-1)[cols.reshape(-1)] = vals.reshape(-1)
+    return out[..., :C] if d0.clip else out
+
+
+def dense_all(ds: list) -> list[np.ndarray]:
+    """float32 [out, in] of each delta: seeded ones of one geometry decoded together."""
+    out = [None] * len(ds)
+    alike: dict = {}
+    for i, d in enumerate(ds):
+        if d.layout is registry.SEEDED:
+            alike.setdefault(geometry(d), []).append(i)
+        else:
+            out[i] = dense(d)
+    for idx in alike.values():
+        for i, w in zip(idx, seeded_dense([ds[i] for i in idx])):
+            out[i] = w
+    return out
 
 
 def rows(d, index: torch.Tensor) -> torch.Tensor:
@@ -86,8 +147,8 @@ def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
     pick = np.concatenate([order[start:start + count] for _, start, count in runs])
     ys = np.empty((pick.size, out.shape[1]), np.float32)
     at = 0
-    for s, start, count in runs:
-        ys[at:at + count] = product(xn[order[start:start + count]], dense(deltas[s]))
+    for (s, start, count), w in zip(runs, dense_all([deltas[s] for s, _, _ in runs])):
+        ys[at:at + count] = product(xn[order[start:start + count]], w)
         at += count
     if out.dtype == torch.float32:
         view = out.numpy()  # out's memory (a column slice of a wider output included)

@@ -35,7 +35,7 @@ EXPECTED = [
     ("rows", ENC_CSR_PARTS, "triton", None, "torch reference rows"),
     ("matmul", ENC_SEEDED, "numpy", 1, "numpy decode, then dense matmul"),
     ("linear", ENC_CSR_PARTS, "numpy", 1, "F.linear + delta matmul"),
-    ("multi", ENC_CSR_PARTS, "numpy", None, "numpy decode of each delta used, dense matmul of its tokens"),
+    ("multi", ENC_CSR_PARTS, "numpy", None, "numpy decode (one hash pass per mask geometry), dense matmul per delta"),
     ("decode_entry", ENC_SEEDED_RANS, "numpy", None, "numpy reader decode"),
     ("decode_entry", ENC_SEEDED_RANS, "triton", None, "triton rans_lanes -> seeded_rows (8-bit codes)"),
     ("decode_entry", ENC_SEEDED, "triton", None, "load, then decode"),

