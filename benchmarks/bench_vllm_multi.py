@@ -12,8 +12,9 @@ N distinct deltas of equal size). LoRA adapters are written in PEFT's format (ad
 adapter_model.safetensors, rank r on every linear layer). Resident bytes are counted from the tensors the
 engine holds: base weights, vLLM's preallocated LoRA slot buffers (max_loras x max_lora_rank), and the
 deltas in the device slots. On CPU the deltas go through the kernels' numpy backend: per layer and step,
-each delta some request uses is decoded once by the numpy reader's decoder into a scratch that lives for
-that call, then multiplied for all its tokens; the figures say what that path costs, not the GPU kernels.
+the deltas some request uses are decoded together (one pass of the reader's mask hash) into a scratch that
+lives for that call, then multiplied for each delta's tokens; the figures say what that path costs, not
+the GPU kernels.
 The machine's load average is printed beside the figures (other work shares it).
 """
 from __future__ import annotations
@@ -255,9 +256,11 @@ def report(rows, info, args) -> str:
                "vLLM's LoRA slot buffers (allocated for max_loras slots at max_lora_rank, whatever is loaded) + "
                "the deltas resident in the slots; 'vs N merged engines' divides by N copies of the base alone. "
                "On this CPU build the "
-               "deltas run through the kernels' numpy backend (each delta a step uses decoded once per layer by "
-               "the reader's decoder, then multiplied for all its tokens), so throughput with deltas reflects "
-               "that path; the GPU Triton kernels are measured in benchmarks/bench_kernels.py.")
+               "deltas run through the kernels' numpy backend: per layer and step, one pass of the reader's "
+               "mask hash for every delta the step uses, a dense scratch per delta, then its tokens' product; "
+               "norm deltas as one normalization with each row's weight. The .ddq engine skips vLLM's LoRA "
+               "ops while no PEFT adapter holds a slot (they would add exactly zero); the LoRA engine runs "
+               "them. The GPU Triton kernels are measured in benchmarks/bench_kernels.py.")
     return "\n".join(out) + "\n"
 
 

@@ -193,6 +193,26 @@ def test_resident_bytes_are_the_compressed_deltas(llm, models):
     assert on_worker(llm, layers_with_slot) == {"linear", "embedding", "lm_head", "norm"}
 
 
+def test_cpu_norm_path_gives_base_rows_vllms_own_output(llm):
+    """On CPU every row of a norm is normalized once with its slot's weight (layers.native_rms): with the
+    base weight that is bit for bit what vLLM's own norm gives, with and without the residual add."""
+    def check(worker):
+        from ddq_format.loaders.vllm_multi.layers import NormDeltas, native_rms
+        same = []
+        for m in worker.model_runner.model.modules():
+            if isinstance(m, NormDeltas) and not m.ddq_gemma:
+                vllm_cls = type(m).__bases__[1]  # the class layers.swap_class extended
+                g = torch.Generator().manual_seed(len(same))
+                x, r = (torch.randn(5, m.weight.numel(), generator=g) * 3 for _ in range(2))
+                w = m.weight.detach().expand(5, -1)
+                plain, fused = vllm_cls.forward(m, x.clone()), vllm_cls.forward(m, x.clone(), r.clone())
+                ours, ours_fused = native_rms(m, x, None, w), native_rms(m, x, r, w)
+                same.append(torch.equal(plain, ours) and all(map(torch.equal, fused, ours_fused)))
+        return same
+    same = on_worker(llm, check)
+    assert len(same) == 5 and all(same), same  # 2 layers x 2 norms + the final norm
+
+
 def test_more_deltas_than_slots_swap_in_lru_order(llm, models):
     names = [None] + list(DELTAS)  # 5 deltas, 3 device slots, 4 in host memory
     assert run(llm, models, names) == expected(models, names)

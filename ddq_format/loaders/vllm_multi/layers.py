@@ -153,16 +153,32 @@ def rms_rows(module, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return n.to(h.dtype) * weight
 
 
+def native_rms(module, x: torch.Tensor, residual, weight: torch.Tensor):
+    """vLLM's native (fused add +) RMSNorm, the one vLLM's CPU build runs, with a weight per row: rows whose
+    weight is the base's get exactly vLLM's output (tests/test_vllm_multi.py checks it on the engine)."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    if residual is not None:
+        h = h + residual.to(torch.float32)
+    n = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+    y = (n.to(weight.dtype) * weight).to(dtype)
+    return y if residual is None else (y, h.to(dtype))
+
+
 class NormDeltas:
-    """Rows of a slot whose delta changes this norm's weight get the norm with the fine-tuned weight: every
-    row is normalized again with its slot's weight (NormSlots.table) and selected where its slot has one,
-    which costs an elementwise pass and no host sync; other rows keep vLLM's output exactly."""
+    """Rows of a slot whose delta changes this norm's weight get the norm with the fine-tuned weight. On CPU
+    (RMSNorm, whose vLLM path there is the native formula) every row is normalized once with its slot's
+    weight (NormSlots.table; the base's for the others). Elsewhere vLLM's output is kept and every row is
+    normalized again with its slot's weight and selected where its slot has one: an elementwise pass, no
+    host sync, and other rows keep vLLM's output exactly."""
 
     def forward(self, x, residual=None):
         slots = self.ddq_slots
         if slots.empty:
             return super().forward(x, residual)
         idx = fit_index(self.ddq_punica.token_lora_indices, x.shape[0]) + 1
+        if x.device.type == "cpu" and not self.ddq_gemma:
+            return native_rms(self, x, residual, slots.table[idx])
         h = x.clone() if residual is None else None  # fused kernels may write in place
         out = super().forward(x, residual)
         y = out if residual is None else out[0]
