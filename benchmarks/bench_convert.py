@@ -1,13 +1,30 @@
-"""ddq convert on a synthetic LLaMA-7B-shaped pair (bf16), against the I/O floor measured in the same run.
+"""ddq convert on a synthetic LLaMA-7B-shaped bf16 pair, against the I/O floor measured in the same run.
 
-    python benchmarks/bench_convert.py --layers 2            # 2 decoder layers of 7B shape + embeddings
-    python benchmarks/bench_convert.py --layers 32 --dir /big/disk   # the full 7B shape (~27 GB on disk)
+    python benchmarks/bench_convert.py --layers 2                     # 2 decoder layers of 7B shape
+    python benchmarks/bench_convert.py --layers 32 --keep /big/pair   # the full 7B shape (25 GiB on disk)
+    python benchmarks/bench_convert.py --layers 2 --backends numba,numpy --sha256
 
-Prints: convert time; the I/O floor (read both checkpoints + write the output's bytes + fsync, same files,
-same page-cache state) and their ratio (target <= 2); the converter's peak RSS against the largest tensor's
-fp32 bytes (target <= 3x + 1 GiB); the group-size search time (target <= 60 s at 7B shape).
+Runs, for each --encoding x --group-size (default seeded and seeded_rans, alpha=8, k=4, h_g 128 and
+auto) and each --backends entry (ddq_format.accel: numba = the optional extra, numpy = the reference),
+one `convert` in a fresh child process with --workers threads (default: the cores), after a warm-up
+conversion of a tiny pair in that process (numba compiles on first use; the compiled kernels are cached on
+disk, so only a first-ever run pays it; the warm-up time is printed).
+
+The I/O floor: read every byte of both checkpoints into a 16 MiB buffer, write the output's size and fsync,
+single-threaded. It is measured before every conversion, in the same page-cache state: the inputs are
+read once first, so when they fit in RAM floor and conversion both read warm; when they do not (the
+32-layer pair on a 24 GiB machine), both read from disk. Each conversion is compared with the smallest
+floor of the run. Targets (issue 13): convert <= 3x floor with a fixed h_g, <= 4x with auto; peak RSS of
+the converter above its state after imports <= 3x the largest fp32 tensor + 1 GiB.
+
+--profile adds the converter's CPU and wall time per stage, summed over the worker threads; --sha256
+prints each output's hash (the before/after check that output bytes did not change; --code runs another
+checkout's converter on the same pair, e.g. `git archive <commit> | tar -x -C /tmp/old`);
+--repeats N keeps the fastest of N conversions per setting. "CPU s" is the conversion's user + system time
+(all threads): on a machine shared with other work, wall time is CPU time stretched by the load, and the
+load average at each conversion's start is printed beside it.
 The pair: base ~ N(0, 0.02), fine-tune = base + N(0, 2e-4) (a realistic small delta), both rounded to bf16,
-written as one safetensors shard per layer with model.safetensors.index.json, plus config and a tokenizer.
+one safetensors shard per layer with model.safetensors.index.json, plus config and a tokenizer.
 """
 from __future__ import annotations
 
@@ -108,14 +125,27 @@ def make_pair(root: Path, args):
     return shp
 
 
-def io_floor(root: Path, out_bytes: int) -> float:
-    """Read every byte of both checkpoints, write out_bytes to a file and fsync it."""
+def read_all(root: Path) -> float:
+    """Read every byte of both checkpoints into a 16 MiB buffer; seconds."""
     t = time.perf_counter()
     buf = bytearray(16 << 20)
     for f in sorted((root / "base").glob("*")) + sorted((root / "ft").glob("*")):
         with open(f, "rb", buffering=0) as fh:
             while fh.readinto(buf):
                 pass
+    return time.perf_counter() - t
+
+
+def cpu_seconds() -> float:
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def io_floor(root: Path, out_bytes: int) -> tuple[float, float]:
+    """Read both checkpoints, write out_bytes to a file and fsync it: (seconds, CPU seconds)."""
+    t, c = time.perf_counter(), cpu_seconds()
+    read_all(root)
     chunk = np.random.default_rng(0).integers(0, 255, 16 << 20, dtype=np.uint8).tobytes()
     with open(root / "floor.bin", "wb") as fh:
         left = out_bytes
@@ -125,26 +155,97 @@ def io_floor(root: Path, out_bytes: int) -> float:
         fh.flush()
         os.fsync(fh.fileno())
     (root / "floor.bin").unlink()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, cpu_seconds() - c
 
 
-CHILD = """
-import json, sys, time
+CHILD = r"""
+import collections, contextlib, json, sys, threading, time
 sys.path.insert(0, sys.argv[1])
+try:
+    from ddq_format import accel
+except ImportError:  # --code of a version without the accelerated path
+    accel = None
 from ddq_format.converters.pipeline import convert
 import rich.progress, rich.table, tokenizers
+args = json.loads(sys.argv[5])
 def hwm():  # VmHWM belongs to this process image (ru_maxrss would inherit the parent's peak across exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-rss0 = hwm()
-t = time.perf_counter()
-s = convert(sys.argv[2], sys.argv[3], sys.argv[4], progress=False, **json.loads(sys.argv[5]))
-wall = time.perf_counter() - t
-print(json.dumps({"wall": wall, "rss0": rss0, "peak": hwm(),
-                  "search": s.search_seconds, "chosen": s.group_size, "true": s.true_ratio_compressed,
-                  "file_true": s.true_ratio_file, "nominal": s.nominal_ratio, "bytes": s.file_bytes}))
+stages, lock = collections.Counter(), threading.Lock()
+def timed(owner, attr, label):  # wall and CPU (this thread's) seconds per stage
+    f = getattr(owner, attr, None)
+    if f is None:  # an older --code without this stage
+        return
+    def g(*a, **k):
+        t, c = time.perf_counter(), time.thread_time()
+        try:
+            return f(*a, **k)
+        finally:
+            with lock:
+                stages[label + "|wall"] += time.perf_counter() - t
+                stages[label + "|cpu"] += time.thread_time() - c
+    setattr(owner, attr, g)
+if args["profile"]:
+    from ddq_format.converters import checkpoint, tensor_work, write
+    from ddq_format.converters.resume import ResumableWriter
+    timed(checkpoint.Checkpoint, "read", "Checkpoint.read (maps; older versions read)")
+    timed(tensor_work, "binding", "base fingerprint")
+    timed(tensor_work, "_equal", "equality test")
+    timed(tensor_work, "compress_bits", "fused compress (read + dropout + quantize + encode)")
+    timed(tensor_work, "_delta_from", "dense delta (unfused methods)")
+    timed(tensor_work, "compress", "compress of a dense delta")
+    timed(tensor_work, "delta_blocks", "dense-kind delta (embeddings, norms)")
+    timed(ResumableWriter, "add", "write + fsync + journal (writer thread)")
+with accel.use(args["backend"]) if accel else contextlib.nullcontext():
+    t = time.perf_counter()
+    convert(sys.argv[6], sys.argv[7], sys.argv[4] + ".warmup", progress=False, quiet=True, print_summary=False,
+            **args["convert"])
+    warm = time.perf_counter() - t
+    stages.clear()
+    rss0 = hwm()
+    import resource
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = ru0.ru_utime + ru0.ru_stime
+    t = time.perf_counter()
+    s = convert(sys.argv[2], sys.argv[3], sys.argv[4], progress=False, quiet=True, print_summary=False,
+                **args["convert"])
+    wall = time.perf_counter() - t
+import resource
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime - cpu0, "warmup": warm, "rss0": rss0,
+                  "peak": hwm(), "stages": stages, "search": s.search_seconds, "chosen": s.group_size,
+                  "true": s.true_ratio_compressed, "file_true": s.true_ratio_file, "nominal": s.nominal_ratio,
+                  "bytes": s.file_bytes}))
 """
+
+
+def tiny_pair(root: Path) -> Path:
+    """A 1-layer bf16 pair of hidden 256 (every code path of the big one, in a second)."""
+    ns = argparse.Namespace(layers=1, hidden=256, intermediate=688, vocab=512, heads=4, kv_heads=4)
+    if not (root / "ft" / "config.json").exists():
+        make_pair(root, ns)
+    return root
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_one(root: Path, tiny: Path, backend: str, conv: dict, profile: bool, code: Path) -> dict:
+    out = root / "out.ddq"
+    p = subprocess.run([sys.executable, "-c", CHILD, str(code), str(root / "base"), str(root / "ft"), str(out),
+                        json.dumps({"backend": backend, "convert": conv, "profile": profile}),
+                        str(tiny / "base"), str(tiny / "ft")], capture_output=True, text=True)
+    if p.returncode:
+        print(p.stderr)
+        raise SystemExit(p.returncode)
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -156,9 +257,18 @@ def main():
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=32)
     ap.add_argument("--method", default="deltadq")
-    ap.add_argument("--ratio", type=int, default=128)
-    ap.add_argument("--encoding", default="csr_parts")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--encoding", default="seeded,seeded_rans", help="comma-separated")
+    ap.add_argument("--alpha", type=int, default=8)
+    ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--parts", type=int, default=None)
+    ap.add_argument("--group-size", default="128,auto", help="comma-separated: integers and/or auto")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--backends", default="numba", help="comma-separated: numba, numpy")
+    ap.add_argument("--repeats", type=int, default=1, help="conversions per setting (the fastest counts)")
+    ap.add_argument("--profile", action="store_true", help="print the converter's time per stage")
+    ap.add_argument("--code", default=str(ROOT), help="checkout whose ddq_format converts (default: this one; "
+                    "e.g. an older commit extracted with git archive, for a before/after comparison)")
+    ap.add_argument("--sha256", action="store_true", help="print each output's sha256")
     ap.add_argument("--dir", default=None, help="where to generate the pair (default: a temp dir, removed)")
     ap.add_argument("--keep", default=None, help="generate the pair into this folder once and reuse it later")
     args = ap.parse_args()
@@ -170,32 +280,64 @@ def main():
         else:
             shp = make_pair(root, args)
         gen = time.perf_counter() - t
+        tiny = tiny_pair(root / "warmup-pair")
         in_bytes = sum(f.stat().st_size for d in ("base", "ft") for f in (root / d).glob("*"))
         largest = max(int(np.prod(s)) for s in shp.values()) * 4
         print(f"pair: {args.layers} layers of hidden {args.hidden}, {len(shp)} tensors, "
-              f"{in_bytes / 2**30:.2f} GiB on disk (generated in {gen:.1f} s)")
-        opts = {"method": args.method, "workers": args.workers, "encoding": args.encoding}
-        if args.method == "deltadq":
-            opts["ratio"] = args.ratio
-        out = root / "out.ddq"
-        p = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(root / "base"), str(root / "ft"), str(out),
-                            json.dumps(opts)], capture_output=True, text=True)
-        if p.returncode:
-            print(p.stderr)
-            raise SystemExit(p.returncode)
-        r = json.loads(p.stdout.strip().splitlines()[-1])
-        floor = io_floor(root, r["bytes"])
-        print(f"convert ({args.method}, {opts.get('ratio', '')}x preset, workers={args.workers}): {r['wall']:.1f} s; "
-              f"I/O floor (read {in_bytes / 2**30:.2f} GiB + write {r['bytes'] / 2**20:.1f} MiB + fsync): "
-              f"{floor:.1f} s; ratio {r['wall'] / floor:.2f} (target <= 2)")
-        print(f"peak RSS {r['peak'] / 2**30:.2f} GiB (after imports {r['rss0'] / 2**30:.2f} GiB); largest tensor "
-              f"fp32 {largest / 2**30:.2f} GiB; (peak - imports) / largest = {(r['peak'] - r['rss0']) / largest:.2f} "
-              f"(target <= 3 + 1 GiB)")
-        print(f"group-size search: {r['search']:.1f} s (target <= 60 s), chosen h_g = {r['chosen']}")
-        print(f"ratios: nominal {r['nominal']:.0f}x, true (compressed tensors) {r['true']:.2f}x, "
-              f"whole file {r['file_true']:.2f}x")
+              f"{in_bytes / 2**30:.2f} GiB on disk (generated in {gen:.1f} s); {os.cpu_count()} cores, "
+              f"--workers {args.workers}; load average {os.getloadavg()[0]:.2f}")
+        first_read = read_all(root)
+        print(f"first read of both checkpoints (page-cache state before the runs): {first_read:.1f} s")
+        runs, floors = [], []
+        for backend in args.backends.split(","):
+            for enc in args.encoding.split(","):
+                for gs in args.group_size.split(","):
+                    conv = {"method": args.method, "workers": args.workers, "encoding": enc, "alpha": args.alpha,
+                            "bits": args.bits, "group_size": gs if gs == "auto" else int(gs)}
+                    if args.parts:
+                        conv["parts"] = args.parts
+                    best = None
+                    for _ in range(args.repeats):
+                        floors.append(io_floor(root, runs[-1][2]["bytes"] if runs else 64 << 20))
+                        load = os.getloadavg()[0]
+                        r = run_one(root, tiny, backend, conv, args.profile, Path(args.code).resolve())
+                        r["load"] = load
+                        if args.sha256:
+                            r["sha256"] = sha256(root / "out.ddq")
+                        best = r if best is None or r["wall"] < best["wall"] else best
+                    runs.append((backend, conv, best))
+        floors.append(io_floor(root, max(r["bytes"] for _, _, r in runs)))
+        floor, floor_cpu = min(floors)
+        print(f"I/O floor (read {in_bytes / 2**30:.2f} GiB + write the output + fsync): min {floor:.2f} s "
+              f"(CPU {floor_cpu:.2f} s) of {len(floors)} measured between the runs "
+              f"({', '.join(f'{x:.2f}' for x, _ in floors)})")
+        print(f"{'backend':<7} {'encoding':<12} {'h_g':>9} {'convert s':>9} {'x floor':>7} {'target':>6}  "
+              f"{'search s':>8} {'CPU s':>6} {'peak-imports GiB':>16} {'/largest':>8} {'true x':>7} {'load':>5}")
+        for backend, conv, r in runs:
+            target = 4 if conv["group_size"] == "auto" else 3
+            ratio = r["wall"] / floor
+            extra = r["peak"] - r["rss0"]
+            mem_ok = extra <= 3 * largest + 2**30
+            print(f"{backend:<7} {conv['encoding']:<12} {str(conv['group_size']) + '→' + str(r['chosen']):>9} "
+                  f"{r['wall']:9.2f} {ratio:7.2f} {'<=' + str(target):>6} {'met' if ratio <= target else 'MISSED':<6}"
+                  f"{r['search']:8.2f} {r['cpu']:6.1f} {extra / 2**30:16.2f} {extra / largest:8.2f}"
+                  f"{'' if mem_ok else '!'} {r['true']:7.2f} {r['load']:5.2f}")
+        warm = ", ".join(f"{r['warmup']:.1f}" for _, _, r in runs)
+        print(f"largest tensor fp32 {largest / 2**30:.2f} GiB; memory target: peak - imports <= 3 x largest + 1 GiB "
+              f"= {(3 * largest + 2**30) / 2**30:.2f} GiB ('!' marks a miss). Warm-up conversion of the tiny pair "
+              f"(numba compile or disk-cache load): {warm} s")
+        for backend, conv, r in runs:
+            if args.sha256:
+                print(f"sha256 {backend} {conv['encoding']} h_g={conv['group_size']}: {r['sha256']}")
+            if args.profile:
+                print(f"stages, {backend} {conv['encoding']} h_g={conv['group_size']} (seconds summed over threads; "
+                      f"wall includes waiting for the disk and for a core):")
+                st = r["stages"]
+                for k in sorted({k.split("|")[0] for k in st}, key=lambda k: -st[k + "|cpu"]):
+                    print(f"  {k:<55} CPU {st[k + '|cpu']:7.2f}   wall {st[k + '|wall']:7.2f}")
     finally:
         (root / "out.ddq").unlink(missing_ok=True)
+        (root / "out.ddq.warmup").unlink(missing_ok=True)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import accel
+
 MAX_BITS = 8
 
 
@@ -28,6 +30,12 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
         return np.zeros(packed_nbytes(n, bits), np.uint8)
     if codes.dtype.kind not in "ui":
         raise TypeError(f"codes must be integers, got {codes.dtype}")
+    k = accel.kernels()
+    if k is not None and bits < 8:
+        out = k.pack(codes, bits)
+        if out is None:
+            raise ValueError(f"code out of range for {bits} bits")
+        return out
     if int(codes.max()) >= 1 << bits or int(codes.min()) < 0:
         raise ValueError(f"code out of range for {bits} bits")
     c = codes.astype(np.uint8, copy=False)
@@ -47,17 +55,27 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(bitplanes.reshape(-1), bitorder="little")
 
 
-def unpack(buf, bits: int, count: int) -> np.ndarray:
-    """Inverse of pack: the first `count` codes of `buf` as uint8. `buf` must hold enough bytes."""
+def packed_view(buf, bits: int, count: int) -> np.ndarray:
+    """The bytes of `count` packed codes as a flat uint8 view, after checking `buf` holds them."""
     _check(bits)
     data = np.frombuffer(buf, np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1)
     need = packed_nbytes(count, bits)
     if data.size < need:
         raise ValueError(f"packed buffer has {data.size} bytes, {need} needed for {count} codes of {bits} bits")
+    return data[:need]
+
+
+def unpack(buf, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack: the first `count` codes of `buf` as uint8. `buf` must hold enough bytes."""
+    data = packed_view(buf, bits, count)
+    need = data.size
     if bits == 0 or count == 0:
         return np.zeros(count, np.uint8)
     if bits == 8:
         return data[:count].copy()
+    k = accel.kernels()
+    if k is not None:
+        return k.unpack(data, bits, count)
     mask = np.uint8((1 << bits) - 1)
     if 8 % bits == 0:
         per = 8 // bits

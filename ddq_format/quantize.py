@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import accel
+
 
 @dataclass(frozen=True)
 class Quantizer:
@@ -22,11 +24,16 @@ class Quantizer:
 def fit(values: np.ndarray, bits: int) -> Quantizer:
     """s = (max - min) / (2^k - 1), z = round(-min / s) over the values with 0 included in [min, max], so
     z lies in [0, 2^k - 1] and an all-zero tensor gets s = 0."""
+    v = np.asarray(values, np.float32)
+    return fit_range(float(v.min()) if v.size else 0.0, float(v.max()) if v.size else 0.0, bits)
+
+
+def fit_range(vmin: float, vmax: float, bits: int) -> Quantizer:
+    """fit() from the values' min and max (what a fused pass that saw every value computes)."""
     if not 1 <= bits <= 8:
         raise ValueError(f"bits k={bits} outside 1..8")
-    v = np.asarray(values, np.float32)
-    lo = min(float(v.min()), 0.0) if v.size else 0.0
-    hi = max(float(v.max()), 0.0) if v.size else 0.0
+    lo = min(vmin, 0.0)
+    hi = max(vmax, 0.0)
     scale = float(np.float32((hi - lo) / ((1 << bits) - 1)))
     if scale == 0.0 or not np.isfinite(scale):
         if not np.isfinite(scale):
@@ -41,6 +48,10 @@ def quantize(values: np.ndarray, qz: Quantizer) -> np.ndarray:
     v = np.asarray(values, np.float32)
     if qz.scale == 0.0:
         return np.full(v.shape, qz.zero, np.uint8)
+    k = accel.kernels()
+    out = None if k is None else k.quantize(v, qz.scale, qz.zero, qz.bits)
+    if out is not None:
+        return out
     q = np.rint(v / np.float32(qz.scale)) + qz.zero
     return np.clip(q, 0, (1 << qz.bits) - 1).astype(np.uint8)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import accel
 from .spec import FMIX_C1, FMIX_C2, GOLDEN, PERM_ROUNDS, SEED_SALT
 
 U32 = np.uint32
@@ -100,6 +101,9 @@ def mask_columns(seed: int, rows: int, cols: int, group_size: int, alpha: int, *
     row_stride=cols, r * cols is added to row r: flat indices into the row-major matrix."""
     if group_size % alpha or group_size <= 0:
         raise ValueError(f"group_size {group_size} must be a positive multiple of alpha {alpha}")
+    k = accel.kernels()
+    if k is not None:
+        return k.mask_columns(seed, rows, cols, group_size, alpha, row_stride)
     full, keep, tail, keep_tail = group_layout(cols, group_size, alpha)
     per_row = full * keep + keep_tail
     out = np.empty((rows, per_row), np.int64)

@@ -105,3 +105,11 @@ def test_dequantize_extreme_zero_is_exact(zero, offset):
     expect = np.array([np.float32(int(v) - zero - offset) for v in q], np.float32)
     assert bits_equal(got, expect)
     assert bits_equal(qm.dequantize(q.astype(np.int64), 1.0, zero, offset), expect)
+
+
+@given(k=st.integers(1, 8), values=st.lists(st.floats(-1e3, 1e3, width=32), max_size=50))
+def test_fit_range_equals_fit(k, values):
+    """The fused convert pass fits from the min and max it saw: the same quantizer as fit() on the values."""
+    v = np.asarray(values, np.float32)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    assert qm.fit_range(lo, hi, k) == qm.fit(v, k)

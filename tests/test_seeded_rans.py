@@ -330,3 +330,25 @@ def test_reader_parts_returns_the_seeded_code_matrix(tmp_path, rans_file):
         names = {e["encoding"]: n for n, e in f.entries.items() if e["kind"] == "compressed"}
         codes = f.parts(names["seeded_rans"])
         assert np.array_equal(codes, f.parts(names["seeded"]))
+
+
+@pytest.mark.parametrize("scalar_lanes", [0, 32])
+def test_one_long_stream_decodes_on_the_numpy_path(monkeypatch, scalar_lanes):
+    """Issue 12 fault 9: every code in one stream. The numpy path decodes few lanes with a plain Python loop
+    per lane (fast enough for long streams) and many lanes vectorized over lanes: both give the codes, and
+    a stream cut short is still rejected."""
+    from ddq_format import accel
+    from ddq_format.quantize import fit, quantize
+    monkeypatch.setattr(seeded_rans, "SCALAR_LANES", scalar_lanes)
+    shape = (300, 64)
+    _, vals = groupwise_dropout(np.random.default_rng(3).standard_normal(shape).astype(np.float32), 4, 16, 1)
+    enc = seeded_rans.encode(shape, vals, bits=4, alpha=4, group_size=16, seed=1, rows_per_stream=300)
+    assert len(enc.buffers["stream_offsets"][1]) == 2  # one stream: offsets 0 and its end
+    with accel.use("numpy"):
+        codes = seeded_rans.codes_of(_entry(enc, shape), _bufs(enc))
+        assert np.array_equal(codes, quantize(vals, fit(vals, 4)))
+        bufs = _bufs(enc)
+        bufs["streams"] = bufs["streams"].copy()
+        bufs["streams"][-2:] = 0  # the last word: the walk no longer ends in state L
+        with pytest.raises(EncodingError, match="stream 0 is corrupt"):
+            seeded_rans.codes_of(_entry(enc, shape), bufs)

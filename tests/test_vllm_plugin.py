@@ -259,3 +259,20 @@ def test_weights_stream_is_the_finetune_on_the_models_device(models, vllm_env, d
         for name, t in got.items():
             assert t.device.type == device, name
             np.testing.assert_allclose(t.cpu().numpy(), base[name] + f.decode(name), rtol=0, atol=1e-6)
+
+
+def test_plugin_guards_llvmlite_when_numba_came_first():
+    """A process that imported numba before vLLM started (any user code, or pytest collecting a numba test)
+    crashed at vLLM's CPU worker start: its module scan calls vars() on llvmlite's library wrapper, which
+    claims a __dict__. Registering ddq's plugin installs the guard; the scan then goes through."""
+    pytest.importorskip("numba")
+    code = ("import numba, vllm.triton_utils.dispatcher as d\n"
+            "from ddq_format.loaders.vllm_plugin import register\n"
+            "register()\n"
+            "from llvmlite.binding import ffi\n"
+            "assert not hasattr(ffi.lib, '__dict__')\n"
+            "d._rebind_kernels([])\n"  # the scan vLLM's CPU worker runs at start
+            "print('scan ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **VLLM_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0 and "scan ok" in out.stdout, out.stderr[-2000:]

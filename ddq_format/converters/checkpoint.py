@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -98,13 +99,25 @@ class Checkpoint:
             raise UsageError(f"dtype {info.dtype} is not supported (F32, F16, BF16)", path=info.source,
                              tensor=name, field="dtype")
         if info.source.endswith(".safetensors"):
+            # A private (copy-on-write) mapping of the tensor's bytes, not a read into a fresh array: no copy
+            # out of the page cache, and the converter's fused pass reads each byte once. Still writable (the
+            # in-place F32 delta writes private pages); the mapping goes when the array does.
             np_dtype = np.dtype(ST_DTYPES[info.dtype][1])
             count = info.nbytes // np_dtype.itemsize
-            with open(info.source, "rb") as f:
-                arr = np.fromfile(f, dtype=np_dtype, count=count, offset=info.offset)
-            if arr.size != count:
-                raise UsageError("truncated tensor data", path=info.source, tensor=name)
-            return arr.reshape(info.shape)
+            if count == 0:
+                return np.zeros(info.shape, np_dtype)
+            start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
+            try:
+                with open(info.source, "rb") as f:
+                    if os.fstat(f.fileno()).st_size < info.offset + info.nbytes:
+                        raise UsageError("truncated tensor data", path=info.source, tensor=name)
+                    m = mmap.mmap(f.fileno(), info.offset + info.nbytes - start, access=mmap.ACCESS_COPY,
+                                  offset=start)
+            except OSError as e:
+                raise UsageError(f"cannot read: {e.strerror}", path=info.source, tensor=name) from None
+            if hasattr(m, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+                m.madvise(mmap.MADV_WILLNEED)  # a cold page cache: read ahead the whole tensor at once
+            return np.frombuffer(m, np_dtype, count=count, offset=info.offset - start).reshape(info.shape)
         import torch
         t = self._load_bin(info.source)[name].contiguous()
         if t.dtype == torch.float32:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import accel
 from ..seeded_mask import group_layout, mask_columns, positions
 
 
@@ -52,20 +53,27 @@ def mask_columns_rows(seed: int, r0: int, r1: int, cols: int, group_size: int, a
 
 
 def groupwise_dropout_blocked(delta: np.ndarray, alpha: int, group_size: int, seed: int,
-                              block_elems: int = 1 << 22, sort_columns: bool = False):
+                              block_elems: int = 1 << 22, sort_columns: bool = False, columns: bool = True):
     """groupwise_dropout computed in row blocks of about block_elems entries: same result, the hash's
     temporaries stay a few tens of MB whatever the matrix size. Columns come back as the narrowest dtype.
-    sort_columns: each row's kept entries in ascending column order instead of the spec's kept order."""
+    sort_columns: each row's kept entries in ascending column order instead of the spec's kept order.
+    columns=False: the caller needs the values only (the columns may then come back as None)."""
     delta = np.asarray(delta, np.float32)
     rows, cols = delta.shape
     if alpha < 1 or group_size < alpha or group_size % alpha:
         raise ValueError(f"group size {group_size} must be a positive multiple of alpha {alpha}")
     full, keep, _, keep_tail = group_layout(cols, group_size, alpha)
     per_row = full * keep + keep_tail
+    factors = rescale_factors(cols, group_size, alpha)
     col_dtype = np.uint16 if cols <= 1 << 16 else np.uint32
+    k = accel.kernels()
+    if k is not None:  # one pass over the rows, no temporaries
+        _, values, kept = k.gather_kept(delta, "F32", None, None, seed, group_size, alpha, factors, sort_columns)
+        if kept is None and columns:
+            kept = mask_columns(seed, rows, cols, group_size, alpha).astype(col_dtype)
+        return kept, values
     kept = np.empty((rows, per_row), col_dtype)
     values = np.empty((rows, per_row), np.float32)
-    factors = rescale_factors(cols, group_size, alpha)
     step = max(1, block_elems // max(per_row, 1))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import encodings
+from .. import accel, encodings
 from ..encodings import Encoded, csr_f16, lowrank, sign_scale
 from ..spec import ENC_CSR_PARTS
 from .csr_rows import encode_rows
-from ..quantize import dequantize, fit, quantize
-from .dropout import groupwise_dropout_blocked
+from ..quantize import dequantize, fit, fit_range, quantize
+from .dropout import groupwise_dropout_blocked, rescale_factors
 
 METHODS = ("deltadq", "dare", "magnitude", "bitdelta", "lowrank")
 ENCODINGS = encodings.deltadq_encodings()  # csr_parts, seeded, seeded_rans
@@ -67,7 +67,7 @@ def compress(delta: np.ndarray, opts: Options, seed: int, group_size: int | None
         enc = encodings.get(opts.encoding)
         # kept-order layouts (seeded, seeded_rans) store values as the mask yields them; CSR sorts columns
         cols, vals = groupwise_dropout_blocked(delta, opts.alpha, group_size, seed, ROW_BLOCK,
-                                               sort_columns=not enc.kept_order)
+                                               sort_columns=not enc.kept_order, columns=not enc.kept_order)
         del delta
         if enc.kept_order:
             return enc.encode(shape, vals, bits=opts.bits, alpha=opts.alpha, group_size=group_size, seed=seed)
@@ -82,21 +82,67 @@ def compress(delta: np.ndarray, opts: Options, seed: int, group_size: int | None
     if m == "bitdelta":
         if opts.alpha == 1:
             return sign_scale.encode(shape, delta, alpha=1, group_size=shape[1], seed=0)
-        _, vals = groupwise_dropout_blocked(delta, opts.alpha, group_size, seed, ROW_BLOCK)
+        _, vals = groupwise_dropout_blocked(delta, opts.alpha, group_size, seed, ROW_BLOCK, columns=False)
         return sign_scale.encode(shape, vals, alpha=opts.alpha, group_size=group_size, seed=seed)
     if m == "lowrank":
         return lowrank.encode(*svd_factors(delta, opts.rank, seed))
     raise ValueError(f"unknown method {m!r}")
 
 
+def compress_bits(ft: np.ndarray, ft_dtype: str, base: np.ndarray, base_dtype: str, opts: Options, seed: int,
+                  group_size: int | None) -> Encoded | None:
+    """compress(float32(ft) - float32(base), ...) from the two weights' bit patterns (as Checkpoint.read gives
+    them) in one fused pass: the delta is computed only where the seeded mask keeps an element, and the
+    full float32 delta never exists. Same bytes as compress(). None when the method needs the whole delta
+    or the accelerated kernels are not installed (the caller then computes the delta and calls compress).
+    Raises NonFinite when an element of either weight, or a kept delta, is NaN or inf."""
+    k = accel.kernels()
+    if k is None or not opts.uses_groups or group_size is None:
+        return None
+    shape = ft.shape
+    enc = encodings.get(opts.encoding) if opts.method == "deltadq" else None
+    sort = enc is not None and not enc.kept_order
+    flags, vals, cols = k.gather_kept(ft, ft_dtype, base, base_dtype, seed, group_size, opts.alpha,
+                                      rescale_factors(shape[1], group_size, opts.alpha), sort)
+    lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
+    if flags or not (np.isfinite(lo) and np.isfinite(hi)):  # the latter: fine-tune - base overflowed
+        raise NonFinite(flags or NonFinite.DELTA)
+    if enc is None:  # bitdelta behind dropout
+        return sign_scale.encode(shape, vals, alpha=opts.alpha, group_size=group_size, seed=seed)
+    qz = fit_range(lo, hi, opts.bits)  # = fit(vals)
+    if enc.kept_order:
+        return enc.encode(shape, vals, bits=opts.bits, alpha=opts.alpha, group_size=group_size, seed=seed,
+                          quantizer=qz)
+    return encode_rows(shape, cols, vals, bits=opts.bits, parts=opts.parts, alpha=opts.alpha,
+                       group_size=group_size, seed=seed, quantizer=qz)
+
+
+class NonFinite(ValueError):
+    """NaN or inf in a weight or its delta; `flags`: accel NONFINITE_* bits (1 fine-tune, 2 base, 4 delta)."""
+
+    FT, BASE, DELTA = 1, 2, 4
+
+    def __init__(self, flags: int):
+        self.flags = flags
+        super().__init__("non-finite values (NaN or inf)")
+
+
 def reconstruct(delta: np.ndarray, opts: Options, seed: int, group_size: int) -> np.ndarray:
     """The decoded delta of compress(...) for the group-size methods, straight from the kept values."""
-    cols, vals = groupwise_dropout_blocked(delta, opts.alpha, group_size, seed, ROW_BLOCK)
+    k = accel.kernels()
+    cols, vals = groupwise_dropout_blocked(delta, opts.alpha, group_size, seed, ROW_BLOCK, columns=k is None)
     if opts.method == "deltadq":
         qz = fit(vals, opts.bits)
-        deq = dequantize(quantize(vals, qz), qz.scale, qz.zero)
+        codes = quantize(vals, qz)
+        if k is not None:
+            return k.seeded_scatter(codes, k.code_lut(qz.scale, qz.zero), seed, *delta.shape, group_size,
+                                    opts.alpha)
+        deq = dequantize(codes, qz.scale, qz.zero)
     else:  # bitdelta behind dropout
         scale = np.float32(np.abs(vals, dtype=np.float64).mean()) if vals.size else np.float32(0)
+        if k is not None:
+            return k.seeded_scatter((vals >= 0).view(np.uint8), np.array([-scale, scale], np.float32), seed,
+                                    *delta.shape, group_size, opts.alpha)
         deq = np.where(vals >= 0, scale, -scale).astype(np.float32)
     out = np.zeros(delta.shape, np.float32)
     np.put_along_axis(out, cols.astype(np.int64), deq, axis=1)

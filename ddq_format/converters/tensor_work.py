@@ -5,11 +5,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import accel
 from ..binding import binding
 from ..encodings import raw
+from ..errors import UsageError
 from ..spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
 from .checkpoint import Checkpoint, to_f32
-from .methods import Options, compress, tensor_group_size
+from .methods import NonFinite, Options, compress, compress_bits, tensor_group_size
 from .plan import Task
 from .seeds import tensor_seed
 
@@ -51,21 +53,63 @@ def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_s
     if task.kind == KIND_DENSE or opts.uses_groups and gt is None:
         delta = delta_blocks(fb, task.dtype, bb, base.tensors[n].dtype, task.dtype)
         return Result(n, KIND_DENSE, task.shape, task.dtype, raw.encode(delta, task.dtype), base=bind)
-    arrays = [fb, bb]
-    del fb, bb  # from here the list holds the only references: the delta replaces them, then compress frees it
-    arrays = [_delta_from(arrays, task.dtype, base.tensors[n].dtype)]  # still the only reference, for compress
-    s = tensor_seed(seed, n) if choose_seed is None else choose_seed(n, arrays[0], gt)
-    enc = compress(arrays.pop(), opts, s, gt)
+    bdtype = base.tensors[n].dtype
+    try:
+        enc = None
+        if choose_seed is None:  # fused: the kept elements' delta only, straight from the bit patterns
+            enc = compress_bits(fb, task.dtype, bb, bdtype, opts, tensor_seed(seed, n), gt)
+        if enc is None:
+            arrays = [fb, bb]
+            del fb, bb  # the list holds the only references: the delta replaces them, then compress frees it
+            arrays = [_delta_from(arrays, task.dtype, bdtype)]  # still the only reference, for compress
+            s = tensor_seed(seed, n) if choose_seed is None else choose_seed(n, arrays[0], gt)
+            enc = compress(arrays.pop(), opts, s, gt)
+    except NonFinite as e:
+        raise _nonfinite_error(e.flags, n, ft, base) from None
     return Result(n, KIND_COMPRESSED, task.shape, task.dtype, enc, base=bind, group_size=gt)
 
 
+def _nonfinite_error(flags: int, name: str, ft: Checkpoint, base: Checkpoint) -> UsageError:
+    """The error for NaN/inf met in a linear layer; flags 0 (the numpy path) = find out which weight holds it."""
+    if not flags:
+        flags = (NonFinite.FT * _has_nonfinite(ft, name)) | (NonFinite.BASE * _has_nonfinite(base, name))
+    where = base if flags & NonFinite.BASE and not flags & NonFinite.FT else ft
+    what = (f"in the {'base' if where is base else 'fine-tuned'} weight" if flags & (NonFinite.FT | NonFinite.BASE)
+            else "in the fine-tune minus the base (float32 overflow)")
+    return UsageError(f"non-finite values (NaN or inf) {what}: a linear layer's delta must be finite",
+                      path=where.tensors[name].source, tensor=name, field="values")
+
+
+def _has_nonfinite(ck: Checkpoint, name: str) -> bool:
+    """Error path only: read the weight again (the delta may have overwritten it) and look for NaN/inf."""
+    return not _finite(to_f32(ck.read(name), ck.tensors[name].dtype))
+
+
 def _delta_from(arrays: list, fdtype: str, bdtype: str) -> np.ndarray:
-    """Pops [fine-tune bits, base bits] and returns the float32 delta (in place over the fine-tune when F32)."""
+    """Pops [fine-tune bits, base bits] and returns the float32 delta (in place over the fine-tune when F32).
+    Raises NonFinite when an element of the delta is NaN or inf."""
     bb, fb = arrays.pop(), arrays.pop()
-    if fdtype == "F32" and fb.flags.writeable:
+    in_place = fdtype == "F32" and fb.flags.writeable
+    k = accel.kernels()
+    if k is not None:
+        flags, d = k.delta(fb, fdtype, bb, bdtype, "F32", in_place=in_place)
+        if flags:
+            raise NonFinite(flags)
+        return d
+    if in_place:
         fb -= to_f32(bb, bdtype)
-        return fb
-    return delta_blocks(fb, fdtype, bb, bdtype, "F32")
+        d = fb
+    else:
+        d = delta_blocks(fb, fdtype, bb, bdtype, "F32")
+    if not _finite(d):
+        raise NonFinite(0)
+    return d
+
+
+def _finite(a: np.ndarray, block=1 << 20) -> bool:
+    """Every element finite, in cache-sized blocks (no full-size boolean temporary)."""
+    f = a.reshape(-1)
+    return all(np.isfinite(f[i:i + block]).all() for i in range(0, f.size, block))
 
 
 def _equal(a: np.ndarray, b: np.ndarray, block=1 << 22) -> bool:
@@ -78,6 +122,9 @@ def delta_blocks(fb, fdtype, bb, bdtype, out_dtype, block=1 << 20):
     """fine-tune - base in float32, stored as out_dtype (F32 float32, F16 float16, BF16 uint16 bit patterns),
     computed in blocks of `block` elements: no full-size float32 temporaries, cache-sized passes."""
     from ..encodings.raw import to_bf16_bits
+    k = accel.kernels()
+    if k is not None and out_dtype in ("F32", "BF16"):
+        return k.delta(fb, fdtype, bb, bdtype, out_dtype)[1]
     f, b = fb.reshape(-1), bb.reshape(-1)
     out = np.empty(f.size, {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[out_dtype])
     for i in range(0, f.size, block):

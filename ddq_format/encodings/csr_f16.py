@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import accel
 from ..spec import ENC_CSR_F16, INDEX_DTYPES, MAX_DARE_SEED, OFFSET_DTYPES, index_dtype_for, offsets_dtype
 from . import Encoded
 from ._common import Ctx, as_bytes, buffer, matrix_shape, nbytes, param, view
@@ -73,6 +74,9 @@ def arrays_of(entry, bufs, ctx=None):
 def decode(entry, bufs) -> np.ndarray:
     n_rows, n_cols = entry["shape"]
     ro, ci, vals = arrays_of(entry, bufs)
+    k = accel.kernels()
+    if k is not None:
+        return k.csr_f16_scatter(ro, ci, vals, n_rows, n_cols)
     out = np.zeros(n_rows * n_cols, np.float32)
     row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(ro))
     out[row * n_cols + ci] = vals.astype(np.float32)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import bitpack
+from .. import accel, bitpack
 from ..quantize import Quantizer, check_parts, dequantize, fit, part_offsets, quantize, split_parts
 from ..spec import ENC_CSR_PARTS, INDEX_DTYPES, MAX_BITS, MAX_SEED, OFFSET_DTYPES, PACKED, index_dtype_for, offsets_dtype
 from . import Encoded
@@ -85,8 +85,9 @@ def check(entry, ctx):
     buffer(entry, "values", ctx, (PACKED,), bitpack.packed_nbytes(nnz, part_bits))
 
 
-def parts(entry, bufs, ctx=None) -> list[Part]:
-    """The raw parts, validated (offsets monotone and consistent with nnz, columns in range)."""
+def _arrays(entry, bufs, ctx, unpacked=True):
+    """(row_offsets int64 [m, rows+1], col_indices, stored codes), validated (offsets monotone and consistent
+    with nnz, columns in range). unpacked=False: the codes as their packed bytes."""
     from ._common import Ctx
     ctx = ctx or Ctx(None, entry.get("name"))
     p = entry["params"]
@@ -101,11 +102,18 @@ def parts(entry, bufs, ctx=None) -> list[Part]:
     ci = view(bufs["col_indices"], entry["buffers"]["col_indices"]["dtype"])
     if nnz and int(ci.max()) >= n_cols:
         raise ctx.fail(f"column index {int(ci.max())} out of range for {n_cols} columns", "buffers.col_indices")
-    codes = bitpack.unpack(bufs["values"], p["bits"] - (m.bit_length() - 1), nnz)
+    part_bits = p["bits"] - (m.bit_length() - 1)
+    codes = (bitpack.unpack if unpacked else bitpack.packed_view)(bufs["values"], part_bits, nnz)
+    return ro, ci, codes
+
+
+def parts(entry, bufs, ctx=None) -> list[Part]:
+    """The raw parts, validated (offsets monotone and consistent with nnz, columns in range)."""
+    ro, ci, codes = _arrays(entry, bufs, ctx)
     out, start = [], 0
-    for j in range(m):
+    for j, offset in enumerate(entry["params"]["offsets"]):
         end = start + int(ro[j, -1])
-        out.append(Part(ro[j], ci[start:end], codes[start:end], p["offsets"][j]))
+        out.append(Part(ro[j], ci[start:end], codes[start:end], offset))
         start = end
     return out
 
@@ -116,6 +124,12 @@ parts_of = parts  # the name kernels and tests know
 def decode(entry, bufs) -> np.ndarray:
     p = entry["params"]
     n_rows, n_cols = entry["shape"]
+    k = accel.kernels()
+    part_bits = p["bits"] - (p["parts"].bit_length() - 1)
+    if k is not None and part_bits:  # row by row over the parts: each output row written once, while in cache
+        ro, ci, packed = _arrays(entry, bufs, None, unpacked=False)
+        luts = np.stack([k.code_lut(p["scale"], p["zero"], o) for o in p["offsets"]])
+        return k.csr_scatter(ro, ci, packed, part_bits, luts, n_rows, n_cols)
     out = np.zeros(n_rows * n_cols, np.float32)
     for part in parts(entry, bufs):
         if not part.codes.size:

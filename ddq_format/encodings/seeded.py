@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import bitpack
+from .. import accel, bitpack
 from ..quantize import Quantizer, dequantize, fit, quantize
 from ..seeded_mask import kept_per_row, mask_columns
 from ..spec import ENC_SEEDED, MAX_BITS, MAX_SEED, PACKED
@@ -64,6 +64,10 @@ def scatter(entry, codes: np.ndarray) -> np.ndarray:
     """The dense float32 delta from the code matrix: each code dequantized to its column of the seeded mask."""
     p = entry["params"]
     n_rows, n_cols = entry["shape"]
+    k = accel.kernels()
+    if k is not None:  # the mask regenerated row by row while each output row is in cache
+        return k.seeded_scatter(codes, k.code_lut(p["scale"], p["zero"]), p["seed"], n_rows, n_cols,
+                                p["group_size"], p["alpha"])
     flat = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"], row_stride=n_cols)
     out = np.zeros(n_rows * n_cols, np.float32)
     out[flat.reshape(-1)] = dequantize(codes, p["scale"], p["zero"]).reshape(-1)  # put_along_axis is 10x slower
@@ -71,4 +75,12 @@ def scatter(entry, codes: np.ndarray) -> np.ndarray:
 
 
 def decode(entry, bufs) -> np.ndarray:
+    k = accel.kernels()
+    if k is not None:  # the packed codes read in place, no unpacked copy
+        p = entry["params"]
+        n_rows, n_cols = entry["shape"]
+        count = n_rows * kept_per_row(n_cols, p["group_size"], p["alpha"])
+        packed = bitpack.packed_view(bufs["codes"], p["bits"], count)
+        return k.seeded_scatter(packed, k.code_lut(p["scale"], p["zero"]), p["seed"], n_rows, n_cols,
+                                p["group_size"], p["alpha"], bits=p["bits"])
     return scatter(entry, codes_of(entry, bufs))

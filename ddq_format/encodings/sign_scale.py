@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import bitpack
+from .. import accel, bitpack
 from ..seeded_mask import kept_per_row, mask_columns
 from ..spec import ENC_SIGN_SCALE, MAX_SEED, PACKED
 from . import Encoded
@@ -48,8 +48,13 @@ def check(entry, ctx):
 def decode(entry, bufs) -> np.ndarray:
     p = entry["params"]
     n_rows, n_cols = entry["shape"]
-    bits = bitpack.unpack(bufs["signs"], 1, count(entry)).astype(np.int32)
-    vals = np.float32(p["scale"]) * (2 * bits - 1).astype(np.float32)
+    k = accel.kernels()
+    if k is not None and p["alpha"] > 1:
+        lut = np.float32(p["scale"]) * np.array([-1, 1], np.float32)  # the two values decoded below
+        return k.seeded_scatter(bitpack.packed_view(bufs["signs"], 1, count(entry)), lut, p["seed"], n_rows,
+                                n_cols, p["group_size"], p["alpha"], bits=1)
+    bits = bitpack.unpack(bufs["signs"], 1, count(entry))
+    vals = np.float32(p["scale"]) * (2 * bits.astype(np.int32) - 1).astype(np.float32)
     if p["alpha"] == 1:
         return vals.reshape(n_rows, n_cols)
     cols = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"])

@@ -40,6 +40,9 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    from ..accel.llvmlite_guard import guard
+
+    guard()  # before vLLM's CPU worker scans every module (numba may be loaded already)
     from vllm.model_executor.model_loader import register_model_loader
 
     register_model_loader(LOAD_FORMAT)(loader_class())
