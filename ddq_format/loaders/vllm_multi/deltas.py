@@ -89,6 +89,14 @@ class StepIndex:
             seg = self._cache[key] = delta_segments(idx, self.n)
         return seg
 
+    def table_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx + 1, the rows of the norms' slot tables (row 0: the base), computed once per step."""
+        key = ("table", idx.numel(), idx.device)
+        rows = self._cache.get(key)
+        if rows is None:
+            rows = self._cache[key] = idx + 1
+        return rows
+
 
 class LinearSlots:
     """Deltas of one (possibly packed) linear layer: output slice i of the rank-local output is

@@ -176,7 +176,8 @@ class NormDeltas:
         slots = self.ddq_slots
         if slots.empty:
             return super().forward(x, residual)
-        idx = fit_index(self.ddq_punica.token_lora_indices, x.shape[0]) + 1
+        idx = step_index(self.ddq_punica, slots.n).table_rows(fit_index(self.ddq_punica.token_lora_indices,
+                                                                        x.shape[0]))
         if x.device.type == "cpu" and not self.ddq_gemma:
             return native_rms(self, x, residual, slots.table[idx])
         h = x.clone() if residual is None else None  # fused kernels may write in place
