@@ -352,3 +352,27 @@ def test_one_long_stream_decodes_on_the_numpy_path(monkeypatch, scalar_lanes):
         bufs["streams"][-2:] = 0  # the last word: the walk no longer ends in state L
         with pytest.raises(EncodingError, match="stream 0 is corrupt"):
             seeded_rans.codes_of(_entry(enc, shape), bufs)
+
+
+def test_rows_too_long_for_one_stream_are_stored_as_seeded():
+    """A row of more kept codes than one stream may hold (RANS_MAX_STREAM_SYMBOLS) used to make a file the
+    writer refused, so the whole conversion failed; such a tensor is stored as `seeded` (same codes)."""
+    from ddq_format import DDQFile, Writer
+    from ddq_format.encodings import seeded, seeded_rans
+    from ddq_format.spec import ENC_SEEDED, RANS_MAX_STREAM_SYMBOLS
+    import tempfile, pathlib
+    cols = RANS_MAX_STREAM_SYMBOLS + 8
+    vals = np.random.default_rng(0).standard_normal((2, cols)).astype(np.float32)
+    enc = seeded_rans.encode((2, cols), vals, bits=4, alpha=1, group_size=cols, seed=3)
+    assert enc.encoding == ENC_SEEDED
+    ref = seeded.encode((2, cols), vals, bits=4, alpha=1, group_size=cols, seed=3)
+    assert enc.params == ref.params
+    with tempfile.TemporaryDirectory() as d:
+        out = pathlib.Path(d) / "long.ddq"
+        with Writer(out) as wr:
+            wr.add("w", "compressed", (2, cols), "F32", enc)
+            wr.add("ref", "compressed", (2, cols), "F32", ref)
+        with DDQFile(out) as f:
+            assert f.entries["w"]["encoding"] == ENC_SEEDED
+            got = f.decode("w")
+            assert np.array_equal(got, f.decode("ref")) and np.count_nonzero(got) > cols

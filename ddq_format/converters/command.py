@@ -90,6 +90,9 @@ def convert(
                                     "reconstructions per tensor. 1 = off."),
     workers: int = typer.Option(1, metavar="N", help="Tensors processed in parallel (the bytes do not depend on it)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from FILE.partial."),
+    base_digest: bool = typer.Option(False, "--base-digest", help="Also record a SHA-256 of every base tensor "
+                                     "(format 1.2; reads each base tensor in full): `ddq verify --full --base` "
+                                     "then proves the base bit-identical."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary (warnings and errors only)."),
 ):
     """Compress FINETUNED's delta from BASE into a .ddq file. With no options: the recommended file
@@ -112,7 +115,8 @@ def convert(
         summary = run(base, finetuned, output, method=s["method"], alpha=s["alpha"], bits=s["bits"],
                       parts=s["parts"], group_size=s["group_size"], encoding=s["encoding"], seed=seed, calib=calib,
                       ratio=s["ratio"], workers=workers, resume=resume, embeddings=s["embeddings"], rank=rank,
-                      progress=not quiet, console=log, quiet=quiet, seed_trials=seed_trials, print_summary=False)
+                      progress=not quiet, console=log, quiet=quiet, seed_trials=seed_trials, print_summary=False,
+                      base_digest=base_digest)
     except DDQError as e:
         fail(e)
     _report_written(output, summary, quiet)

@@ -37,12 +37,15 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             parts: int | None = None, group_size="auto", encoding: str | None = None, seed: int = 0,
             calib=None, ratio: int | None = None, workers: int = 1, resume: bool = False,
             embeddings: str | None = None, rank: int | None = None, progress: bool = True, console=None,
-            quiet: bool = False, seed_trials: int = 1, print_summary: bool = True) -> Summary:
+            quiet: bool = False, seed_trials: int = 1, print_summary: bool = True,
+            base_digest: bool = False) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
     base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`; what
     is not given comes from spec.CONVERT_DEFAULTS exactly as on the command line (options.settings).
     print_summary=False: return the Summary without printing its table (the CLI prints its own).
+    base_digest=True: record a full SHA-256 of every bound base tensor (format 1.2), so `ddq verify --full
+    --base` proves the base is bit-identical, not only that its sampled fingerprint matches.
     """
     t_start = time.perf_counter()
     if console is None:
@@ -65,6 +68,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
                 "calib": hashlib.sha256(cal.text.encode()).hexdigest()}
     if seed_trials > 1:  # only then: N = 1 keeps today's run key (and bytes)
         settings["seed_trials"] = seed_trials
+    if base_digest:  # likewise: absent keeps the run key of a file without digests
+        settings["base_digest"] = True
     run_key = _run_key(base_ck, ft_ck, settings)
     with OutputLock(out):  # from reading the journal to publishing OUT: one run per output
         recorded = ResumableWriter.recorded_start(out, run_key) if resume else None
@@ -86,7 +91,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         write_tensors = functools.partial(
             write_all, base_ck=finite.FiniteReads(base_ck, base_names), ft_ck=finite.FiniteReads(ft_ck, ft_names),
             opts=opts, group_size=chosen, seed=seed, workers=workers, progress=progress, console=console,
-            total=len(tasks), choose_seed=choose_seed)
+            total=len(tasks), choose_seed=choose_seed, digest=base_digest)
         writer = _write(out, run_key, ft_ck, base_rec, algorithm, recorded is not None, tasks, write_tensors)
     result = _summarize(out, writer.header["tensors"], opts, algorithm, chosen, search_rec,
                         time.perf_counter() - t_start, search_seconds, writer.resumed, seed_trials, cal_seconds)

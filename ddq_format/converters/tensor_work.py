@@ -29,19 +29,20 @@ class Result:
 
 
 def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_size, seed: int,
-             choose_seed=None) -> Result:
+             choose_seed=None, digest: bool = False) -> Result:
+    """digest=True: each base binding also records the SHA-256 of every element (format 1.2, `verify --full`)."""
     n = task.name
     if task.kind == KIND_TIED:
         return Result(n, KIND_TIED, task.shape, task.dtype, tied_to=task.tied_to)
     if task.kind == KIND_REMOVED:
         bb = base.read(n)
-        return Result(n, KIND_REMOVED, task.shape, task.dtype, base=binding(bb, task.shape, task.dtype))
+        return Result(n, KIND_REMOVED, task.shape, task.dtype, base=binding(bb, task.shape, task.dtype, digest=digest))
     fb = ft.read(n)
     bind = None
     if n in base.tensors:
         bi = base.tensors[n]
         bb = base.read(n)
-        bind = binding(bb, bi.shape, bi.dtype)
+        bind = binding(bb, bi.shape, bi.dtype, digest=digest)
     if task.kind == KIND_REPLACE:
         arr = fb.view(np.float16) if task.dtype == "F16" else fb
         return Result(n, KIND_REPLACE, task.shape, task.dtype, raw.encode(arr, task.dtype), base=bind)

@@ -201,9 +201,15 @@ def encode_codes(codes: np.ndarray, bits: int, rows_per_stream: int):
 def encode(shape, values: np.ndarray, *, bits: int, alpha: int, group_size: int, seed: int,
            quantizer: Quantizer | None = None, rows_per_stream: int | None = None,
            symbols_per_stream: int = RANS_SYMBOLS_PER_STREAM) -> Encoded:
-    """values: float32 [rows, kept_per_row], the kept (rescaled) values in kept order (as seeded.encode)."""
+    """values: float32 [rows, kept_per_row], the kept (rescaled) values in kept order (as seeded.encode).
+    A row of more than RANS_MAX_STREAM_SYMBOLS codes cannot be one stream's worth (SPEC.md §9.5): such a
+    tensor is stored as `seeded`, the same codes without entropy coding, rather than failing the conversion."""
     n_rows, n_cols = shape
     per_row = kept_per_row(n_cols, group_size, alpha)
+    if per_row > RANS_MAX_STREAM_SYMBOLS:
+        from . import seeded
+        return seeded.encode(shape, values, bits=bits, alpha=alpha, group_size=group_size, seed=seed,
+                             quantizer=quantizer)
     values = np.asarray(values, np.float32).reshape(n_rows, per_row)
     qz = quantizer or fit(values, bits)
     b = min(rows_per_stream, max(n_rows, 1)) if rows_per_stream else default_rows_per_stream(
