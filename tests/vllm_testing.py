@@ -80,6 +80,31 @@ def save_finetune(folder: Path, base_dir: Path, ft: dict[str, np.ndarray]) -> No
     save_file(ft, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def save_peft_lora(folder: Path, state: dict, rank: int, seed: int, std: float = 0.02) -> dict:
+    """A PEFT-format LoRA adapter (random A and B, lora_alpha = rank: scale 1) of rank `rank` on every
+    linear layer of `state` named in LORA_TARGETS. Returns {weight name: B @ A}, the change it makes."""
+    from safetensors.numpy import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(100 + seed)
+    tensors, change = {}, {}
+    for name, w in state.items():
+        module = name[:-len(".weight")]
+        if w.ndim != 2 or module.rsplit(".", 1)[-1] not in LORA_TARGETS:
+            continue
+        a = rng.normal(0, std, (rank, w.shape[1])).astype(np.float32)
+        b = rng.normal(0, std, (w.shape[0], rank)).astype(np.float32)
+        tensors[f"base_model.model.{module}.lora_A.weight"], tensors[f"base_model.model.{module}.lora_B.weight"] = a, b
+        change[name] = b @ a
+    save_file(tensors, folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "bias": "none",
+        "target_modules": list(LORA_TARGETS), "base_model_name_or_path": "base"}))
+    return change
+
+
 @contextlib.contextmanager
 def env(values: dict):
     saved = {k: os.environ.get(k) for k in values}

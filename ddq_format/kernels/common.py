@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import struct
 
-NF = 16  # int64 fields per parameter-table row
+NF = 20  # int64 fields per parameter-table row
 KIND_FIELD = 15  # table field holding the resident layout's kind (0: no delta in this slot)
+# seeded shards (tensor parallelism): the mask keys take the GLOBAL row and group index
+ROW_OFFSET_FIELD = 13  # global row of local row 0
+GROUP_OFFSET_FIELD = 14  # global group of local group 0
+COL_OFFSET_FIELD = 16  # columns of local group 0 before the shard's first column (0 <= . < h_g)
 
 
 def f32_bits(v: float) -> int:

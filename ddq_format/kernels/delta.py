@@ -34,14 +34,28 @@ class CompressedDelta:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_entry(cls, entry: dict, buffers: dict, device="cpu", *, path=None, backend: str | None = None):
-        """From a reader entry and its buffers (DDQFile.entry / DDQFile.buffers); validated before upload."""
+    def from_entry(cls, entry: dict, buffers: dict, device="cpu", *, path=None, backend: str | None = None,
+                   rows: tuple | None = None, cols: tuple | None = None):
+        """From a reader entry and its buffers (DDQFile.entry / DDQFile.buffers); validated before upload.
+
+        rows=(r0, r1), cols=(c0, c1): only that shard of the tensor (tensor parallelism; kernels/shards.py),
+        resident and served by the same kernels; its encoded_nbytes is its share of the file's bytes."""
         kern = registry.for_entry(entry, path)
         kern.validate(entry, buffers, registry.ctx_of(entry, path))
-        params, bufs, dtypes = dispatch.load(entry, buffers, device, backend)
         encoded = sum(int(b["length"]) for b in entry["buffers"].values())
-        return cls(entry["encoding"], entry["shape"], params, bufs, dtypes, name=entry.get("name"),
-                   encoded_nbytes=encoded)
+        n_rows, n_cols = (int(v) for v in entry["shape"])
+        rows = (0, n_rows) if rows is None else (int(rows[0]), int(rows[1]))
+        cols = (0, n_cols) if cols is None else (int(cols[0]), int(cols[1]))
+        if not (0 <= rows[0] <= rows[1] <= n_rows and 0 <= cols[0] <= cols[1] <= n_cols):
+            raise UsageError(f"shard rows {rows} x cols {cols} outside the tensor {[n_rows, n_cols]}", path=path,
+                             tensor=entry.get("name"), field="shape")
+        if (rows, cols) == ((0, n_rows), (0, n_cols)):
+            params, bufs, dtypes = dispatch.load(entry, buffers, device, backend)
+            shape = entry["shape"]
+        else:
+            params, bufs, dtypes, shape, share = kern.shard(entry, buffers, rows, cols, device, path)
+            encoded = round(encoded * share)
+        return cls(entry["encoding"], shape, params, bufs, dtypes, name=entry.get("name"), encoded_nbytes=encoded)
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -81,6 +95,12 @@ class CompressedDelta:
     def to_dense(self, dtype=torch.float32, *, backend: str | None = None) -> torch.Tensor:
         """Dense [out, in]; float32 is bit-identical to DDQFile.decode."""
         return dispatch.decode(self, dtype, backend)
+
+    def rows(self, index: torch.Tensor, dtype=torch.float32, *, backend: str | None = None) -> torch.Tensor:
+        """Dense rows `index` (int64 [R], this delta's rows, on its device) -> [R, in]: only their mask and
+        codes are computed (an embedding's tokens); float32 bit-identical to those rows of DDQFile.decode."""
+        index = index.reshape(-1).to(torch.int64)
+        return dispatch.rows(self, index, dtype, backend)
 
     def matmul(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
         """x [..., in] -> x @ dense.T with float32 accumulation, in x.dtype."""

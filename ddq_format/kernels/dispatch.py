@@ -1,9 +1,11 @@
 """The dispatch: which kernel serves which operation, file encoding, device and batch, in one table (RULES).
 
 Backends: `triton` for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1, how CI checks the kernels),
-`torch` (the pure-torch reference, any device), `numpy` (the reader's decoder, CPU host memory).
-`backend="triton"|"torch"` (or env DDQ_KERNEL_BACKEND) forces one. The first rule whose operation,
-encoding, backend and batch bound match is used; `describe()` prints the table (README, results files).
+`numpy` for CPU tensors (host.py: per call, one mask hash pass for all seeded deltas of a geometry, the
+reader's decoder for csr_parts, a dense scratch per product), `torch`
+(the pure-torch reference and oracle, any device). The default is triton on CUDA, numpy on CPU, torch
+elsewhere; `backend="triton"|"torch"|"numpy"` (or env DDQ_KERNEL_BACKEND) forces one. The first rule whose
+operation, encoding, backend and batch bound match is used; `describe()` prints the table (README, results).
 """
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from . import reference, registry
+from . import host, reference, registry
 from .common import NF
 
-BACKENDS = ("triton", "torch")
+BACKENDS = ("triton", "torch", "numpy")
 DELTA_MAX_BATCH = 64  # delta-only kernel up to here; above, decode once and use the dense library matmul
 FUSED_MAX_BATCH = 16  # fused base + delta kernel up to here (one batch tile); above, cuBLAS base + delta
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -31,7 +33,7 @@ RELAID = tuple(e for e in ALL if e not in STORED)
 
 @dataclass(frozen=True)
 class Rule:
-    op: str  # load | decode | decode_entry | matmul | linear | multi
+    op: str  # load | decode | decode_entry | rows | matmul | linear | multi
     encodings: tuple
     backend: str  # triton | torch | numpy | any
     max_batch: int | None  # tokens; None: any
@@ -44,16 +46,21 @@ RULES = (
     Rule("load", RELAID, "any", None, "numpy rANS decode -> packed seeded codes"),
     Rule("decode", SEEDED_ENCODINGS, "triton", None, "triton seeded_rows"),
     Rule("decode", CSR_ENCODINGS, "triton", None, "triton csr_scatter"),
+    Rule("decode", ALL, "numpy", None, "numpy reader decode"),  # seeded: the reader's hash, batched
     Rule("decode", ALL, "torch", None, "torch reference decode"),
     Rule("decode_entry", ALL, "numpy", None, "numpy reader decode"),
     Rule("decode_entry", RELAID, "triton", None, "triton rans_lanes -> seeded_rows (8-bit codes)"),
     Rule("decode_entry", ALL, "any", None, "load, then decode"),
+    Rule("rows", ALL, "numpy", None, "numpy mask of those rows"),
+    Rule("rows", ALL, "any", None, "torch reference rows"),
     Rule("matmul", ALL, "triton", DELTA_MAX_BATCH, "triton delta_matmul"),
     Rule("matmul", ALL, "triton", None, "decode, then dense matmul"),
+    Rule("matmul", ALL, "numpy", None, "numpy decode, then dense matmul"),
     Rule("matmul", ALL, "torch", None, "torch reference matmul"),
     Rule("linear", ALL, "triton", FUSED_MAX_BATCH, "triton fused_linear"),
     Rule("linear", ALL, "any", None, "F.linear + delta matmul"),
     Rule("multi", ALL, "triton", None, "triton sgmv"),
+    Rule("multi", ALL, "numpy", None, "numpy decode (one hash pass per mask geometry), dense matmul per delta"),
     Rule("multi", ALL, "torch", None, "torch reference multi"),
 )
 
@@ -68,7 +75,7 @@ def select(op: str, encoding: str, backend: str, batch: int | None = None) -> st
 
 def describe() -> list[dict]:
     """The dispatch table as rows (operation, encodings, backend/device, batch bound, kernel)."""
-    device = {"triton": "cuda (CPU: TRITON_INTERPRET=1)", "torch": "any (reference)", "numpy": "cpu host",
+    device = {"triton": "cuda (CPU: TRITON_INTERPRET=1)", "torch": "any (reference)", "numpy": "cpu",
               "any": "any"}
     return [{"op": r.op, "encodings": ", ".join(r.encodings), "device": device[r.backend],
              "batch": "any" if r.max_batch is None else f"<= {r.max_batch}", "kernel": r.kernel} for r in RULES]
@@ -83,11 +90,15 @@ def unforced(backend: str | None) -> bool:
 def choose(device: torch.device, backend: str | None) -> str:
     backend = backend or os.environ.get("DDQ_KERNEL_BACKEND") or None
     if backend is None:
+        if device.type == "cpu":
+            return "numpy"
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend not in BACKENDS:
         raise UsageError(f"unknown kernel backend {backend!r}; one of {BACKENDS}", field="backend")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise UsageError("the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)", field="backend")
+    if backend == "numpy" and device.type != "cpu":
+        raise UsageError(f"the numpy backend needs CPU tensors, not {device.type}", field="backend")
     return backend
 
 
@@ -151,6 +162,7 @@ DECODERS = {
     "triton seeded_scatter": _triton_decode("seeded_scatter"),  # the previous kernel, for the benchmark
     "triton csr_scatter": _triton_decode("csr_scatter"),
     "torch reference decode": lambda d, dtype: reference.decode(d).to(dtype),
+    "numpy reader decode": lambda d, dtype: torch.from_numpy(host.dense(d)).to(dtype),
 }
 
 
@@ -161,9 +173,15 @@ def decode(d, dtype, backend, kernel: str | None = None):
 
 def decode_entry_kernel(entry, device, backend) -> str:
     """The rule for decoding an entry straight to dense on `device` (CPU: the numpy reader unless forced)."""
-    dev = torch.device(device)
-    be = "numpy" if dev.type == "cpu" and unforced(backend) else choose(dev, backend)
-    return select("decode_entry", entry.get("encoding"), be)
+    return select("decode_entry", entry.get("encoding"), choose(torch.device(device), backend))
+
+
+def rows(d, index, dtype, backend):
+    """Dense rows `index` (int64, the delta's device) of a delta: only their mask and codes are read."""
+    _same_device(d, index)
+    if select("rows", d.encoding, choose(d.device, backend)) == "numpy mask of those rows":
+        return host.rows(d, index).to(dtype)
+    return reference.decode_rows(d, index).to(dtype)
 
 
 def matmul(d, x, backend):
@@ -175,6 +193,8 @@ def matmul(d, x, backend):
     if name == "decode, then dense matmul":  # prefill: one decode, then the library matmul
         w = decode(d, torch.float32 if x.dtype == torch.float32 else x.dtype, backend)
         return (x @ w.T).to(x.dtype)
+    if name == "numpy decode, then dense matmul":
+        return host.matmul(d, x)
     return reference.matmul(d, x)
 
 
@@ -202,11 +222,14 @@ def multi(x, deltas, index, segments, add_to, backend):
     be = choose(x.device, backend)
     out = add_to if add_to is not None else torch.zeros((x.shape[0], present[0].shape[0]), dtype=x.dtype,
                                                         device=x.device)
-    if select("multi", present[0].encoding, be) != "triton sgmv":
+    name = select("multi", present[0].encoding, be)
+    if name == "torch reference multi":
         return reference.multi_matmul(x, deltas, index, out)
-    from . import triton_linear
     from .segments import delta_segments
     seg = segments if segments is not None else delta_segments(index.to(x.device), len(deltas))
+    if name != "triton sgmv":
+        return host.multi(x, deltas, seg, out)
+    from . import triton_linear
     tab, launches = multi_tables(deltas)
     triton_linear.multi_matmul(x.contiguous(), out, [(k, tab, c) for k, c in launches], seg)
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..seeded_mask import group_layout, width_for
+from ..seeded_mask import width_for
 from ..spec import FMIX_C1, FMIX_C2, GOLDEN, PERM_ROUNDS, SEED_SALT
 
 M32 = 0xFFFFFFFF
@@ -51,40 +51,50 @@ def positions(seed: int, rows, groups, index, length: int) -> torch.Tensor:
     round_keys, rot = _keys(seed, rows, groups)
     w = width_for(length)
     x = _permute(index, round_keys, w)
-    todo = x >= length
-    while bool(todo.any()):  # cycle-walking, as the spec
-        x = torch.where(todo, _permute(x, round_keys, w), x)
+    if length & (length - 1):  # cycle-walking, as the spec (never when 2^w == length: no host sync then)
         todo = x >= length
+        while bool(todo.any()):
+            x = torch.where(todo, _permute(x, round_keys, w), x)
+            todo = x >= length
     return (x + rot % length) % length
 
 
-def mask_columns(seed: int, rows: int, cols: int, group_size: int, alpha: int, device="cpu") -> torch.Tensor:
-    """int64 [rows, kept_per_row], equal to seeded_mask.mask_columns."""
-    full, keep, tail, keep_tail = group_layout(cols, group_size, alpha)
-    out = torch.empty((rows, full * keep + keep_tail), dtype=torch.int64, device=device)
-    r = torch.arange(rows, dtype=torch.int64, device=device)
-    if full and keep:
-        R = r[:, None, None]
-        G = torch.arange(full, dtype=torch.int64, device=device)[None, :, None]
-        I = torch.arange(keep, dtype=torch.int64, device=device)[None, None, :]
-        R, G, I = torch.broadcast_tensors(R, G, I)
-        pos = positions(seed, R, G, I, group_size) + G * group_size
-        out[:, : full * keep] = pos.reshape(rows, full * keep)
-    if keep_tail:
-        R, I = torch.broadcast_tensors(r[:, None], torch.arange(keep_tail, dtype=torch.int64, device=device)[None, :])
-        G = torch.full_like(R, full)
-        out[:, full * keep:] = positions(seed, R, G, I, tail) + full * group_size
-    return out
+def seeded_columns(d, rows: torch.Tensor | None = None, positions_fn=positions):
+    """Local columns (int64 [R, kept_per_row], kept order) of a `seeded`-layout delta's rows (local row
+    indices; None: all), and whether each is inside the delta (None when no shard edge cuts a group). The
+    keys take the global row and group index (shards). positions_fn(seed, rows [R,1,1], groups [1,n,1],
+    index [1,1,k], length) -> int64 [R, n, k]: this module's `positions`, or the numpy reader's (host.py)."""
+    p = d.params
+    r = torch.arange(d.shape[0], dtype=torch.int64, device=d.device) if rows is None else rows.to(torch.int64)
+    rg = (r + d.row0)[:, None, None]
+    G = p["group_size"]
+    out = []
+    for g_first, n_groups, keep, length in d.layout.blocks(d):
+        g = torch.arange(g_first, g_first + n_groups, dtype=torch.int64, device=d.device)[None, :, None]
+        i = torch.arange(keep, dtype=torch.int64, device=d.device)[None, None, :]
+        pos = positions_fn(p["seed"], rg, g + d.g0, i, length)
+        out.append((pos + g * G).reshape(r.numel(), n_groups * keep))
+    cols = torch.cat(out, 1) if out else torch.zeros((r.numel(), 0), dtype=torch.int64, device=d.device)
+    if not d.clip:
+        return cols, None
+    cols = cols - d.col0
+    return cols, (cols >= 0) & (cols < d.shape[1])
 
 
 def unpack(data: torch.Tensor, bits: int, count: int, start: int = 0) -> torch.Tensor:
     """Codes start..start+count-1 of an LSB-first packed uint8 stream, as int64 (16-bit window read)."""
-    if bits == 0 or count == 0:
-        return torch.zeros(count, dtype=torch.int64, device=data.device)
-    d = torch.cat([data.to(torch.int64), torch.zeros(1, dtype=torch.int64, device=data.device)])
-    bit = (torch.arange(count, dtype=torch.int64, device=data.device) + start) * bits
+    return unpack_at(data, bits, torch.arange(count, dtype=torch.int64, device=data.device) + start)
+
+
+def unpack_at(data: torch.Tensor, bits: int, idx: torch.Tensor) -> torch.Tensor:
+    """Codes number idx (int64) of an LSB-first packed uint8 stream, as int64 (16-bit window read)."""
+    if bits == 0 or idx.numel() == 0:
+        return torch.zeros(idx.shape, dtype=torch.int64, device=data.device)
+    d = data.to(torch.int64)
+    bit = idx * bits
     byte = bit >> 3
-    window = d[byte] | (d[byte + 1] << 8)
+    hi = d[(byte + 1).clamp(max=d.numel() - 1)] * ((byte + 1) < d.numel())
+    window = d[byte] | (hi << 8)
     return (window >> (bit & 7)) & ((1 << bits) - 1)
 
 
@@ -93,15 +103,25 @@ def dequantize(codes: torch.Tensor, scale: float, zero: int, offset: int = 0) ->
     return (codes - (zero + offset)).to(torch.float32) * torch.tensor(scale, dtype=torch.float32, device=codes.device)
 
 
-def decode_seeded(d) -> torch.Tensor:
-    """Dense float32 of a resident `seeded`-layout delta."""
-    rows, cols = d.shape
+def seeded_codes(d, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 codes [R, kept_per_row] of local rows (None: all)."""
+    per, bits = d.kept_per_row, d.params["bits"]
+    if rows is None:
+        return unpack(d.buffers["codes"], bits, d.shape[0] * per).reshape(d.shape[0], per)
+    idx = (rows.to(torch.int64)[:, None] * per + torch.arange(per, dtype=torch.int64, device=d.device)).reshape(-1)
+    return unpack_at(d.buffers["codes"], bits, idx).reshape(rows.numel(), per)
+
+
+def decode_seeded(d, rows: torch.Tensor | None = None, positions_fn=positions) -> torch.Tensor:
+    """Dense float32 of a resident `seeded`-layout delta (its local rows `rows`, None: all)."""
     p = d.params
-    cols_idx = mask_columns(p["seed"], rows, cols, p["group_size"], p["alpha"], device=d.device)
-    codes = unpack(d.buffers["codes"], p["bits"], cols_idx.numel()).reshape(cols_idx.shape)
-    out = torch.zeros((rows, cols), dtype=torch.float32, device=d.device)
-    out.scatter_(1, cols_idx, dequantize(codes, p["scale"], p["zero"]))
-    return out
+    cols_idx, inside = seeded_columns(d, rows, positions_fn)
+    vals = dequantize(seeded_codes(d, rows), p["scale"], p["zero"])
+    out = torch.zeros((cols_idx.shape[0], d.shape[1] + (inside is not None)), dtype=torch.float32, device=d.device)
+    if inside is not None:  # cut-off elements land in a spare last column
+        cols_idx = torch.where(inside, cols_idx, d.shape[1])
+    out.scatter_(1, cols_idx, vals)
+    return out[:, :d.shape[1]] if inside is not None else out
 
 
 def csr_rows_cols(d):
@@ -127,6 +147,26 @@ def decode_csr(d) -> torch.Tensor:
     return out.reshape(rows, cols)
 
 
+def csr_rows(d, rows: torch.Tensor) -> torch.Tensor:
+    """Dense float32 [R, cols] of local rows `rows` of a csr_parts delta (only their elements are read)."""
+    p = d.params
+    rows = rows.to(torch.int64)
+    ro = d.row_offsets_i64()
+    starts = ro[:, rows] + d.part_starts_dev[:, None]  # [parts, R]: first element of each (part, row)
+    counts = (ro[:, rows + 1] - ro[:, rows]).reshape(-1)
+    first = torch.repeat_interleave(starts.reshape(-1), counts)
+    run_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    elem = first + torch.arange(first.numel(), dtype=torch.int64, device=d.device) - run_start
+    grid = torch.arange(rows.numel(), dtype=torch.int64, device=d.device).repeat(p["parts"])
+    out_row = torch.repeat_interleave(grid, counts)
+    part = torch.repeat_interleave(torch.arange(p["parts"], device=d.device).repeat_interleave(rows.numel()), counts)
+    offsets = torch.tensor(p["offsets"], dtype=torch.int64, device=d.device)
+    vals = dequantize(unpack_at(d.buffers["values"], d.part_bits, elem) - offsets[part], p["scale"], p["zero"])
+    out = torch.zeros((rows.numel(), d.shape[1]), dtype=torch.float32, device=d.device)
+    out[out_row, d.col_indices_i64()[elem]] = vals
+    return out
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes (each < 2^bits) -> the LSB-first packed stream of SPEC §7 (bitpack.pack), on their device."""
     codes = codes.reshape(-1).to(torch.uint8)
@@ -144,6 +184,11 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def decode(d) -> torch.Tensor:
     return d.layout.reference_decode(d)
+
+
+def decode_rows(d, rows: torch.Tensor) -> torch.Tensor:
+    """Dense float32 [R, cols] of the delta's local rows `rows` (int64 on its device)."""
+    return d.layout.reference_rows(d, rows)
 
 
 def _matmul_f32(d, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ from ..quantize import check_parts
 from ..seeded_mask import group_layout, kept_per_row, width_for
 from ..spec import ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, KIND_COMPRESSED, RANS_STATE_LOW
 from . import reference
-from .common import KIND_FIELD, NF, f32_bits, is_pow2, next_pow2
+from .common import (COL_OFFSET_FIELD, GROUP_OFFSET_FIELD, KIND_FIELD, NF, ROW_OFFSET_FIELD, f32_bits, is_pow2,
+                     next_pow2)
 
 # Buffers travel as bit-identical signed views (Triton and older torch lack unsigned 16/32-bit types);
 # readers mask them back to unsigned.
@@ -58,27 +59,59 @@ def _csr_validate(entry, bufs, ctx) -> None:
 
 
 # -- resident layouts ------------------------------------------------------------------------------------
+SHARD_KEYS = ("row_offset", "group_offset", "col_offset", "full_cols")  # params of a seeded shard (shards.py)
+
+
 class SeededLayout:
-    """Packed k-bit codes, rows x kept_per_row in kept order (SPEC §9.3); buffer `codes`."""
+    """Packed k-bit codes, rows x kept_per_row in kept order (SPEC §9.3); buffer `codes`.
+
+    A tensor-parallel shard (shards.seeded_shard) is rows [row_offset, +rows) x the groups from
+    group_offset of a tensor `full_cols` wide, its first `col_offset` columns cut off (and columns past
+    its width): it keeps those groups' codes, and its mask keys take the global row and group index."""
     name = "seeded"
+    encoding = ENC_SEEDED  # the file encoding whose reader decodes this layout as stored
     kind = 1
 
     def setup(self, d) -> None:
-        full, keep, tail, keep_tail = group_layout(d.shape[1], d.params["group_size"], d.params["alpha"])
-        d.groups = (full, keep, tail, keep_tail)
-        d.kept_per_row = full * keep + keep_tail
+        p = d.params
+        G, alpha = p["group_size"], p["alpha"]
+        d.row0, d.g0, d.col0 = (int(p.get(k, 0)) for k in SHARD_KEYS[:3])
+        n_cols = int(p.get("full_cols", d.shape[1]))
+        d.sharded = (d.row0, d.g0, d.col0, n_cols) != (0, 0, 0, d.shape[1])
+        full, keep, tail, keep_tail = group_layout(n_cols, G, alpha)
+        c0 = d.g0 * G + d.col0
+        c1 = c0 + d.shape[1]
+        if min(d.row0, d.g0, d.col0) < 0 or d.col0 >= G or c1 > n_cols:
+            raise UsageError(f"shard columns {c0}..{c1} (group offset {d.g0}, column offset {d.col0}) outside the "
+                             f"tensor's {n_cols}", tensor=d.name, field="params")
+        g_end = -(-c1 // G) if d.shape[1] else d.g0  # one past the last group the shard overlaps
+        has_tail = bool(tail) and g_end == full + 1
+        d.groups = (g_end - d.g0 - has_tail, keep, tail if has_tail else 0, keep_tail if has_tail else 0)
+        d.kept_per_row = d.groups[0] * keep + d.groups[3]
+        d.clip = d.col0 > 0 or c1 < min(g_end * G, n_cols)  # a group cut by the shard's edges
+
+    def blocks(self, d) -> list[tuple[int, int, int, int]]:
+        """(first local group, groups, kept per group, group length): the full groups, then the tail."""
+        full, keep, tail, keep_tail = d.groups
+        out = [(0, full, keep, d.params["group_size"])] if full and keep else []
+        return out + ([(full, 1, keep_tail, tail)] if keep_tail else [])
 
     def table_row(self, d) -> list[int]:
         p = d.params
         full, keep, tail, keep_tail = d.groups
-        return [d.buffers["codes"].data_ptr(), p["seed"] & 0xFFFFFFFF, f32_bits(p["scale"]), p["zero"], p["bits"],
-                p["group_size"], keep, full, tail, keep_tail, width_for(p["group_size"]),
-                width_for(tail) if tail else 1, d.kept_per_row]
+        row = [d.buffers["codes"].data_ptr(), p["seed"] & 0xFFFFFFFF, f32_bits(p["scale"]), p["zero"], p["bits"],
+               p["group_size"], keep, full, tail, keep_tail, width_for(p["group_size"]),
+               width_for(tail) if tail else 1, d.kept_per_row]
+        row += [0] * (NF - len(row))
+        row[ROW_OFFSET_FIELD], row[GROUP_OFFSET_FIELD], row[COL_OFFSET_FIELD] = d.row0, d.g0, d.col0
+        return row
 
     def consts(self, deltas) -> dict:
         """Triton constants shared by a launch over `deltas`: padded kept per group (KP, at most 64, a loop
         covers more), groups per scatter-decode step (GPC), whether any group needs cycle-walking, the padded
-        group width (GP, at most 512; a loop covers more), the group size and the (padded) group count."""
+        group width (GP, at most 512; a loop covers more), the group size, the (padded) group count and
+        whether any delta is a shard (SHARD: offsets read) and any shard cuts a group (CLIP: columns are
+        range-checked)."""
         if max(d.kept_per_row * d.params["bits"] for d in deltas) >= 2**31 - 8:
             raise UsageError("rows of more than 2^31 code bits exceed the kernels' 32-bit offsets; use "
                              "backend='torch'", tensor=deltas[0].name, field="shape")
@@ -89,16 +122,21 @@ class SeededLayout:
         walk = any(not is_pow2(d.params["group_size"]) or not is_pow2(d.groups[2]) for d in deltas)
         groups = max(d.groups[0] + (d.groups[2] > 0) for d in deltas)
         return {"KP": kp, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
-                "GROUPS": next_pow2(groups), "G": G,
+                "GROUPS": next_pow2(groups), "G": G, "CLIP": any(d.clip for d in deltas),
+                "SHARD": any(d.sharded for d in deltas),
                 "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 
     def reference_decode(self, d) -> torch.Tensor:
         return reference.decode_seeded(d)
 
+    def reference_rows(self, d, rows) -> torch.Tensor:
+        return reference.decode_seeded(d, rows)
+
 
 class CsrLayout:
     """The csr_parts buffers as stored (SPEC §9.2): row_offsets, col_indices, values."""
     name = "csr_parts"
+    encoding = ENC_CSR_PARTS
     kind = 2
 
     def setup(self, d) -> None:
@@ -125,6 +163,9 @@ class CsrLayout:
 
     def reference_decode(self, d) -> torch.Tensor:
         return reference.decode_csr(d)
+
+    def reference_rows(self, d, rows) -> torch.Tensor:
+        return reference.csr_rows(d, rows)
 
 
 SEEDED = SeededLayout()
@@ -160,9 +201,32 @@ class StoredAsIs:
         dtypes = {role: b["dtype"] for role, b in entry["buffers"].items()}
         return dict(entry["params"]), {r: upload(buffers[r], dtypes[r], device) for r in dtypes}, dtypes
 
+    def code_matrix(self, entry, buffers) -> np.ndarray:
+        """uint8 [rows, kept_per_row]: a seeded layout's codes in kept order."""
+        return _encoding(self.encoding).parts(entry, as_numpy(buffers), None)
+
+    def shard(self, entry, buffers, rows: tuple, cols: tuple, device, path=None):
+        """(params, device buffers, dtypes, shape, share of the kept elements) of rows [r0, r1) x
+        cols [c0, c1) of a validated entry (shards.py)."""
+        from . import shards
+        (r0, r1), (c0, c1) = rows, cols
+        shape = [r1 - r0, c1 - c0]
+        if self.layout is CSR:
+            parts = _encoding(self.encoding).parts(entry, as_numpy(buffers), ctx_of(entry, path))
+            sub, bufs = shards.csr_shard(entry, parts, np.arange(r0, r1, dtype=np.int64), c0, c1)
+            params, dev, dtypes = StoredAsIs.resident(self, sub, bufs, device, None)
+            return params, dev, dtypes, shape, sub["params"]["nnz"] / max(entry["params"]["nnz"], 1)
+        codes = self.code_matrix(entry, buffers)
+        params, sub = shards.seeded_shard(entry, codes, rows, cols)
+        packed = reference.pack_codes(torch.from_numpy(sub).to(device), params["bits"])
+        return params, {"codes": packed}, {"codes": "PACKED"}, shape, sub.size / max(codes.size, 1)
+
 
 class RansToSeeded(StoredAsIs):
     """seeded_rans: streams decoded once at load into seeded's packed codes (bit-identical codes)."""
+
+    def code_matrix(self, entry, buffers) -> np.ndarray:
+        return _rans_codes(entry, as_numpy(buffers))
 
     def resident(self, entry, buffers, device, backend):
         codes = rans_codes(entry, buffers, device, backend)

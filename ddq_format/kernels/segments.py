@@ -11,7 +11,7 @@ token-to-slot index here keeps one code path for every caller.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,10 +25,29 @@ class DeltaSegments:
     block_b: int
     n_deltas: int
     batch: int
+    counts: torch.Tensor | None = None  # int64 [n_deltas]: tokens per delta (their run in `order` is
+    starts: torch.Tensor | None = None  # int64 [n_deltas]: ... order[starts[d]:starts[d] + counts[d]])
+    _host: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def device(self) -> torch.device:
         return self.order.device
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(delta, first position in `order`, token count) of every delta some token uses, on the host:
+        ONE device-to-host copy (a sync on a GPU), made on the first call and kept. For the paths that
+        loop over deltas on the host (the CPU backend, dense deltas, embedding rows); the kernels need none."""
+        if "runs" not in self._host:
+            both = torch.stack([self.starts, self.counts]).tolist()
+            self._host["runs"] = [(d, s, c) for d, (s, c) in enumerate(zip(*both)) if c]
+        return self._host["runs"]
+
+    def rows(self, delta: int) -> torch.Tensor | None:
+        """Token ids of `delta` (None when no token uses it), from runs()."""
+        rows = self._host.get("rows")
+        if rows is None:
+            rows = self._host["rows"] = {d: self.order[s:s + c] for d, s, c in self.runs()}
+        return rows.get(delta)
 
 
 def default_block(batch: int, n_deltas: int) -> int:
@@ -61,7 +80,7 @@ def delta_segments(index: torch.Tensor, n_deltas: int, *, block_b: int | None = 
     first = starts[dc] + local * bb
     count = torch.where(d < n_deltas, (counts[dc] - local * bb).clamp(0, bb), 0)
     tiles = torch.stack([dc, first, count], 1).to(torch.int32)
-    return DeltaSegments(order, tiles.contiguous(), bb, n_deltas, B)
+    return DeltaSegments(order, tiles.contiguous(), bb, n_deltas, B, counts, starts)
 
 
 def reference_tiles(index, n_deltas: int, block_b: int) -> list[tuple[int, list[int]]]:

@@ -37,6 +37,9 @@ def device(fn):
     return fn if INTERPRETED else triton.jit(fn)
 
 KIND_FIELD = tl.constexpr(common.KIND_FIELD)
+ROW_OFFSET_FIELD = tl.constexpr(common.ROW_OFFSET_FIELD)
+GROUP_OFFSET_FIELD = tl.constexpr(common.GROUP_OFFSET_FIELD)
+COL_OFFSET_FIELD = tl.constexpr(common.COL_OFFSET_FIELD)
 
 # -- hashing ----------------------------------------------------------------------------------------
 @device
@@ -80,16 +83,17 @@ def row_hash(seed, r):
 
 
 @device
-def group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G):
-    """Elementwise over h1 (row hashes) and g (group indices) of one shape: group length L, kept count n,
-    bit mask, shift, the three (add, multiplier) round keys and the rotation mod L of each (row, group)."""
+def group_keys(h1, g, g0, full, keep, tail, keep_tail, w_full, w_tail, G):
+    """Elementwise over h1 (row hashes) and g (local group indices; the key takes the global index g + g0)
+    of one shape: group length L, kept count n, bit mask, shift, the three (add, multiplier) round keys and
+    the rotation mod L of each (row, group)."""
     is_tail = g == full
     L = tl.maximum(tl.where(is_tail, tail, G), 1).to(tl.uint32)  # no remainder by 0 in padding lanes
     n = tl.where(is_tail, keep_tail, keep)
     w = tl.where(is_tail, w_tail, w_full).to(tl.uint32)
     msk = (tl.full(w.shape, 1, tl.uint32) << w) - 1
     sh = (w + 1) >> 1
-    h2 = fmix32(h1 + g.to(tl.uint32) * GOLD)
+    h2 = fmix32(h1 + (g + g0).to(tl.uint32) * GOLD)
     k0 = fmix32(h2 + GOLD)
     k1 = fmix32(h2 + GOLD2)
     k2 = fmix32(h2 + GOLD3)
@@ -144,6 +148,21 @@ def seeded_fields(tp):
     w_tail = tl.load(tp + 11).to(tl.int32)
     per_row = tl.load(tp + 12)
     return codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row
+
+
+@device
+def shard_fields(tp, SHARD: tl.constexpr):
+    """A seeded shard's global row of local row 0, global group of local group 0, and the columns of its
+    first group before its first column; constant zeros when no delta of the launch is a shard (no
+    registers spent on them)."""
+    row0 = 0
+    g0 = 0
+    col0 = 0
+    if SHARD:
+        row0 = tl.load(tp + ROW_OFFSET_FIELD).to(tl.int32)
+        g0 = tl.load(tp + GROUP_OFFSET_FIELD).to(tl.int32)
+        col0 = tl.load(tp + COL_OFFSET_FIELD).to(tl.int32)
+    return row0, g0, col0
 
 
 @device

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import INTERPRETED, csr_cols, device, csr_fields, csr_segment, row_codes, row_hash, seeded_fields, unpack, unpack_in_row
+from .triton_common import (INTERPRETED, csr_cols, csr_fields, csr_segment, device, row_codes, row_hash, seeded_fields,
+                            shard_fields, unpack, unpack_in_row)
 from .triton_seeded import kept_columns, kept_index
 
 
@@ -31,7 +32,8 @@ def _zeroed_rows(out_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constex
 
 @triton.jit
 def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, GPC: tl.constexpr,
-                              NQ: tl.constexpr, LANES: tl.constexpr, WALK: tl.constexpr):
+                              NQ: tl.constexpr, LANES: tl.constexpr, WALK: tl.constexpr, CLIP: tl.constexpr,
+                              SHARD: tl.constexpr):
     """A program owns BLOCK_R rows; each step covers GPC groups of them as BLOCK_R * GPC (row, group) pairs
     x NQ * LANES columns (one pair per warp when LANES = 32)."""
     p = tl.arange(0, BLOCK_R * GPC)
@@ -39,17 +41,18 @@ def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, G
     gl = p % GPC
     rmask = r < rows
     codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tab)
+    row0, g0, col0 = shard_fields(tab, SHARD)
     ngroups = full + (tail > 0).to(tl.int32)
-    h1 = row_hash(seed, r)
+    h1 = row_hash(seed, r + row0)
     rowptr, rowsh = row_codes(codes, r, per_row, bits)
     rowptr = rowptr[None, :, None]
     rowsh = rowsh[None, :, None]
     orow = (out_ptr + r.to(tl.int64) * cols)[None, :, None]
     jj = tl.arange(0, NQ)[:, None, None] * LANES + tl.arange(0, LANES)[None, None, :]
-    for g0 in range(0, ngroups, GPC):
+    for gs in range(0, ngroups, GPC):
         for j0 in range(0, G, NQ * LANES):  # one pass unless a group is wider than NQ * LANES columns
-            inside, kept, kidx, col = kept_index(h1, rmask, g0 + gl, j0 + jj, full, keep, tail, keep_tail, w_full,
-                                                 w_tail, G, ngroups, WALK)
+            inside, kept, kidx, col = kept_index(h1, rmask, gs + gl, j0 + jj, g0, col0, cols, full, keep, tail,
+                                                 keep_tail, w_full, w_tail, G, ngroups, WALK, CLIP)
             q = unpack_in_row(rowptr, rowsh, kidx, bits, kept)
             v = tl.where(kept, scale * (q - zero).to(tl.float32), 0.0)
             tl.store(orow + col, v.to(out_ptr.dtype.element_ty), mask=inside)
@@ -57,20 +60,22 @@ def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, G
 
 @triton.jit
 def seeded_scatter_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, GPC: tl.constexpr,
-                                 KP: tl.constexpr, BLOCK_C: tl.constexpr, WALK: tl.constexpr):
+                                 KP: tl.constexpr, BLOCK_C: tl.constexpr, WALK: tl.constexpr, CLIP: tl.constexpr,
+                                 SHARD: tl.constexpr):
     codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tab)
+    row0, g0, col0 = shard_fields(tab, SHARD)
     r, rmask = _zeroed_rows(out_ptr, rows, cols, BLOCK_R, BLOCK_C)
     ngroups = full + (tail > 0).to(tl.int32)
-    h1 = row_hash(seed, r)
+    h1 = row_hash(seed, r + row0)
     il = tl.arange(0, KP)
     orow = (out_ptr + r.to(tl.int64) * cols)[:, None, None]
     rowptr, rowsh = row_codes(codes, r, per_row, bits)
     rowptr = rowptr[:, None, None]
     rowsh = rowsh[:, None, None]
-    for g0 in range(0, ngroups, GPC):
+    for gs in range(0, ngroups, GPC):
         for i0 in range(0, tl.maximum(keep, keep_tail), KP):  # one pass unless a group keeps more than KP
-            col, kidx, valid = kept_columns(h1, rmask, g0, i0 + il, full, keep, tail, keep_tail, w_full, w_tail,
-                                            G, ngroups, GPC, WALK)
+            col, kidx, valid = kept_columns(h1, rmask, gs, i0 + il, g0, col0, cols, full, keep, tail, keep_tail,
+                                            w_full, w_tail, G, ngroups, GPC, WALK, CLIP)
             q = unpack_in_row(rowptr, rowsh, kidx, bits, valid)
             v = scale * (q - zero).to(tl.float32)
             tl.store(orow + col, v.to(out_ptr.dtype.element_ty), mask=valid)
@@ -106,7 +111,7 @@ def seeded_rows(tab, out, consts):
     block_r = 16 if INTERPRETED else pairs // gpc  # the interpreter: fewer programs, less CI time
     seeded_rows_decode_kernel[(triton.cdiv(rows, block_r),)](tab, out, rows, cols, BLOCK_R=block_r, GPC=gpc,
                                                              NQ=gp // lanes, LANES=lanes, WALK=consts["WALK"],
-                                                             num_warps=4)
+                                                             CLIP=consts["CLIP"], SHARD=consts["SHARD"], num_warps=4)
 
 
 def seeded_scatter(tab, out, consts):
@@ -114,7 +119,8 @@ def seeded_scatter(tab, out, consts):
     br = 16 if INTERPRETED else 4
     seeded_scatter_decode_kernel[(triton.cdiv(rows, br),)](tab, out, rows, cols, BLOCK_R=br, GPC=consts["GPC"],
                                                           KP=consts["KP"], BLOCK_C=min(1024, consts["BLOCK_COLS"]),
-                                                          WALK=consts["WALK"])
+                                                          WALK=consts["WALK"], CLIP=consts["CLIP"],
+                                                          SHARD=consts["SHARD"])
 
 
 def csr_scatter(tab, out, consts):

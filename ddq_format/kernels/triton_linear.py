@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import (INTERPRETED, KIND_FIELD, NF, csr_cols, csr_fields, csr_segment, device, row_codes,
-                            row_hash, seeded_fields, unpack, unpack_in_row)
+                            row_hash, seeded_fields, shard_fields, unpack, unpack_in_row)
 from .triton_seeded import pair_columns, pair_keys
 
 FUSED_MAX_BATCH = 16  # tokens one fused launch serves (one batch tile); above: cuBLAS base + delta kernel
@@ -97,13 +97,15 @@ def _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, c0, cols, BLOCK
 
 
 @device
-def _seeded_step(acc, rowptr, rowsh, bits, zero, h1, pmask, g, il, full, keep, tail, keep_tail, w_full, w_tail, G,
-                 ngroups, gbase, bok, g_sc, KP: tl.constexpr, WALK: tl.constexpr, XT: tl.constexpr):
+def _seeded_step(acc, rowptr, rowsh, bits, zero, h1, pmask, g, il, g0, col0, cols, full, keep, tail, keep_tail,
+                 w_full, w_tail, G, ngroups, gbase, bok, g_sc, KP: tl.constexpr, WALK: tl.constexpr,
+                 XT: tl.constexpr, CLIP: tl.constexpr):
     """acc [BLOCK_B, P] += the products of the pairs (h1, g) for every token of the tile (gbase, bok)."""
-    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = pair_keys(h1, pmask, g, full, keep, tail, keep_tail, w_full, w_tail,
-                                                           G, ngroups)
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = pair_keys(h1, pmask, g, g0, full, keep, tail, keep_tail, w_full,
+                                                           w_tail, G, ngroups)
     for i0 in range(0, tl.maximum(keep, keep_tail), KP):
-        col, kidx, valid = pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, i0 + il, G, keep, WALK)
+        col, kidx, valid = pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, i0 + il, G, keep, col0, cols,
+                                        WALK, CLIP)
         v = (unpack_in_row(rowptr[None, :], rowsh[None, :], kidx, bits, valid) - zero).to(tl.float32)
         if XT:
             col = col * g_sc  # cols * tokens < 2^31 (host)
@@ -146,7 +148,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                   ACCUM: tl.constexpr, XT: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GPC: tl.constexpr,
                   KP: tl.constexpr, WALK: tl.constexpr, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
-                  BLOCK_E: tl.constexpr, DSTEP: tl.constexpr):
+                  BLOCK_E: tl.constexpr, DSTEP: tl.constexpr, CLIP: tl.constexpr, SHARD: tl.constexpr):
     """DELTA: 0 none (base only), 1 seeded codes, 2 csr_parts. x gathers for the delta read g_ptr +
     token * g_sb + column * g_sc, token = position in the sorted order when XT (xᵀ), else the token id.
     Seeded: BLOCK_R x GPC pairs per step, KP kept per pass, one step every DSTEP iterations."""
@@ -178,6 +180,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
         n_it = 0
         if DELTA == 1:
             codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tp)
+            row0, g0, col0 = shard_fields(tp, SHARD)
             ngroups = full + (tail > 0).to(tl.int32)
             if SEGMENTS:
                 ngroups = tl.where(active, ngroups, 0)
@@ -185,7 +188,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
             rp = tl.program_id(0) * BLOCK_R + pp // GPC
             gl = pp % GPC
             pmask = rp < rows
-            h1 = row_hash(seed, rp)
+            h1 = row_hash(seed, rp + row0)
             rowptr, rowsh = row_codes(codes, rp, per_row, bits)
             il = tl.arange(0, KP)
             dacc = tl.zeros([BLOCK_B, BLOCK_R * GPC], tl.float32)
@@ -203,8 +206,8 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
             if DELTA == 1:
                 if it % DSTEP == 0:  # fused: one seeded step (GPC groups) per DSTEP column chunks
                     dacc = _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, pmask, (it // DSTEP) * GPC + gl, il,
-                                        full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, gbase, bok, g_sc,
-                                        KP, WALK, XT)
+                                        g0, col0, cols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
+                                        gbase, bok, g_sc, KP, WALK, XT, CLIP)
         y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
         if DELTA == 1:  # per row: the sum over the step's groups
             y = tl.trans(tl.sum(tl.reshape(dacc, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale
@@ -239,7 +242,7 @@ def _launch(grid, x, out, tab, consts, *, kind, block_b, block_r, num_warps, xt=
         ACCUM=accumulate, XT=xt is not None, DOT=dot, BLOCK_B=block_b, BLOCK_R=block_r, BLOCK_C=block_c,
         GPC=gpc, KP=kept_chunk(block_b, consts), WALK=consts.get("WALK", False),
         RO64=consts.get("RO64", False), CI_BYTES=consts.get("CI_BYTES", 2), BLOCK_E=CSR_BLOCK_E,
-        DSTEP=dstep, num_warps=num_warps)
+        DSTEP=dstep, CLIP=consts.get("CLIP", False), SHARD=consts.get("SHARD", False), num_warps=num_warps)
 
 
 def delta_matmul(x, kind, tab, consts, rows) -> torch.Tensor:

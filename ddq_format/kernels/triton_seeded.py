@@ -44,21 +44,30 @@ def _walk(x, live, L, a0, m0, a1, m1, a2, m2, msk, sh, INVERSE: tl.constexpr):
 
 
 @device
-def _keys3(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G):
+def _keys3(h1, g, g0, full, keep, tail, keep_tail, w_full, w_tail, G):
     """Keys of the (row, group) pairs of h1 [R] x g [GPC], as [R, GPC, 1]."""
-    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1[:, None], g[None, :], full, keep, tail, keep_tail,
-                                                            w_full, w_tail, G)
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1[:, None], g[None, :], g0, full, keep, tail,
+                                                            keep_tail, w_full, w_tail, G)
     return (L[:, :, None], n[:, :, None], msk[:, :, None], sh[:, :, None], a0[:, :, None], m0[:, :, None],
             a1[:, :, None], m1[:, :, None], a2[:, :, None], m2[:, :, None], rot[:, :, None])
 
 
 @device
-def kept_columns(h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
-                 GPC: tl.constexpr, WALK: tl.constexpr):
-    """Columns [R, GPC, KP] (int32) of kept elements il of groups g0..g0+GPC-1, their kept index within
+def _clip(col, valid, col0, cols, CLIP: tl.constexpr):
+    """Shard columns: shifted by the columns cut off the first group, and kept inside [0, cols)."""
+    if CLIP:
+        col = col - col0
+        valid = valid & (col >= 0) & (col < cols)
+    return col, valid
+
+
+@device
+def kept_columns(h1, rmask, gs, il, g0, col0, cols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
+                 GPC: tl.constexpr, WALK: tl.constexpr, CLIP: tl.constexpr):
+    """Columns [R, GPC, KP] (int32) of kept elements il of groups gs..gs+GPC-1, their kept index within
     the row (int32) and validity."""
-    g = g0 + tl.arange(0, GPC)
-    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = _keys3(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
+    g = gs + tl.arange(0, GPC)
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = _keys3(h1, g, g0, full, keep, tail, keep_tail, w_full, w_tail, G)
     valid = rmask[:, None, None] & (g < ngroups)[None, :, None] & (il[None, None, :] < n)
     x = tl.where(valid, il[None, None, :], 0).to(tl.uint32)
     x = _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh)
@@ -67,21 +76,24 @@ def kept_columns(h1, rmask, g0, il, full, keep, tail, keep_tail, w_full, w_tail,
     pos = x + rot
     pos = tl.where(pos >= L, pos - L, pos)
     g3 = g[None, :, None]
-    return g3 * G + pos.to(tl.int32), g3 * keep + il[None, None, :], valid
+    col, valid = _clip(g3 * G + pos.to(tl.int32), valid, col0, cols, CLIP)
+    return col, g3 * keep + il[None, None, :], valid
 
 
 @device
-def pair_keys(h1, pmask, g, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups):
+def pair_keys(h1, pmask, g, g0, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups):
     """Keys of the (row, group) pairs h1 [P] x g [P] as [1, P] rows (dead pairs keep nothing). Pairs run
     along the threads, so each pair's keys are computed by one thread, once per step."""
-    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, g0, full, keep, tail, keep_tail, w_full, w_tail,
+                                                            G)
     n = tl.where(pmask & (g < ngroups), n, 0)
     return (L[None, :], n[None, :], msk[None, :], sh[None, :], a0[None, :], m0[None, :], a1[None, :], m1[None, :],
             a2[None, :], m2[None, :], rot[None, :])
 
 
 @device
-def pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, il, G, keep, WALK: tl.constexpr):
+def pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, il, G, keep, col0, cols, WALK: tl.constexpr,
+                 CLIP: tl.constexpr):
     """Forward mask of kept indices il [KC] for the pairs of pair_keys: columns (int32), kept index within
     the row (int32) and validity, each [KC, P]."""
     valid = il[:, None] < n
@@ -92,16 +104,19 @@ def pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, il, G, keep, WAL
     pos = x + rot
     pos = tl.where(pos >= L, pos - L, pos)
     g2 = g[None, :]
-    return g2 * G + pos.to(tl.int32), g2 * keep + il[:, None], valid
+    col, valid = _clip(g2 * G + pos.to(tl.int32), valid, col0, cols, CLIP)
+    return col, g2 * keep + il[:, None], valid
 
 
 @device
-def kept_index(h1, pmask, g, jj, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, WALK: tl.constexpr):
+def kept_index(h1, pmask, g, jj, g0, col0, cols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
+               WALK: tl.constexpr, CLIP: tl.constexpr):
     """Inverse mask for column offsets jj [NQ, 1, LANES] of the (row, group) pairs h1 [P] x g [P]: (in
     range, kept, kept index within the row (int32), column (int32)), each [NQ, P, LANES]. The pairs run
     along the warps and lanes along the columns: every warp owns whole groups, so a pair's keys are computed
     once per warp (tests/kernels/aot_check.py: per-warp keys cut the decode's instructions ~2.5x)."""
-    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, full, keep, tail, keep_tail, w_full, w_tail, G)
+    L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g, g0, full, keep, tail, keep_tail, w_full, w_tail,
+                                                            G)
     i0 = inv_odd(m0)[None, :, None]
     i1 = inv_odd(m1)[None, :, None]
     i2 = inv_odd(m2)[None, :, None]
@@ -118,6 +133,7 @@ def kept_index(h1, pmask, g, jj, full, keep, tail, keep_tail, w_full, w_tail, G,
     x = _inv(y, a0, i0, a1, i1, a2, i2, msk, sh)
     if WALK:
         x = _walk(x, inside, L, a0, i0, a1, i1, a2, i2, msk, sh, True)
-    kept = inside & (x < n[None, :, None].to(tl.uint32))
     g3 = g[None, :, None]
-    return inside, kept, g3 * keep + x.to(tl.int32), g3 * G + jj
+    col, inside = _clip(g3 * G + jj, inside, col0, cols, CLIP)
+    kept = inside & (x < n[None, :, None].to(tl.uint32))
+    return inside, kept, g3 * keep + x.to(tl.int32), col

@@ -99,7 +99,7 @@ def compile_calls(calls, arch: int):
         k = triton.compile(src, target=target, options=opts)
         res = resources(k.asm["cubin"])
         keys = ("HAS_BASE", "DELTA", "SEGMENTS", "DOT", "BLOCK_B", "BLOCK_R", "BLOCK_C", "GPC", "KP", "NQ", "LANES", "TB",
-                "WALK", "BLOCK_S")
+                "WALK", "BLOCK_S", "CLIP", "SHARD")
         out.append({"kernel": fn.__name__, "config": {k_: v for k_, v in consts.items() if k_ in keys},
                     "num_warps": opts.get("num_warps", 4), **res})
     return out
@@ -122,7 +122,9 @@ def scenarios(quick: bool = False):
         bufs = {k: np.ascontiguousarray(a).view(np.uint8).reshape(-1) for k, (_, a) in enc.buffers.items()}
         return entry, bufs, CompressedDelta.from_entry(entry, bufs, "cpu", backend="torch")
 
-    seeded = delta(64, 4096, encoding="seeded", alpha=8, group_size=128, bits=4)[2]  # 32 groups, as a 7B layer
+    s_entry, s_bufs, seeded = delta(64, 4096, encoding="seeded", alpha=8, group_size=128, bits=4)  # as a 7B layer
+    # a row-parallel rank's shard cut inside groups (CLIP: columns range-checked)
+    shard = CompressedDelta.from_entry(s_entry, s_bufs, "cpu", backend="torch", cols=(100, 2100))
     seeded512 = delta(64, 512, encoding="seeded", alpha=8, group_size=128, bits=4)[2]
     walk = delta(64, 480, encoding="seeded", alpha=4, group_size=48, bits=3)[2]
     csr = delta(64, 512, encoding="csr_parts", alpha=8, group_size=128, bits=4, parts=8)[2]
@@ -141,6 +143,10 @@ def scenarios(quick: bool = False):
                 triton_linear.delta_matmul(x, d.layout.kind, tab, consts, 64)
             decoder = triton_decode.seeded_rows if d.layout.kind == 1 else triton_decode.csr_scatter
             triton_decode.run(decoder, tab, d.shape, torch.float16, "cpu", consts)
+        tab, consts = dispatch.table(shard), shard.layout.consts([shard])
+        x = torch.randn(1, shard.shape[1], dtype=torch.float16)
+        triton_linear.fused_linear(x, torch.randn(64, shard.shape[1], dtype=torch.float16), b, 1, tab, consts)
+        triton_decode.run(triton_decode.seeded_rows, tab, shard.shape, torch.float16, "cpu", consts)
         if not quick:
             triton_decode.run(triton_decode.seeded_scatter, dispatch.table(seeded), seeded.shape, torch.float16,
                               "cpu", seeded.layout.consts([seeded]))

@@ -30,6 +30,12 @@ EXPECTED = [
     ("decode", ENC_SEEDED_RANS, "triton", None, "triton seeded_rows"),
     ("decode", ENC_CSR_PARTS, "triton", None, "triton csr_scatter"),
     ("decode", ENC_CSR_PARTS, "torch", None, "torch reference decode"),
+    ("decode", ENC_SEEDED_RANS, "numpy", None, "numpy reader decode"),
+    ("rows", ENC_SEEDED, "numpy", None, "numpy mask of those rows"),
+    ("rows", ENC_CSR_PARTS, "triton", None, "torch reference rows"),
+    ("matmul", ENC_SEEDED, "numpy", 1, "numpy decode, then dense matmul"),
+    ("linear", ENC_CSR_PARTS, "numpy", 1, "F.linear + delta matmul"),
+    ("multi", ENC_CSR_PARTS, "numpy", None, "numpy decode (one hash pass per mask geometry), dense matmul per delta"),
     ("decode_entry", ENC_SEEDED_RANS, "numpy", None, "numpy reader decode"),
     ("decode_entry", ENC_SEEDED_RANS, "triton", None, "triton rans_lanes -> seeded_rows (8-bit codes)"),
     ("decode_entry", ENC_SEEDED, "triton", None, "load, then decode"),
@@ -51,9 +57,9 @@ def test_rules(op, enc, backend, batch, kernel):
 
 
 def test_every_encoding_has_a_kernel_for_every_operation_and_backend():
-    for op in ("load", "decode", "matmul", "linear", "multi"):
+    for op in ("load", "decode", "rows", "matmul", "linear", "multi"):
         for enc in KERNEL_ENCODINGS:
-            for backend in ("triton", "torch"):
+            for backend in dispatch.BACKENDS:
                 assert dispatch.select(op, enc, backend, 1)
     decoders = {r.kernel for r in dispatch.RULES if r.op == "decode"}
     assert decoders <= set(dispatch.DECODERS)
@@ -64,9 +70,15 @@ def test_every_encoding_has_a_kernel_for_every_operation_and_backend():
 
 
 def test_backend_choice(monkeypatch):
+    """CPU tensors default to the numpy backend (the reader's decoders), the torch reference stays one
+    argument or variable away; the numpy backend refuses device tensors."""
     import torch
+    from ddq_format.errors import UsageError
     monkeypatch.delenv("DDQ_KERNEL_BACKEND", raising=False)
-    assert dispatch.choose(torch.device("cpu"), None) == "torch"
+    assert dispatch.choose(torch.device("cpu"), None) == "numpy"
+    assert dispatch.choose(torch.device("meta"), None) == "torch"
+    with pytest.raises(UsageError, match="numpy backend needs CPU"):
+        dispatch.choose(torch.device("meta"), "numpy")
     monkeypatch.setenv("DDQ_KERNEL_BACKEND", "torch")
     assert dispatch.choose(torch.device("cpu"), None) == "torch" and not dispatch.unforced(None)
 

@@ -50,17 +50,23 @@ def test_rng_is_stable_across_processes():
     assert len(runs) == 1 and runs.pop().strip() == str(stable_rng("test_x[case]").integers(0, 2**32))
 
 
+def _device(backend):
+    return "cpu" if backend == "numpy" else DEVICE  # the numpy backend serves CPU tensors
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "numpy"])
 def test_decode_bit_exact(tmp_path, rng, case, backend, triton_kernels):
     f, (name,) = write_cases(tmp_path, rng, [case])
-    d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), DEVICE, backend=backend)
+    d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), _device(backend), backend=backend)
     ref = torch.from_numpy(f.decode(name))
     dense = d.to_dense(backend=backend)
     assert dense.dtype == torch.float32 and dense.shape == ref.shape
     assert torch.equal(dense.cpu(), ref)
     half = d.to_dense(torch.float16, backend=backend)
     assert torch.equal(half.cpu(), ref.to(torch.float16))
+    pick = torch.tensor([d.shape[0] - 1, 0, d.shape[0] // 2], device=d.device)  # rows alone (embeddings)
+    assert torch.equal(d.rows(pick, backend=None if backend == "triton" else backend).cpu(), ref[pick.cpu()])
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[2]["encoding"] != "csr_parts"][:3],
@@ -108,17 +114,17 @@ MM_IDS = [IDS[i] for i in (0, 1, 2, 6, 8, 9, 10, 13)]
 
 @pytest.mark.parametrize("case", MM_CASES, ids=MM_IDS)
 @pytest.mark.parametrize("batch", [1, 5])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "numpy"])
 def test_matmul(tmp_path, rng, case, batch, backend, triton_kernels):
     f, (name,) = write_cases(tmp_path, rng, [case])
-    d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), DEVICE)
+    d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), _device(backend))
     x = torch.from_numpy(rng.standard_normal((batch, d.shape[1])))
     ref = x @ torch.from_numpy(f.decode(name)).double().T
-    y = d.matmul(x.to(torch.float32).to(DEVICE), backend=backend)
+    y = d.matmul(x.to(torch.float32).to(d.device), backend=backend)
     assert y.dtype == torch.float32 and y.shape == (batch, d.shape[0])
     assert torch.isfinite(y).all()
     assert _rel(y, ref) <= MATMUL_TOL
-    y3 = d.matmul(x.to(torch.float32).reshape(batch, 1, -1).to(DEVICE), backend=backend)  # leading dims
+    y3 = d.matmul(x.to(torch.float32).reshape(batch, 1, -1).to(d.device), backend=backend)  # leading dims
     assert y3.shape == (batch, 1, d.shape[0]) and torch.allclose(y3.reshape(y.shape), y, rtol=1e-5, atol=1e-6)
 
 

@@ -22,9 +22,9 @@ LIN_CASES = [
 LIN_IDS = [f"{kw['encoding']}-{r}x{c}-g{kw['group_size']}" for r, c, kw in LIN_CASES]
 
 
-def _deltas(tmp_path, rng, cases):
+def _deltas(tmp_path, rng, cases, device=DEVICE):
     f, names = write_cases(tmp_path, rng, cases)
-    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), DEVICE) for n in names]
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), device) for n in names]
     return ds, [torch.from_numpy(f.decode(n)).double() for n in names]
 
 
@@ -104,30 +104,35 @@ MULTI = [(16, 96, dict(encoding="seeded", alpha=4, group_size=32, bits=4)),
          (16, 96, dict(encoding="csr_parts", alpha=8, group_size=96, bits=4, parts=8))]
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "numpy"])
 def test_multi_delta_matmul(tmp_path, rng, backend, triton_kernels):
     """Mixed encodings and group sizes in one batch; rows without a delta (-1) or whose slot is None get
-    none; products added to add_to; segments built once and reused give the same result."""
-    deltas, dense = _deltas(tmp_path, rng, MULTI)
+    none; products added to add_to (a column slice of a wider output, as a packed layer's); segments built
+    once and reused give the same result."""
+    dev = "cpu" if backend == "numpy" else DEVICE
+    deltas, dense = _deltas(tmp_path, rng, MULTI, dev)
     index = torch.tensor([2, -1, 0, 3, 1, 1, 2, -1, 0, 2, 2, 2])
     x = torch.from_numpy(rng.standard_normal((len(index), 96)))
     ref = torch.stack([x[b] @ dense[i].T if i >= 0 else torch.zeros(16, dtype=torch.float64)
                        for b, i in enumerate(index.tolist())])
-    xd, idx = x.float().to(DEVICE), index.to(DEVICE)
+    xd, idx = x.float().to(dev), index.to(dev)
     out = multi_delta_matmul(xd, deltas, idx, backend=backend)
     assert out.shape == (len(index), 16) and out.dtype == torch.float32
     assert torch.all(out[index == -1] == 0) and _rel(out, ref) <= MATMUL_TOL
     for bb in (1, 4, 16):
         seg = delta_segments(idx, len(deltas), block_b=bb)
         base = torch.from_numpy(rng.standard_normal((len(index), 16)))
-        y = base.float().to(DEVICE)
+        wide = torch.zeros(len(index), 24, device=dev)
+        y = wide[:, 5:21]
+        y += base.float().to(dev)
         got = multi_delta_matmul(xd, deltas, idx, backend=backend, segments=seg, add_to=y, check_index=False)
         assert got is y and _rel(y, base + ref) <= MATMUL_TOL, bb
+        assert not wide[:, :5].any() and not wide[:, 21:].any()
     slots = [deltas[0], None, deltas[2], None]  # slots 1 and 3 leave these rows alone
     out2 = multi_delta_matmul(xd, slots, idx, backend=backend)
     keep = (index == 0) | (index == 2)
     assert torch.all(out2[~keep] == 0) and _rel(out2[keep], ref[keep]) <= MATMUL_TOL
-    xh = multi_delta_matmul(x.half().to(DEVICE), deltas, idx, backend=backend)
+    xh = multi_delta_matmul(x.half().to(dev), deltas, idx, backend=backend)
     assert xh.dtype == torch.float16 and _rel(xh, ref) <= HALF_TOL
 
 
@@ -140,3 +145,19 @@ def test_multi_delta_usage_errors(tmp_path, rng):
         multi_delta_matmul(x, deltas, idx, add_to=torch.zeros(3, 15))
     with pytest.raises(UsageError, match="at least one"):
         multi_delta_matmul(x, [None, None], idx)
+
+
+def test_numpy_backend_large_products_take_torch_matmul(tmp_path, rng, monkeypatch):
+    """Above host.SMALL_PRODUCT multiply-adds the numpy backend's products go to torch's matmul: same
+    results within the tolerance."""
+    from ddq_format.kernels import host
+    deltas, dense = _deltas(tmp_path, rng, MULTI[:2], "cpu")
+    index = torch.tensor([1, 0, -1, 1])
+    x = torch.from_numpy(rng.standard_normal((4, 96)))
+    ref = torch.stack([x[b] @ dense[i].T if i >= 0 else torch.zeros(16, dtype=torch.float64)
+                       for b, i in enumerate(index.tolist())])
+    small = multi_delta_matmul(x.float(), deltas, index, backend="numpy")
+    monkeypatch.setattr(host, "SMALL_PRODUCT", 0)
+    large = multi_delta_matmul(x.float(), deltas, index, backend="numpy")
+    assert _rel(small, ref) <= MATMUL_TOL and _rel(large, ref) <= MATMUL_TOL
+    assert _rel(deltas[0].matmul(x.float()), x @ dense[0].T) <= MATMUL_TOL

@@ -19,7 +19,10 @@ vLLM internals used (read against vLLM 0.32.0 and 0.33.0; compat.SUPPORTED):
   VocabParallelEmbeddingWithLoRA.forward, LogitsProcessorWithLoRA._get_logits) and RMSNorm/GemmaRMSNorm
   (vllm.model_executor.layers.layernorm): each wrapped instance gets a subclass adding the delta of each
   row's slot (layers.py); the slot per token / per logits row is PunicaWrapperBase.token_lora_indices /
-  sampler_indices.
+  sampler_indices (update_metadata marks a new step). While no PEFT adapter holds a slot the wrapped
+  layers call the base directly (base_layer.quant_method.apply, the embedding's base_layer.forward,
+  the base LogitsProcessor._get_logits at TP=1); on CPU a norm with deltas runs vLLM's native RMSNorm
+  formula (the CPU build's ir_op_priority) with a weight per row.
 - vllm.v1.engine.input_processor.InputProcessor._validate_lora: wrapped to check a request's .ddq file
   before the request enters the engine (frontend.py).
 """

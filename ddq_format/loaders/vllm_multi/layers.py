@@ -11,6 +11,11 @@ delta of each row's slot after vLLM's own computation (base, then LoRA):
 - lm_head: in `_get_logits`, this rank's vocabulary rows, gathered like the base logits;
 - norm: the rows of a slot whose delta changes the norm weight are recomputed with the fine-tuned weight.
 
+Each step's rows are grouped by slot once (deltas.StepIndex, one per punica wrapper, reset when vLLM
+updates the wrapper's indices) and shared by every layer: the linear layers and lm_head run the grouped
+kernels without a host sync, norms select per row without one; embedding rows and dense deltas cost one
+device-to-host copy per step.
+
 `ModelPlan(manager)` also maps every checkpoint tensor name to where it is applied on this rank (payload.
 Target), with the rows/columns of the rank's shard taken from vLLM's own LoRA slicing (slice_lora_b for
 column-parallel output rows, the rank's input range for row-parallel layers, the vocab shard indices).
@@ -20,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .deltas import LinearSlots, RowSlots, fit_index
+from .deltas import LinearSlots, NormSlots, PeftSlots, RowSlots, StepIndex, fit_index
 from .payload import EMBEDDING, LINEAR, LM_HEAD, NORM, SKIP, Target
 
 _CLASSES: dict = {}
@@ -51,31 +56,58 @@ def ranges(index: torch.Tensor) -> tuple:
     return tuple((a, b) for a, b in out)
 
 
+def step_index(punica, n_slots: int) -> StepIndex:
+    """The StepIndex of a punica wrapper, reset whenever vLLM updates the wrapper's per-row slot indices
+    (update_metadata, once per step whose batch changed)."""
+    step = punica.__dict__.get("ddq_step")
+    if step is None:
+        step = punica.ddq_step = StepIndex(n_slots)
+        update = punica.update_metadata
+
+        def update_metadata(*args, **kwargs):
+            try:
+                return update(*args, **kwargs)
+            finally:
+                step.bump()
+        punica.update_metadata = update_metadata
+    return step
+
+
+def _rows(punica, n: int, n_slots: int, kind: str = "tokens"):
+    """(slot per row fitted to n rows, the step's segments of it)."""
+    idx = fit_index(punica.token_lora_indices if kind == "tokens" else punica.sampler_indices, n)
+    return idx, step_index(punica, n_slots).segments(idx, kind)
+
+
 # -- the mixins -----------------------------------------------------------------------------------------
 class LinearDeltas:
     """y = (vLLM's base + LoRA) + x·ΔWᵀ of each row's slot, rank-local."""
 
     def apply(self, x, bias=None):
-        out = super().apply(x, bias)
+        if self.ddq_peft.active:
+            out = super().apply(x, bias)
+        else:  # every LoRA slot is zero: the base layer alone (what vLLM's LoRA path computes first)
+            out = self.base_layer.quant_method.apply(self.base_layer, x, bias)
         slots = self.ddq_slots
         if slots.empty:
             return out
         x2, y2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
-        idx = fit_index(self.punica_wrapper.token_lora_indices, x2.shape[0])
+        idx, seg = _rows(self.punica_wrapper, x2.shape[0], slots.n)
         # a row-parallel layer adds its bias on rank 0 only, before the all-reduce: so does the bias delta
-        y2 = slots.apply(x2, y2, idx, with_bias=self.ddq_bias_here)
+        y2 = slots.apply(x2, y2, idx, with_bias=self.ddq_bias_here, segments=seg)
         return y2.reshape(out.shape)
 
 
 class EmbeddingDeltas:
     def forward(self, x):
-        out = super().forward(x)
+        wrapped = getattr(self, "base_layer", None)  # vLLM's LoRA embedding, or the plain one (Qwen2)
+        out = super().forward(x) if wrapped is None or self.ddq_peft.active else wrapped.forward(x)
         slots = self.ddq_slots
         if slots.empty:
             return out
         tokens = x.reshape(-1)
-        idx = fit_index(self.ddq_punica.token_lora_indices, tokens.numel())
-        add = slots.embedding_add(tokens, idx, out.shape[-1], self.ddq_vocab_start)
+        idx, seg = _rows(self.ddq_punica, tokens.numel(), slots.n)
+        add = slots.embedding_add(tokens, idx, out.shape[-1], self.ddq_vocab_start, segments=seg)
         if add is None:  # the same on every rank: they all see the same batch
             return out
         if self.ddq_tp > 1:
@@ -88,16 +120,18 @@ class LogitsDeltas:
     """On vLLM's LogitsProcessorWithLoRA, or on the plain LogitsProcessor when LoRA leaves lm_head alone."""
 
     def _get_logits(self, hidden_states, lm_head, *args, **kwargs):
-        logits = super()._get_logits(hidden_states, lm_head, *args, **kwargs)
+        base = getattr(self, "base_layer", None)
+        if base is None or self.ddq_peft.active or self.ddq_tp > 1:
+            logits = super()._get_logits(hidden_states, lm_head, *args, **kwargs)
+        else:  # no LoRA weight in any slot: the base processor's logits (TP > 1 keeps vLLM's vocab mapping)
+            logits = base._get_logits(hidden_states, getattr(lm_head, "base_layer", lm_head), *args, **kwargs)
         slots = self.ddq_slots
         if slots.empty:
             return logits
         h = hidden_states.reshape(-1, hidden_states.shape[-1])
-        idx = fit_index(self.ddq_punica.sampler_indices, h.shape[0])
-        if not bool((idx >= 0).any()):
-            return logits
+        idx, seg = _rows(self.ddq_punica, h.shape[0], slots.n, "sampler")
         local = torch.zeros(h.shape[0], self.ddq_local_width, dtype=torch.float32, device=h.device)
-        slots.apply(h, local[:, :slots.out_features], idx)
+        slots.apply(h, local[:, :slots.out_features], idx, segments=seg)
         if kwargs.get("skip_gather", args[1] if len(args) > 1 else False):  # the caller gathers
             return logits + local.to(logits.dtype)
         # gathered like the base logits (None on ranks > 0 when vLLM gathers to rank 0)
@@ -119,23 +153,38 @@ def rms_rows(module, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return n.to(h.dtype) * weight
 
 
+def native_rms(module, x: torch.Tensor, residual, weight: torch.Tensor):
+    """vLLM's native (fused add +) RMSNorm, the one vLLM's CPU build runs, with a weight per row: rows whose
+    weight is the base's get exactly vLLM's output (tests/test_vllm_multi.py checks it on the engine)."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    if residual is not None:
+        h = h + residual.to(torch.float32)
+    n = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+    y = (n.to(weight.dtype) * weight).to(dtype)
+    return y if residual is None else (y, h.to(dtype))
+
+
 class NormDeltas:
-    """Rows of a slot whose delta changes this norm's weight get the norm with the fine-tuned weight."""
+    """Rows of a slot whose delta changes this norm's weight get the norm with the fine-tuned weight. On CPU
+    (RMSNorm, whose vLLM path there is the native formula) every row is normalized once with its slot's
+    weight (NormSlots.table; the base's for the others). Elsewhere vLLM's output is kept and every row is
+    normalized again with its slot's weight and selected where its slot has one: an elementwise pass, no
+    host sync, and other rows keep vLLM's output exactly."""
 
     def forward(self, x, residual=None):
         slots = self.ddq_slots
         if slots.empty:
             return super().forward(x, residual)
-        idx = fit_index(self.ddq_punica.token_lora_indices, x.shape[0])
-        present = list(slots.present(idx))
-        if not present:
-            return super().forward(x, residual)
+        idx = step_index(self.ddq_punica, slots.n).table_rows(fit_index(self.ddq_punica.token_lora_indices,
+                                                                        x.shape[0]))
+        if x.device.type == "cpu" and not self.ddq_gemma:
+            return native_rms(self, x, residual, slots.table[idx])
         h = x.clone() if residual is None else None  # fused kernels may write in place
         out = super().forward(x, residual)
         y = out if residual is None else out[0]
         h = h if residual is None else out[1]  # x + residual: the fused path's normalized input
-        for _, rows, w in present:
-            y[rows] = rms_rows(self, h[rows], w)
+        y.copy_(torch.where(slots.has[idx][:, None], rms_rows(self, h, slots.table[idx]), y))
         return out
 
 
@@ -145,6 +194,7 @@ class ModelPlan:
 
     def __init__(self, manager):
         self.n = manager.lora_slots
+        self.peft = PeftSlots()  # shared by every wrapped module
         self.layers: dict[str, torch.nn.Module] = {}
         self.role: dict[str, str] = {}
         self.targets: dict[str, list[Target]] = {}
@@ -187,7 +237,7 @@ class ModelPlan:
                                                                        torch.nn.Parameter) \
                     and getattr(module, "variance_size_override", None) is None:
                 swap_class(module, NormDeltas)
-                module.ddq_slots, module.ddq_punica = RowSlots(self.n), punica
+                module.ddq_slots, module.ddq_punica = NormSlots(self.n, module.weight), punica
                 module.ddq_gemma = isinstance(module, GemmaRMSNorm)
                 self._add(name, module, name + ".weight", Target(name, NORM))
             elif isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead) \
@@ -200,6 +250,7 @@ class ModelPlan:
             self._lm_head("lm_head", proc, head, punica)
 
     def _add(self, module_name, module, tensor: str, target: Target) -> None:
+        module.ddq_peft = self.peft
         self.layers[module_name] = module
         self.role[module_name] = target.role
         self.targets.setdefault(tensor, []).append(target)

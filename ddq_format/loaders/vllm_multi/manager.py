@@ -89,6 +89,7 @@ class ModelDeltas:
         """Move the adapter's deltas into device slot `slot` of every layer (None: a PEFT adapter)."""
         self.clear(slot)
         if adapter is None:
+            self.plan.peft.slots.add(slot)
             return
         moved: dict[int, object] = {}
 
@@ -114,6 +115,7 @@ class ModelDeltas:
         for layer in self.plan.layers.values():
             layer.ddq_slots.clear(slot)
         self.resident.pop(slot, None)
+        self.plan.peft.slots.discard(slot)
 
     def clear_all(self) -> None:
         for slot in range(self.plan.n):

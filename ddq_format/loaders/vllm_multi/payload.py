@@ -14,10 +14,8 @@ import numpy as np
 import torch
 
 from ...errors import BindingError, UsageError
-from ... import encodings
 from ...kernels import supports
-from ...spec import (ENC_SEEDED, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE,
-                     KIND_SAME, KIND_TIED, PACKED)
+from ...spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
 from .deltas import DenseDelta, nbytes
 from .shard import shard_compressed, shard_dense
 
@@ -106,8 +104,8 @@ def build(ddq, targets, base) -> tuple[dict[str, ModuleDelta], int]:
 
 
 def _delta(ddq, name: str, t: Target, base):
-    """The rank's delta for entry `name`: a kernel-encoded delta, a SeededShard, a DenseDelta, or a float32
-    vector (biases, norms)."""
+    """The rank's delta for entry `name`: a kernel-encoded delta (or its shard, or a shard.RowRuns), a
+    DenseDelta, or a float32 vector (biases, norms)."""
     e = ddq.entries[name]
     vector = t.role == NORM or t.leaf == "bias"
     if e["kind"] == KIND_COMPRESSED and not vector:
@@ -124,11 +122,8 @@ def _delta(ddq, name: str, t: Target, base):
 
 
 def _compressed(ddq, name, e, t: Target):
-    bufs = ddq.buffers(name)  # CRC-32 verified
-    enc = encodings.get(e.get("encoding"))
-    if enc is not None and enc.entropy_coded:  # kernels shard the plain code matrix
-        e, bufs = as_seeded(ddq, name, e)
-    return shard_compressed(e, bufs, row_index(t.rows), t.cols, path=ddq.path)
+    """A kernel-encoded entry (seeded_rans re-laid as seeded codes by the kernels), this rank's shard."""
+    return shard_compressed(e, ddq.buffers(name), row_index(t.rows), t.cols, path=ddq.path)  # CRC-32 verified
 
 
 def row_index(rows: tuple | None) -> np.ndarray | None:
@@ -136,14 +131,3 @@ def row_index(rows: tuple | None) -> np.ndarray | None:
     if rows is None:
         return None
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in rows]) if rows else np.zeros(0, np.int64)
-
-
-def as_seeded(ddq, name, e) -> tuple[dict, dict]:
-    """A seeded_rans entry re-laid as `seeded` (same mask and codes, k bits each, no entropy coding), the
-    layout the kernels read; its bytes are what `inspect` reports for seeded."""
-    from ... import bitpack
-    codes = ddq.parts(name)
-    p = {k: e["params"][k] for k in ("alpha", "group_size", "bits", "scale", "zero", "seed")}
-    buf = bitpack.pack(codes, p["bits"])
-    return ({**e, "encoding": ENC_SEEDED, "params": p,
-             "buffers": {"codes": {"dtype": PACKED, "length": int(buf.size)}}}, {"codes": buf})

