@@ -125,6 +125,8 @@ def report(ddq) -> dict:
             "delta_fp16_bytes": fp16, "stored_bytes": ddq.file_size, "true_ratio": _ratio(fp16, ddq.file_size),
             "nominal_ratio": nominal, "compressed_delta_fp16_bytes": comp_fp16,
             "compressed_stored_bytes": comp_stored, "compressed_true_ratio": _ratio(comp_fp16, comp_stored),
+            # every tensor's fp16 delta / every byte the tensors take (the file less its copied aux files)
+            "tensors_true_ratio": _ratio(fp16, ddq.file_size - files_bytes),
             "components": totals_comp,
         },
         "tensors": tensors,

@@ -1,4 +1,5 @@
-"""The `ddq` command: inspect, verify, and (registered from their own modules) convert, materialize, example."""
+"""The `ddq` command: inspect, verify, and (registered from their own modules) convert, materialize, eval,
+example."""
 from __future__ import annotations
 
 import json
@@ -137,11 +138,13 @@ def verify(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file.")
 
 # Commands that live beside their subpackage; each imports torch (if at all) only when it runs.
 from .converters.command import convert  # noqa: E402
+from .evaluate.command import eval_command  # noqa: E402
 from .example.command import example_app  # noqa: E402
 from .loaders.command import materialize  # noqa: E402
 
 for _command in (convert, inspect, verify, materialize):  # the order `ddq --help` lists them in
     app.command(cls=Command)(_command)
+app.command("eval", cls=Command)(eval_command)
 app.add_typer(example_app, name="example")
 
 

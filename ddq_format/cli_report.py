@@ -111,6 +111,12 @@ def _algorithm_lines(alg: dict) -> list[tuple[str, str]]:
     gs = rest.pop("group_size_search", None)
     if gs is not None:
         rows.append(("h_g search", _search_line(gs)))
+    configs, choice = rest.get("configs"), rest.get("choice")
+    if isinstance(configs, list) and isinstance(choice, list) and all(
+            type(i) is int and 0 <= i < len(configs) for i in choice):  # a planned conversion: choices per entry
+        del rest["configs"], rest["choice"]
+        counts = {i: choice.count(i) for i in sorted(set(choice), key=lambda i: -choice.count(i))}
+        rows.append(("chosen", short("; ".join(f"{short(configs[i], 48)}: {n}" for i, n in counts.items()), 400)))
     for k, v in rest.items():
         rows.append((short(k, 20), short(v)))
     return rows

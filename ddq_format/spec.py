@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2  # the newest minor this library reads; writers record the lowest minor a file needs
+FORMAT_MINOR = 3  # the newest minor this library reads; writers record the lowest minor a file needs
 
 # File layout: preamble | data section (aligned buffers) | header (msgpack) | footer.
 MAGIC = b"\x89DDQ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation to 7 bits
@@ -65,14 +65,20 @@ ENC_SIGN_SCALE = "sign_scale"
 ENC_LOWRANK = "lowrank"
 # 1.1: the codes of `seeded`, entropy-coded with rANS (SPEC.md §9.5).
 ENC_SEEDED_RANS = "seeded_rans"
+# 1.3: the seed papers' baselines (SPEC.md §9.6, §9.7): Delta-CoMe/DeltaMix quantized low rank, DeltaZip n:m.
+ENC_LOWRANK_Q = "lowrank_q"
+ENC_NM_Q = "nm_q"
+ENC_DENSE_Q = "dense_q"  # 1.3: small dense deltas (norms, biases) as k-bit codes (SPEC.md §9.8)
 ENCODINGS_BY_KIND = {
-    KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED, ENC_CSR_F16, ENC_SIGN_SCALE, ENC_LOWRANK, ENC_SEEDED_RANS),
-    KIND_DENSE: (ENC_RAW,),
+    KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED, ENC_CSR_F16, ENC_SIGN_SCALE, ENC_LOWRANK, ENC_SEEDED_RANS,
+                      ENC_LOWRANK_Q, ENC_NM_Q),
+    KIND_DENSE: (ENC_RAW, ENC_DENSE_Q),
     KIND_REPLACE: (ENC_RAW,),
 }
 # Encodings this version of the library can decode; baselines add theirs (SPEC.md table).
 ENCODING_SINCE = {ENC_RAW: (1, 0), ENC_CSR_PARTS: (1, 0), ENC_SEEDED: (1, 0), ENC_CSR_F16: (1, 0),
-                  ENC_SIGN_SCALE: (1, 0), ENC_LOWRANK: (1, 0), ENC_SEEDED_RANS: (1, 1)}
+                  ENC_SIGN_SCALE: (1, 0), ENC_LOWRANK: (1, 0), ENC_SEEDED_RANS: (1, 1),
+                  ENC_LOWRANK_Q: (1, 3), ENC_NM_Q: (1, 3), ENC_DENSE_Q: (1, 3)}
 
 # seeded_rans (SPEC.md §9.5): rANS with a 32-bit state renormalised 16 bits at a time.
 RANS_PROB_BITS = 12  # P: the frequency table sums to 2^P
@@ -158,7 +164,10 @@ def align_up(n: int, a: int = ALIGNMENT) -> int:
 
 # Converter (ddq convert) defaults, SPEC.md §Converter.
 CONVERT_FALLBACK_GROUP_SIZE = 256  # h_g for architectures without an adapter (rounded up to a multiple of alpha)
+CONVERT_DENSE_1D_BITS = 8  # 1-D dense deltas (norms, biases) as dense_q codes: below their fp16 size (issue 11)
 CONVERT_CALIB_MAX_TOKENS = 512  # calibration tokens used by the group-size search
+ENTRY_PLACEHOLDER_MAX = 2**32 - 1  # size estimates: offsets/CRCs at their widest msgpack uint32 form
+CONVERT_PLAN_CALIB_MAX_TOKENS = 2048  # --target-ratio and the calibrated baselines (deltacome, deltazip, bitdelta-distill)
 CONVERT_SEED_DERIVATION = "sha256(f'{seed}:{name}')[:4] little-endian uint32"
 # --seed-trials: candidate seeds per tensor (trial 0 is the seed above, so N = 1 changes nothing).
 CONVERT_SEED_TRIAL_DERIVATION = ("trial 0: sha256(f'{seed}:{name}')[:4], trial i>0: sha256(f'{seed}:{name}:{i}')[:4], "

@@ -64,3 +64,18 @@ def assemble(header, data: bytes, *, raw_header: bytes | None = None, major: int
 
 def packb(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
+
+
+def write_read(tmp_path, shape, enc, mutate=None, kind="compressed", dtype="F32"):
+    """One entry `t` written with Writer and opened again; mutate(entry) edits the header entry of the
+    written file (rebuilt with assemble: the writer itself refuses an invalid entry)."""
+    from ddq_format import open_ddq
+    from ddq_format.spec import FORMAT_MINOR
+    p = Path(tmp_path) / "x.ddq"
+    with Writer(p) as w:
+        w.add("t", kind, shape, dtype, enc)
+    if mutate:
+        header, data = split_file(p)
+        mutate(header["tensors"][0])
+        p.write_bytes(assemble(header, data, minor=FORMAT_MINOR))
+    return open_ddq(p)

@@ -18,9 +18,11 @@ from ..spec import (CONVERT_DEFAULTS, CONVERT_DEFAULTS_WHY, CONVERT_RATIO_PRESET
                     KIND_SAME, KIND_TIED)
 from .methods import ENCODINGS, METHODS
 from .options import EMBEDDINGS_MODES, settings
+from .planned import METHODS as PLANNED_METHODS
 
 D = CONVERT_DEFAULTS
-Method = Literal[METHODS]
+Method = Literal[METHODS + PLANNED_METHODS]
+Allocation = Literal["paper", "ilp"]
 Encoding = Literal[ENCODINGS]
 Embeddings = Literal[EMBEDDINGS_MODES]
 
@@ -62,7 +64,15 @@ def convert(
                                     help="Fine-tuned model (same architecture): local HF folder or cached model id."),
     output: Path = typer.Option(..., "-o", "--output", metavar="FILE", help="The .ddq file to write (atomically)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace FILE if it exists."),
-    method: Method = typer.Option(D["method"], help="DeltaDQ or a baseline."),
+    method: Method = typer.Option(D["method"], help="DeltaDQ or a baseline (deltacome, deltazip and "
+                                  "bitdelta-distill use calibration activations; see --target-ratio)."),
+    target_ratio: Optional[float] = typer.Option(
+        None, "--target-ratio", metavar="R", help="A byte budget: the all-tensor true ratio R (every tensor's fp16 "
+        "delta bytes / every byte the tensors take). deltadq then chooses per tensor the encoding, alpha, k and "
+        "grid on calibration activations (loads the fine-tune with transformers); deltacome and deltazip size "
+        "themselves to R."),
+    allocation: Allocation = typer.Option("paper", help="deltacome: bits per singular-vector band as the "
+                                          "Delta-CoMe paper (paper) or DeltaMix's 0/1 integer program (ilp)."),
     encoding: Optional[Encoding] = typer.Option(
         None, show_default=False, help=f"deltadq's layout: seeded_rans (seeded with entropy-coded codes; format 1.1), "
         f"seeded (mask from the seed), csr_parts (the paper's). [default: {D['encoding']}; csr_parts with --ratio "
@@ -105,10 +115,17 @@ def convert(
                             ("FINETUNED (the second)", "model", finetuned)])
     check_output(output, overwrite=overwrite, folder=False, inputs=(base, finetuned))
     log = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    planned = target_ratio is not None or method in PLANNED_METHODS
     s = settings(method, alpha, bits, parts, encoding, ratio, embeddings, group_size)
     defaulted = all(v is None for v in (encoding, alpha, bits, parts, ratio)) and method == D["method"] and \
         embeddings == D["embeddings"] and group_size == D["group_size"]
-    log.print(choice_line(s, defaulted), highlight=False, markup=False)
+    if planned:  # the planner chooses per tensor; only what the user gave is passed on (and checked there)
+        s.update(alpha=alpha, bits=bits, parts=parts)
+        log.print(f"settings: {method}" + (f" --target-ratio {target_ratio:g}" if target_ratio is not None else "")
+                  + " (chosen per tensor on calibration activations; recorded in the header)", highlight=False,
+                  markup=False)
+    else:
+        log.print(choice_line(s, defaulted), highlight=False, markup=False)
     if Path(base).exists() and Path(finetuned).exists() and Path(base).resolve() == Path(finetuned).resolve():
         warn("BASE and FINETUNED are the same folder: the delta will be all zero")
     try:
@@ -116,7 +133,8 @@ def convert(
                       parts=s["parts"], group_size=s["group_size"], encoding=s["encoding"], seed=seed, calib=calib,
                       ratio=s["ratio"], workers=workers, resume=resume, embeddings=s["embeddings"], rank=rank,
                       progress=not quiet, console=log, quiet=quiet, seed_trials=seed_trials, print_summary=False,
-                      base_digest=base_digest)
+                      base_digest=base_digest, target_ratio=target_ratio,
+                      method_options={"allocation": allocation} if method == "deltacome" else None)
     except DDQError as e:
         fail(e)
     _report_written(output, summary, quiet)

@@ -38,7 +38,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             calib=None, ratio: int | None = None, workers: int = 1, resume: bool = False,
             embeddings: str | None = None, rank: int | None = None, progress: bool = True, console=None,
             quiet: bool = False, seed_trials: int = 1, print_summary: bool = True,
-            base_digest: bool = False) -> Summary:
+            base_digest: bool = False, target_ratio: float | None = None, method_options: dict | None = None,
+            _encode_hook=None, _algorithm=None) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
     base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`; what
@@ -47,6 +48,13 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     base_digest=True: record a full SHA-256 of every bound base tensor (format 1.2), so `ddq verify --full
     --base` proves the base is bit-identical, not only that its sampled fingerprint matches.
     """
+    from . import planned
+    if _encode_hook is None and (target_ratio is not None or method in planned.METHODS):
+        return planned.convert(base, finetuned, out, method=method, target_ratio=target_ratio, calib=calib,
+                               seed=seed, seed_trials=seed_trials, workers=workers, progress=progress,
+                               console=console, quiet=quiet, print_summary=print_summary, resume=resume,
+                               options=dict(method_options or {}, **{k: v for k, v in
+                                            (("alpha", alpha), ("bits", bits), ("rank", rank)) if v is not None}))
     t_start = time.perf_counter()
     if console is None:
         from rich.console import Console
@@ -68,6 +76,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
                 "calib": hashlib.sha256(cal.text.encode()).hexdigest()}
     if seed_trials > 1:  # only then: N = 1 keeps today's run key (and bytes)
         settings["seed_trials"] = seed_trials
+    if _algorithm is not None:  # a planned conversion (planned.py): its choices are part of the run
+        settings["planned"] = _algorithm
     if base_digest:  # likewise: absent keeps the run key of a file without digests
         settings["base_digest"] = True
     run_key = _run_key(base_ck, ft_ck, settings)
@@ -81,6 +91,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         else:
             chosen, search_rec, search_seconds = _group_size(opts, gs, base_ck, ft_ck, cal, seed, note)
             algorithm = _algorithm_record(opts, chosen, search_rec, seed, embeddings)
+            if _algorithm is not None:  # a planned conversion records its own choices
+                algorithm = dict(_algorithm)
             base_rec = _base_record(base_ck)
         chosen, search_rec = algorithm.get("group_size"), algorithm.get("group_size_search")
         choose_seed, cal_seconds = None, 0.0
@@ -91,7 +103,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         write_tensors = functools.partial(
             write_all, base_ck=finite.FiniteReads(base_ck, base_names), ft_ck=finite.FiniteReads(ft_ck, ft_names),
             opts=opts, group_size=chosen, seed=seed, workers=workers, progress=progress, console=console,
-            total=len(tasks), choose_seed=choose_seed, digest=base_digest)
+            total=len(tasks), choose_seed=choose_seed, digest=base_digest, encode_hook=_encode_hook)
         writer = _write(out, run_key, ft_ck, base_rec, algorithm, recorded is not None, tasks, write_tensors)
     result = _summarize(out, writer.header["tensors"], opts, algorithm, chosen, search_rec,
                         time.perf_counter() - t_start, search_seconds, writer.resumed, seed_trials, cal_seconds)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UsageError
 from ..spec import CONVERT_SEED_TRIAL_DERIVATION
 from .seeds import tensor_seed
 
@@ -91,20 +90,10 @@ def calibrate(folder, ids: np.ndarray, names) -> Calibration:
     """Run the fine-tune (transformers, CPU, float32) over `ids` once, hooking every nn.Linear / Conv1D /
     nn.Embedding whose weight is one of `names` (checkpoint tensor names)."""
     t0 = time.perf_counter()
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-        bar = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # the converter draws its own progress; --quiet means quiet
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
-        finally:
-            if bar:
-                hf_logging.enable_progress_bar()
-    except Exception as e:  # transformers raises many types (missing class, OOM, bad config)
-        raise UsageError(f"--seed-trials needs the fine-tune loaded with transformers, which failed: "
-                         f"{type(e).__name__}: {e}", path=folder, field="seed_trials") from None
+    import torch
+
+    from .calibration import load_finetune
+    model = load_finetune(folder, why="--seed-trials", field="seed_trials")
     model.eval()
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     ids = np.asarray(ids, np.int64)[:limit]  # learned positions (GPT-2) end there

@@ -7,9 +7,10 @@ import numpy as np
 
 from .. import accel
 from ..binding import binding
-from ..encodings import raw
+from ..encodings import dense_q, raw
 from ..errors import UsageError
-from ..spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
+from ..spec import (CONVERT_DENSE_1D_BITS, DTYPES, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME,
+                    KIND_TIED)
 from .checkpoint import Checkpoint, to_f32
 from .methods import NonFinite, Options, compress, compress_bits, tensor_group_size
 from .plan import Task
@@ -29,8 +30,9 @@ class Result:
 
 
 def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_size, seed: int,
-             choose_seed=None, digest: bool = False) -> Result:
-    """digest=True: each base binding also records the SHA-256 of every element (format 1.2, `verify --full`)."""
+             choose_seed=None, digest: bool = False, encode_hook=None) -> Result:
+    """digest=True: each base binding also records the SHA-256 of every element (format 1.2, `verify --full`).
+    encode_hook(name, float32 delta) -> (kind, Encoded): a planned conversion's own choice (planned.py)."""
     n = task.name
     if task.kind == KIND_TIED:
         return Result(n, KIND_TIED, task.shape, task.dtype, tied_to=task.tied_to)
@@ -48,12 +50,15 @@ def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_s
         return Result(n, KIND_REPLACE, task.shape, task.dtype, raw.encode(arr, task.dtype), base=bind)
     if base.tensors[n].dtype == task.dtype and _equal(fb, bb):
         return Result(n, KIND_SAME, task.shape, task.dtype, base=bind)
+    if encode_hook is not None and task.kind in (KIND_COMPRESSED, KIND_DENSE):  # planned conversions (planned.py)
+        kind, enc = encode_hook(n, delta_blocks(fb, task.dtype, bb, base.tensors[n].dtype, "F32"))
+        return Result(n, kind, task.shape, task.dtype, enc, base=bind)
     gt = None
     if task.kind == KIND_COMPRESSED and opts.uses_groups:
         gt = tensor_group_size(group_size, task.shape[1], opts.alpha)
     if task.kind == KIND_DENSE or opts.uses_groups and gt is None:
-        delta = delta_blocks(fb, task.dtype, bb, base.tensors[n].dtype, task.dtype)
-        return Result(n, KIND_DENSE, task.shape, task.dtype, raw.encode(delta, task.dtype), base=bind)
+        enc = dense_delta(fb, task.dtype, bb, base.tensors[n].dtype)
+        return Result(n, KIND_DENSE, task.shape, task.dtype, enc, base=bind)
     bdtype = base.tensors[n].dtype
     try:
         enc = None
@@ -68,6 +73,20 @@ def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_s
     except NonFinite as e:
         raise _nonfinite_error(e.flags, n, ft, base) from None
     return Result(n, KIND_COMPRESSED, task.shape, task.dtype, enc, base=bind, group_size=gt)
+
+
+def dense_delta(fb, fdtype: str, bb, bdtype: str):
+    """A dense delta never wider than its fp16 size (issue 11): a 1-D one (norm, bias) as dense_q codes of
+    CONVERT_DENSE_1D_BITS (raw 16-bit plus its header entry would exceed its fp16 size); any other in the
+    fine-tune's dtype when that is 16-bit, else binary16 (bfloat16 where binary16 would overflow)."""
+    if fb.ndim == 1 and fb.size:
+        return dense_q.encode(delta_blocks(fb, fdtype, bb, bdtype, "F32"), CONVERT_DENSE_1D_BITS)
+    dtype = fdtype if DTYPES[fdtype].size <= 2 else "F16"
+    with np.errstate(over="ignore"):
+        delta = delta_blocks(fb, fdtype, bb, bdtype, dtype)
+    if dtype == "F16" and not np.isfinite(delta).all():
+        dtype, delta = "BF16", delta_blocks(fb, fdtype, bb, bdtype, "BF16")
+    return raw.encode(delta, dtype)
 
 
 def _nonfinite_error(flags: int, name: str, ft: Checkpoint, base: Checkpoint) -> UsageError:

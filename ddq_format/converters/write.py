@@ -14,7 +14,7 @@ BUDGET_FACTOR = 3.0
 
 
 def write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, progress, console, total,
-               choose_seed=None, digest=False):
+               choose_seed=None, digest=False, encode_hook=None):
     largest = max((t.numel for t in tasks), default=0) * 4
     limit = max(BUDGET_FACTOR * largest, 1)
     used = 0
@@ -38,7 +38,7 @@ def write_all(writer, tasks, base_ck, ft_ck, opts, group_size, seed, workers, pr
             while pending and pending[0][1].done():
                 write_head()
             used += cost
-            pending.append((task, pool.submit(process, task, base_ck, ft_ck, opts, group_size, seed, choose_seed, digest),
-                            cost))
+            fut = pool.submit(process, task, base_ck, ft_ck, opts, group_size, seed, choose_seed, digest, encode_hook)
+            pending.append((task, fut, cost))
         while pending:
             write_head()

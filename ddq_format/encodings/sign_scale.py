@@ -21,12 +21,15 @@ ID = ENC_SIGN_SCALE
 ROLES = {"signs": "values"}
 
 
-def encode(shape, values: np.ndarray, *, alpha: int, group_size: int, seed: int) -> Encoded:
-    """values: float32 [rows, kept_per_row] in kept order (all of the row when alpha == 1)."""
+def encode(shape, values: np.ndarray, *, alpha: int, group_size: int, seed: int, scale: float | None = None) -> Encoded:
+    """values: float32 [rows, kept_per_row] in kept order (all of the row when alpha == 1). scale: the stored
+    magnitude (default BitDelta's mean |v|; a trained or unbiased scale otherwise), rounded to binary32."""
     n_rows, n_cols = shape
     per_row = n_cols if alpha == 1 else kept_per_row(n_cols, group_size, alpha)
     values = np.asarray(values, np.float32).reshape(n_rows, per_row)
-    scale = float(np.float32(np.abs(values, dtype=np.float64).mean())) if values.size else 0.0
+    if scale is None:
+        scale = float(np.float32(np.abs(values, dtype=np.float64).mean())) if values.size else 0.0
+    scale = float(np.float32(scale))
     params = {"alpha": int(alpha), "group_size": int(group_size), "seed": int(seed), "scale": scale}
     return Encoded(ENC_SIGN_SCALE, params, {"signs": (PACKED, bitpack.pack((values >= 0).view(np.uint8), 1))})
 

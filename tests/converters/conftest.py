@@ -41,7 +41,7 @@ def quiet_convert():
         # These tests were written for the library's own settings (csr_parts, dense embeddings, the method's
         # alpha), not the recommended CONVERT_DEFAULTS that an unqualified convert() uses; pin them.
         kw.setdefault("embeddings", "dense")
-        if kw.get("method", "deltadq") == "deltadq" and kw.get("ratio") is None:
+        if kw.get("method", "deltadq") == "deltadq" and kw.get("ratio") is None and kw.get("target_ratio") is None:
             kw.setdefault("encoding", "csr_parts")
             kw.setdefault("alpha", DEFAULT_ALPHA["deltadq"])
         return convert(base, ft, out, progress=False, quiet=True, **kw)

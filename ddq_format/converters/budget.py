@@ -1,0 +1,286 @@
+"""`ddq convert --target-ratio R`: per tensor, the encoding and parameters that minimise the calibration error
+subject to the byte budget of the whole file's tensors.
+
+Budget: R is the all-tensor true ratio, sum of every tensor's fp16 delta bytes / every byte the tensors take
+(buffers, alignment padding, header entries, the file's preamble, footer and header records; the copied
+config/tokenizer files are reported beside it, not inside it). Candidates per tensor (`grid`):
+  - compressed 2-D deltas: `seeded_rans` at dropout alpha and 4-bit codes on a grid step of 1 or 2 standard
+    deviations of the kept values (the entropy coder makes a coarse step cheap), the embedding (and an untied
+    lm_head) also as `lowrank_q` at rank r, and a dense binary16 delta. Measured and dropped (they lose at
+    equal bytes on the example, benchmarks/results/quality.md): the reference min-max grid, 1-bit signs behind
+    dropout (even with the unbiased scale E[v^2]/E|v|), 2-bit codes;
+  - 1-D deltas (norms, biases): `dense_q` 8-bit codes (raw binary16 plus its entry would exceed its fp16 size).
+Cost: each candidate is encoded and decoded (what a loader gets) and measured on the fine-tune's activations
+over the calibration text (calibration.TensorStats): its gain g and the noise N left beside it; the default
+objective prices every element's noise-to-signal ratio equally (sum of numel x N/(g^2 S), "snr"); "fisher"
+sums N/g^2 in the Fisher-weighted metric instead, which measured worse on the example (53% vs 8x% exact
+match at 128x; benchmarks/results/quality.md) and is kept as an option.
+Allocation: minimise the summed cost under the byte budget, a multiple-choice knapsack solved by its
+Lagrangian (bisection on the price of a byte), then the leftover bytes go to the best cost-per-byte upgrades.
+Seeds: the chosen dropout configurations then try `seed_trials` seeds per tensor (as --seed-trials).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from ..encodings import Encoded, dense_q, lowrank_q, raw, seeded_rans, sign_scale
+from ..quantize import Quantizer, fit
+from ..spec import ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, KIND_COMPRESSED, KIND_DENSE, align_up
+from .dropout import groupwise_dropout_blocked
+from .methods import ROW_BLOCK, tensor_group_size
+
+GROUP = 512  # h_g of the planned dropout configurations (rounded to the tensor, as the converter does)
+ALPHAS = (2, 4, 8, 16, 32, 64, 128, 256, 512)
+RANS_BITS, RANS_STEPS = 4, (1.0, 2.0)  # measured on the example pair (benchmarks/results/quality.md)
+RANS_STEP = RANS_STEPS[0]
+FINE_ALPHAS = (1, 2, 4)  # 8-bit candidates: the budgets below the 4-bit ones (true ratio < ~8x)
+LOWRANK_RANKS = (1, 2, 4, 8, 16, 32)
+ROW_SAMPLE = 2048  # rows of a tensor scored (a fixed random sample, scaled up): bounds the error's cost
+
+
+@dataclass(frozen=True)
+class Config:
+    family: str  # rans | sign | lowrank | raw16 | dense_q
+    alpha: int = 1
+    bits: int = 4
+    step: float = RANS_STEP
+    rank: int = 0
+
+    def label(self) -> str:
+        if self.family == "rans":
+            return f"seeded_rans a={self.alpha} k={self.bits} step={self.step:g}"
+        if self.family == "sign":
+            return f"sign_scale a={self.alpha} unbiased"
+        if self.family == "lowrank":
+            return f"lowrank_q r={self.rank} k={self.bits}"
+        if self.family == "dense_q":
+            return f"dense_q k={self.bits}"
+        return "raw f16"
+
+    @property
+    def kind(self) -> str:
+        return KIND_DENSE if self.family in ("raw16", "dense_q") else KIND_COMPRESSED
+
+
+def grid(shape, name: str, embedding: bool) -> list[Config]:
+    if len(shape) != 2:
+        return [Config("dense_q", bits=8)]
+    cols = shape[1]
+    out = [Config("raw16")]
+    out += [Config("rans", alpha=a, bits=RANS_BITS, step=st) for a in ALPHAS if a <= cols for st in RANS_STEPS]
+    # below 8x: fine grids (8-bit codes on a step 16x finer, the same range) and no dropout
+    out += [Config("rans", alpha=a, bits=8, step=st / 16) for a in FINE_ALPHAS if a <= cols for st in RANS_STEPS]
+    out += [Config("rans", alpha=1, bits=RANS_BITS, step=st) for st in RANS_STEPS]
+    if embedding:
+        out += [Config("lowrank", rank=r, bits=4) for r in LOWRANK_RANKS if r <= min(shape)]
+    return out
+
+
+def group_size_for(cols: int, alpha: int) -> int | None:
+    return tensor_group_size(max(alpha, GROUP // alpha * alpha), cols, alpha)
+
+
+def encode(cfg: Config, delta: np.ndarray, seed: int) -> Encoded:
+    """The entry's encoding of `delta` (float32, not modified) under `cfg`."""
+    shape = delta.shape
+    if cfg.family == "raw16":
+        return raw.encode(delta, "F16")
+    if cfg.family == "dense_q":
+        return dense_q.encode(delta, cfg.bits)
+    if cfg.family == "lowrank":
+        return lowrank_rtn(delta, cfg.rank, cfg.bits)
+    g = group_size_for(shape[1], cfg.alpha)
+    _, vals = groupwise_dropout_blocked(delta, cfg.alpha, g, seed, ROW_BLOCK)
+    if cfg.family == "sign":
+        a = np.abs(vals, dtype=np.float64)
+        scale = float((a * a).mean() / a.mean()) if a.size and a.mean() > 0 else 0.0
+        return sign_scale.encode(shape, vals, alpha=cfg.alpha, group_size=g, seed=seed, scale=scale)
+    return seeded_rans.encode(shape, vals, bits=cfg.bits, alpha=cfg.alpha, group_size=g, seed=seed,
+                              quantizer=step_quantizer(vals, cfg.bits, cfg.step))
+
+
+def step_quantizer(vals: np.ndarray, bits: int, step: float) -> Quantizer:
+    """Grid s*(Q - z), z = 2^(k-1), s = step x std of the kept values (binary32); values past the grid clip.
+    step 0: the reference writer's min-max fit (SPEC.md §8.2)."""
+    if step <= 0:
+        return fit(vals, bits)
+    std = float(np.sqrt(np.mean(np.square(vals, dtype=np.float64)))) if vals.size else 0.0
+    s = float(np.float32(step * std))
+    return Quantizer(s, 1 << (bits - 1) if s > 0 else 0, bits)
+
+
+_SVD = threading.local()  # the last tensor's leading triplets: every lowrank candidate of a tensor shares them
+
+
+def top_svd(delta: np.ndarray, rank: int):
+    """Leading `rank` singular triplets from the eigenvectors of the smaller Gram matrix (float64): one
+    matmul and a small eigh instead of a full SVD of a 49152 x 576 embedding for each candidate rank."""
+    hit = getattr(_SVD, "hit", None)
+    if hit is not None and hit[0] is delta and hit[1] >= rank:
+        return hit[2][:, :rank], hit[3][:rank], hit[4][:rank]
+    want = min(max(rank, max(LOWRANK_RANKS)), min(delta.shape))
+    d = np.asarray(delta, np.float64)
+    tall = d.shape[0] >= d.shape[1]
+    G = d.T @ d if tall else d @ d.T
+    w, V = np.linalg.eigh(G)
+    w, V = w[::-1][:want], V[:, ::-1][:, :want]
+    S = np.sqrt(np.clip(w, 0, None))
+    safe = np.where(S > 0, S, 1)
+    if tall:
+        Vt, U = V.T, (d @ V) / safe
+    else:
+        U, Vt = V, ((V.T @ d).T / safe).T
+    _SVD.hit = (delta, want, U, S, Vt)
+    return U[:, :rank], S[:rank], Vt[:rank]
+
+
+def lowrank_rtn(delta: np.ndarray, rank: int, bits: int) -> Encoded:
+    """Truncated SVD, each vector rounded to `bits` per group of 128 (lowrank_q; no calibration)."""
+    from .deltacome import GROUP as LR_GROUP
+    U, S, Vt = top_svd(delta, rank)
+    u = (U * S).astype(np.float32)
+    qu = [lowrank_q.quantize_groups(u[:, i], bits, LR_GROUP) for i in range(u.shape[1])]
+    qv = [lowrank_q.quantize_groups(Vt[i].astype(np.float32), bits, LR_GROUP) for i in range(Vt.shape[0])]
+    band = (bits, np.stack([q[0] for q in qu]), np.stack([q[1] for q in qu]), np.stack([q[2] for q in qu]),
+            np.stack([q[0] for q in qv]), np.stack([q[1] for q in qv]), np.stack([q[2] for q in qv]))
+    return lowrank_q.encode(delta.shape, [band], group_size=LR_GROUP)
+
+
+def as_entry(name: str, shape, dtype: str, kind: str, enc: Encoded, base: dict | None = None) -> tuple[dict, dict]:
+    """(entry, buffers) as a reader would see them, for decoding and for the size estimate."""
+    bufs = {role: np.ascontiguousarray(arr).reshape(-1).view(np.uint8) for role, (_, arr) in enc.buffers.items()}
+    entry = {"name": name, "kind": kind, "shape": [int(s) for s in shape], "dtype": dtype,
+             "encoding": enc.encoding, "params": enc.params,
+             "buffers": {role: {"dtype": bd, "offset": ENTRY_PLACEHOLDER, "length": int(bufs[role].size),
+                                "crc32": ENTRY_PLACEHOLDER} for role, (bd, _) in enc.buffers.items()}}
+    if base is not None:
+        entry["base"] = base
+    return entry, bufs
+
+
+def stored_bytes(entry: dict) -> int:
+    """Buffers rounded up to the alignment (the padding the next buffer carries) plus the msgpack entry."""
+    return sum(align_up(b["length"]) for b in entry["buffers"].values()) + len(msgpack.packb(entry, use_bin_type=True))
+
+
+def decode(entry: dict, bufs: dict) -> np.ndarray:
+    from .. import encodings
+    return encodings.get(entry["encoding"]).decode(entry, bufs)
+
+
+@dataclass
+class Option:
+    cfg: Config
+    bytes: int
+    error: float  # N / g^2: the noise left after the gain, in the Fisher-weighted output metric
+    rel: float = 0.0  # N / (g^2 S): the same relative to the delta's own size (1 / SNR)
+    numel: int = 0
+    shrink: float = 1.0  # C / Q: the scale of the decoded delta that minimises the output error
+
+    def cost(self, objective: str) -> float:
+        """What the allocator sums. snr (default): numel x rel, every element of every tensor at an equal
+        price for its noise-to-signal ratio; fisher: error, tensors weighted by their calibration Fisher;
+        shrink: numel x the relative output error left once the decoded delta is scaled by `shrink`,
+        rel / (1 + rel) (the encoder then stores shrink x the delta; never above a zero delta's 1)."""
+        if objective == "fisher":
+            return self.error
+        if objective == "shrink":
+            return self.numel * self.rel / (1.0 + self.rel)
+        return self.numel * self.rel
+
+
+OBJECTIVES = ("snr", "fisher", "shrink")
+
+
+def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None) -> tuple[Option, Encoded]:
+    """ref: stats.project(delta[rows]) when several candidates of one tensor are scored (computed once)."""
+    enc = encode(cfg, delta, seed)
+    entry, bufs = as_entry(name, delta.shape, dtype, cfg.kind, enc, base)
+    nbytes = stored_bytes(entry)
+    if stats is None or delta.ndim != 2:
+        return Option(cfg, nbytes, 0.0, 0.0, delta.size), enc
+    d_hat = decode(entry, bufs)
+    err, rel, shrink = noise_to_signal(stats, delta[rows], d_hat[rows], rows, ref)
+    return Option(cfg, nbytes, err, rel, delta.size, shrink), enc
+
+
+def noise_to_signal(stats, d, d_hat, rows, ref=None) -> tuple[float, float, float]:
+    """(N/g^2, N/(g^2 S), C/Q). With S = <D, D>, C = <D^, D>, Q = <D^, D^> in the Fisher metric, the approximation
+    is a gain g = C/S times D plus noise N = Q - C^2/S; N/g^2 = S (Q S / C^2 - 1). A shrinking quantizer
+    (gain < 1) is charged for the shrinkage, not rewarded for its smaller squared error: on memorised facts a
+    delta scaled down loses answers that an unbiased but noisy one keeps (benchmarks/results/quality.md)."""
+    pd = ref if ref is not None else stats.project(d)
+    ph = stats.project(d_hat)
+    S = stats.inner_projected(pd, pd, rows)
+    C = stats.inner_projected(ph, pd, rows)
+    Q = stats.inner_projected(ph, ph, rows)
+    if S <= 0:
+        return 0.0, 0.0, 1.0
+    if C <= 1e-12 * S:
+        return S * 1e6, 1e6, 0.0  # no signal left
+    rel = max(Q * S / (C * C) - 1.0, 0.0)
+    return S * rel, rel, (C / Q if Q > 0 else 1.0)
+
+
+def sample_rows(n: int, seed: int = 0) -> np.ndarray:
+    if n <= ROW_SAMPLE:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, ROW_SAMPLE, replace=False))
+
+
+def within_fp16(options: list[Option], fp16_bytes: int) -> list[Option]:
+    """The candidates not stored above the tensor's fp16 delta size (issue 11); the smallest one alone when
+    every candidate is (a tensor smaller than its own header entry)."""
+    ok = [o for o in options if o.bytes <= fp16_bytes]
+    return ok or [min(options, key=lambda o: o.bytes)]
+
+
+def allocate(options: dict[str, list[Option]], budget: float, objective: str = "snr") -> dict[str, Option]:
+    """Least total cost with total bytes <= budget (best effort: the Lagrangian solution, then upgrades by
+    cost saved per extra byte while they fit). Falls back to the smallest option of each tensor."""
+    names = list(options)
+
+    def pick(lam):
+        return {n: min(options[n], key=lambda o: (o.cost(objective) + lam * o.bytes, o.bytes)) for n in names}
+
+    def total(ch):
+        return sum(o.bytes for o in ch.values())
+
+    lo, hi = 1e-30, 1e30
+    best = {n: min(options[n], key=lambda o: (o.bytes, o.cost(objective))) for n in names}
+    if total(best) > budget:
+        return best
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        ch = pick(mid)
+        if total(ch) <= budget:
+            best, hi = ch, mid
+        else:
+            lo = mid
+        if hi / lo < 1 + 1e-9:
+            break
+    return fill(best, options, budget, objective)
+
+
+def fill(choice: dict[str, Option], options: dict[str, list[Option]], budget: float,
+         objective: str = "snr") -> dict[str, Option]:
+    """Spend what the Lagrangian leaves: repeatedly take the upgrade with the most cost saved per byte."""
+    choice = dict(choice)
+    left = budget - sum(o.bytes for o in choice.values())
+    while True:
+        best, gain = None, 0.0
+        for n, cur in choice.items():
+            for o in options[n]:
+                extra = o.bytes - cur.bytes
+                saved = cur.cost(objective) - o.cost(objective)
+                if saved > 0 and 0 < extra <= left and saved / extra > gain:
+                    best, gain = (n, o), saved / extra
+        if best is None:
+            return choice
+        left -= best[1].bytes - choice[best[0]].bytes
+        choice[best[0]] = best[1]

@@ -1,0 +1,161 @@
+"""Planned conversions on a tiny pair: --target-ratio lands within 5% of R, every choice is recorded, no tensor
+is stored above its fp16 delta size; the baselines write their encodings; bad options are refused early."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddq_format import UsageError, open_ddq
+from ddq_format.accounting import report
+from ddq_format.converters.planned import tensors_ratio
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    from tests.tiny_models import make_pair
+    return make_pair(tmp_path_factory.mktemp("planned"), "llama", hidden=128, layers=2)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return {}
+
+
+@pytest.mark.parametrize("ratio", [6, 12])
+def test_target_ratio_is_met_and_recorded(tmp_path, pair, cache, quiet_convert, ratio):
+    base, ft = pair
+    out = tmp_path / "r.ddq"
+    quiet_convert(base, ft, out, target_ratio=ratio, seed_trials=2, method_options={"cache": cache})
+    got = tensors_ratio(out)
+    assert abs(got / ratio - 1) <= 0.05, got
+    with open_ddq(out) as f:
+        alg = f.header["algorithm"]
+        rep = report(f)
+        data = [e for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")]
+        assert alg["planner"] == "budget" and alg["target_ratio"] == ratio
+        assert len(alg["choice"]) == len(data) and max(alg["choice"]) < len(alg["configs"])
+        for e in data:
+            if len(e["shape"]) == 1:
+                assert e["encoding"] == "dense_q"
+        assert f.entries["model.embed_tokens.weight"]["kind"] == "compressed"
+        for t in rep["tensors"]:  # never above the fp16 delta size, but for tensors smaller than their own entry
+            if t["delta_fp16_bytes"] > 2 * t["components"]["header"]:
+                assert t["true_ratio"] >= 1, t["name"]
+            assert sum(t["components"][c] for c in ("values", "col_indices", "row_offsets", "dense")) \
+                <= t["delta_fp16_bytes"], t["name"]
+        assert rep["totals"]["delta_fp16_bytes"] == sum(t["delta_fp16_bytes"] for t in rep["tensors"])
+
+
+def test_planned_file_loads_and_is_close_to_the_fine_tune(tmp_path, pair, cache, quiet_convert):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from ddq_format.loaders import apply_delta
+    base, ft = pair
+    out = tmp_path / "r.ddq"
+    quiet_convert(base, ft, out, target_ratio=4, method_options={"cache": cache})
+    m = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    want = AutoModelForCausalLM.from_pretrained(str(ft), dtype=torch.float32).state_dict()
+    b0 = {k: v.clone() for k, v in m.state_dict().items()}
+    apply_delta(m, out)
+    got = m.state_dict()
+    num = sum(float(((got[k] - want[k]) ** 2).sum()) for k in want)
+    den = sum(float(((b0[k] - want[k]) ** 2).sum()) for k in want)
+    assert num < den  # closer to the fine-tune than the base is
+
+
+@pytest.mark.parametrize("method,kw,encs", [
+    ("deltacome", {"target_ratio": 8}, {"lowrank_q"}),
+    ("deltacome", {"target_ratio": 8, "method_options": {"allocation": "ilp"}}, {"lowrank_q"}),
+    ("deltazip", {}, {"nm_q"}),
+    ("bitdelta-distill", {"method_options": {"steps": 3}}, {"sign_scale"}),
+])
+def test_baselines_write_their_encodings(tmp_path, pair, quiet_convert, method, kw, encs):
+    base, ft = pair
+    out = tmp_path / "b.ddq"
+    quiet_convert(base, ft, out, method=method, **kw)
+    with open_ddq(out) as f:
+        got = {e["encoding"] for e in f.header["tensors"] if e["kind"] == "compressed"}
+        assert got == encs
+        assert f.header["algorithm"]["method"] == method.split("-")[0]
+        for n in f.names:
+            assert np.isfinite(f.decode(n)).all()
+    if method == "deltacome":
+        assert abs(tensors_ratio(out) / kw["target_ratio"] - 1) < 0.25  # budget in codes + scales, per matrix
+
+
+def test_distilled_scales_differ_from_the_mean(tmp_path, pair, quiet_convert):
+    base, ft = pair
+    quiet_convert(base, ft, tmp_path / "m.ddq", method="bitdelta", alpha=1)
+    quiet_convert(base, ft, tmp_path / "d.ddq", method="bitdelta-distill", method_options={"steps": 5})
+    with open_ddq(tmp_path / "m.ddq") as a, open_ddq(tmp_path / "d.ddq") as b:
+        name = "model.layers.0.mlp.up_proj.weight"
+        assert a.entries[name]["params"]["scale"] != b.entries[name]["params"]["scale"]
+        assert b.header["algorithm"]["distill"]["steps"] == 5
+
+
+@pytest.mark.parametrize("kw,match", [({"target_ratio": 0.5}, "target-ratio"),
+                                      ({"target_ratio": 16, "alpha": 8}, "alpha and bits"),
+                                      ({"target_ratio": 16, "method": "dare"}, "deltadq"),
+                                      ({"method": "deltacome", "target_ratio": 8,
+                                        "method_options": {"allocation": "greedy"}}, "allocation")])
+def test_bad_options_are_refused(tmp_path, pair, quiet_convert, kw, match):
+    base, ft = pair
+    with pytest.raises(UsageError, match=match):
+        quiet_convert(base, ft, tmp_path / "x.ddq", **kw)
+    assert not (tmp_path / "x.ddq").exists()
+
+
+def test_cli_target_ratio_and_inspect_show_the_choices(tmp_path, pair):
+    """`ddq convert --target-ratio` from the command line; `ddq inspect` shows the planner's choices and
+    `--json` gives totals.tensors_true_ratio."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ddq_format.cli import app
+    base, ft = pair
+    out = tmp_path / "c.ddq"
+    res = CliRunner().invoke(app, ["convert", str(base), str(ft), "-o", str(out), "--target-ratio", "10", "-q"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["inspect", str(out), "--json"])
+    rep = json.loads(res.stdout)
+    assert abs(rep["totals"]["tensors_true_ratio"] / 10 - 1) <= 0.05
+    assert rep["algorithm"]["planner"] == "budget" and rep["format_version"] == "1.3"
+    res = CliRunner().invoke(app, ["inspect", str(out)])
+    assert res.exit_code == 0 and "chosen" in res.stdout
+    configs, choice = rep["algorithm"]["configs"], rep["algorithm"]["choice"]
+    top = max(set(choice), key=choice.count)
+    assert f"{configs[top]}: {choice.count(top)}" in " ".join(res.stdout.split())
+    res = CliRunner().invoke(app, ["convert", str(base), str(ft), "-o", str(tmp_path / "d.ddq"), "--method",
+                                   "deltacome", "--target-ratio", "8", "--allocation", "ilp", "-q"])
+    assert res.exit_code == 0, res.output
+    with open_ddq(tmp_path / "d.ddq") as f:
+        assert f.header["algorithm"]["allocation"] == "ilp"
+
+
+def test_default_convert_stores_no_tensor_wider_than_fp16(tmp_path, pair, quiet_convert):
+    """Issue 11 item 2: every dense delta at most 16 bits per element, 1-D ones as dense_q codes; an F32
+    fine-tune's 2-D dense delta as binary16."""
+    from ddq_format.converters import convert
+    base, ft = pair
+    out = tmp_path / "default.ddq"
+    convert(base, ft, out, progress=False, quiet=True)  # the library's defaults, as `ddq convert` with no options
+    dense = tmp_path / "dense.ddq"
+    quiet_convert(base, ft, dense, embeddings="dense")
+    for p in (out, dense):
+        with open_ddq(p) as f:
+            rep = report(f)
+            for t in rep["tensors"]:
+                e = f.entries[t["name"]]
+                if e["kind"] != "dense":
+                    continue
+                data = sum(b["length"] for b in e["buffers"].values())
+                assert data <= t["delta_fp16_bytes"], t["name"]
+                if len(e["shape"]) == 1:
+                    assert e["encoding"] == "dense_q"
+                else:
+                    assert e["buffers"]["data"]["dtype"] in ("F16", "BF16")
+                if p == out and t["delta_fp16_bytes"] > 2 * t["components"]["header"]:  # defaults: entry included
+                    assert t["true_ratio"] >= 1, t["name"]
+    with open_ddq(dense) as f:  # --embeddings dense: the delta's own 16 bits, plus its entry
+        assert f.entries["model.embed_tokens.weight"]["kind"] == "dense"
