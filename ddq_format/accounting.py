@@ -70,8 +70,9 @@ def tensor_report(entry: dict, entry_bytes: bytes, padding_before: dict[tuple, i
     for role, b in entry.get("buffers", {}).items():
         comps[roles.get(role, "dense")] += b["length"]  # a role this reader does not know: "dense"
         comps["padding"] += padding_before.get((entry["name"], role), 0)
-    comps["scalars"] = _params_bytes(entry_bytes) if params else 0
-    comps["header"] = len(entry_bytes) - comps["scalars"]
+    params_bytes = _params_bytes(entry_bytes) if params else 0
+    comps["scalars"] += params_bytes  # on top of any buffer role an encoding counts as scalars
+    comps["header"] = len(entry_bytes) - params_bytes
     stored = sum(comps.values())
     numel = math.prod(entry["shape"])
     # A removed tensor has no delta; a tied one is the same delta as its target, counted there once.

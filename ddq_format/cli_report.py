@@ -77,10 +77,17 @@ def tensors_true_ratio(rep: dict):
     return tot["delta_fp16_bytes"] / tensor_bytes if tensor_bytes > 0 and tot["delta_fp16_bytes"] else None
 
 
+def wider_than_fp16(t: dict) -> bool:
+    """The tensor's data (buffers and scalars) takes more bytes than its fp16 delta: stored wider than fp16.
+    Its header entry and alignment padding are left out here (they are in its true ratio): every small
+    tensor has them, and a dense fp16 delta is the fp16 size, not a fault."""
+    c = t["components"]
+    return t["delta_fp16_bytes"] > 0 and t["stored_bytes"] - c["header"] - c["padding"] > t["delta_fp16_bytes"]
+
+
 def below_one(rep: dict) -> list[dict]:
-    """Tensors stored in more bytes than their fp16 delta (true ratio < 1), largest first."""
-    bad = [t for t in rep["tensors"] if _number(t["true_ratio"]) and t["true_ratio"] < 1]
-    return sorted(bad, key=lambda t: -t["stored_bytes"])
+    """Tensors stored wider than their fp16 delta (wider_than_fp16), largest first."""
+    return sorted((t for t in rep["tensors"] if wider_than_fp16(t)), key=lambda t: -t["stored_bytes"])
 
 
 def dominant(rep: dict) -> dict | None:
@@ -234,7 +241,7 @@ def warnings(rep: dict) -> list[str]:
     bad = below_one(rep)
     if bad:
         worst = bad[0]
-        out.append(f"{len(bad)} tensor(s) take more bytes than their fp16 delta (true ratio < 1; "
+        out.append(f"{len(bad)} tensor(s) take more bytes than their fp16 delta (data wider than fp16; "
                    f"{nbytes(sum(t['stored_bytes'] for t in bad))} in all), e.g. {worst['name']} "
                    f"{ratio(worst['true_ratio'])} ({worst['kind']}); `ddq inspect --tensors` marks them with !")
     return out
@@ -260,7 +267,7 @@ def print_summary(console: Console, rep: dict, *, title: str | None = None):
 
 # -- the full table -----------------------------------------------------------------------------------------
 def tensor_table(rep: dict) -> Table:
-    """Every tensor, with its bytes by component and both ratios; true ratios below 1 are marked `!`."""
+    """Every tensor, with its bytes by component and both ratios; tensors stored wider than fp16 marked `!`."""
     t = Table(box=box.SIMPLE_HEAD, title="tensors (bytes in the file)", title_justify="left", pad_edge=False,
               show_edge=False)
     cols = [("tensor", "left"), ("kind", "left"), ("encoding", "left"), ("shape", "left"), ("values", "right"),
@@ -270,7 +277,7 @@ def tensor_table(rep: dict) -> Table:
         t.add_column(name, justify=justify, no_wrap=True)
     for x in rep["tensors"]:
         c = x["components"]
-        low = _number(x["true_ratio"]) and x["true_ratio"] < 1
+        low = wider_than_fp16(x)
         t.add_row(Text(x["name"]), x["kind"], Text(x["encoding"] or "-"), "x".join(map(str, x["shape"])) or "scalar",
                   nbytes(c["values"]), nbytes(c["col_indices"] + c["row_offsets"]), nbytes(c["dense"]),
                   nbytes(c["padding"]), nbytes(c["header"] + c["scalars"]), nbytes(x["stored_bytes"]),
@@ -283,5 +290,5 @@ def print_tensor_table(console: Console, rep: dict):
     table = tensor_table(rep)
     need = Console(width=10_000).measure(table).maximum
     console.print(table, width=max(console.width, need))
-    console.print("entry: the tensor's header entry, its scalars included; ! marks a true ratio below 1",
+    console.print("entry: the tensor's header entry, its scalars included; ! marks data stored wider than its fp16 delta",
                   highlight=False)

@@ -214,15 +214,30 @@ def test_inspect_summary_fits_80_columns_and_tensors_lists_all(converted):
     assert 1 <= len(rows) <= 5  # the summary lists only the largest tensors
 
 
-def test_inspect_flags_true_ratio_below_one(pair, tmp_path):
+def test_inspect_flags_tensors_stored_wider_than_fp16(pair, tmp_path):
+    """No default stores a tensor wider than its fp16 delta (issue 11); a file that does (an F32 dense
+    delta, legal in the format) is flagged by inspect, the summary and the `!` of --tensors."""
+    import numpy as np
+
+    from ddq_format import Writer
+    from ddq_format.encodings import raw
     base, ft = pair
-    out = tmp_path / "dense.ddq"
-    assert _ddq("convert", base, ft, "-o", out, "--embeddings", "dense", "-q").exit_code == 0
-    ins = _ddq("inspect", out)
-    assert re.search(r"warning: \d+ tensor\(s\) take more bytes than their fp16 delta", ins.stdout)
-    full = _ddq("inspect", out, "--tensors")
-    row = next(ln for ln in full.stdout.splitlines() if ln.startswith("model.embed_tokens.weight"))
-    assert "! 0." in row
+    default = tmp_path / "default.ddq"
+    assert _ddq("convert", base, ft, "-o", default, "--embeddings", "dense", "-q").exit_code == 0
+    ins = _ddq("inspect", default)
+    assert "more bytes than their fp16 delta" not in ins.stdout
+    assert not any("! " in ln for ln in _ddq("inspect", default, "--tensors").stdout.splitlines()
+                   if ln.startswith("model."))
+    wide = tmp_path / "wide.ddq"
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    with Writer(wide) as wr:
+        wr.add("w32", "dense", w.shape, "F32", raw.encode(w, "F32"))
+        wr.add("w16", "dense", w.shape, "F16", raw.encode(w.astype(np.float16), "F16"))
+    ins = _ddq("inspect", wide)
+    assert re.search(r"warning: 1 tensor\(s\) take more bytes than their fp16 delta", ins.stdout), ins.stdout
+    rows = {ln.split()[0]: ln for ln in _ddq("inspect", wide, "--tensors").stdout.splitlines()
+            if ln.startswith("w") and " dense " in ln}
+    assert "! 0." in rows["w32"] and "!" not in rows["w16"]
 
 
 # -- item 4: verify ends with one line ------------------------------------------------------------------------

@@ -292,9 +292,8 @@ def test_convert_and_apply_delta_fall_back_to_numpy(tmp_path):
         outs[enc] = tmp_path / f"{enc}.ddq"
         convert(base, ft, outs[enc], alpha=2, bits=4, encoding=enc, group_size=8, quiet=True, progress=False)
     with DDQFile(outs["seeded"]) as a, DDQFile(outs["seeded_rans"]) as r:
-        # the linear layers need 1.0 (seeded) and 1.1 (seeded_rans); the norms' dense_q codes (issue 11) 1.3
-        assert a.version == r.version == (1, 3)
-        assert {e["encoding"] for e in a.entries.values() if e["kind"] == "dense"} == {"dense_q"}
+        assert a.version == (1, 0) and r.version == (1, 1)  # dense norms stay raw: no 1.3 feature by default
+        assert {e["encoding"] for e in a.entries.values() if e["kind"] == "dense"} == {"raw"}
         names = [n for n, e in r.entries.items() if e["kind"] == "compressed"]
         assert names and all(r.entries[n]["encoding"] == "seeded_rans" for n in names)
         for n in names:

@@ -7,9 +7,9 @@ import numpy as np
 
 from .. import accel
 from ..binding import binding
-from ..encodings import dense_q, raw
+from ..encodings import raw
 from ..errors import UsageError
-from ..spec import (CONVERT_DENSE_1D_BITS, DTYPES, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME,
+from ..spec import (DTYPES, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME,
                     KIND_TIED)
 from .checkpoint import Checkpoint, to_f32
 from .methods import NonFinite, Options, compress, compress_bits, tensor_group_size
@@ -76,11 +76,10 @@ def process(task: Task, base: Checkpoint, ft: Checkpoint, opts: Options, group_s
 
 
 def dense_delta(fb, fdtype: str, bb, bdtype: str):
-    """A dense delta never wider than its fp16 size (issue 11): a 1-D one (norm, bias) as dense_q codes of
-    CONVERT_DENSE_1D_BITS (raw 16-bit plus its header entry would exceed its fp16 size); any other in the
-    fine-tune's dtype when that is 16-bit, else binary16 (bfloat16 where binary16 would overflow)."""
-    if fb.ndim == 1 and fb.size:
-        return dense_q.encode(delta_blocks(fb, fdtype, bb, bdtype, "F32"), CONVERT_DENSE_1D_BITS)
+    """A dense delta never wider than its fp16 size (issue 11): in the fine-tune's dtype when that is 16-bit,
+    else binary16 (bfloat16 where binary16 would overflow). Norms and biases too: raw keeps default files
+    readable by every 1.1 reader and their values as the fine-tune's own 16 bits (dense_q, 1.3, is the
+    planner's choice under a byte budget, not a default)."""
     dtype = fdtype if DTYPES[fdtype].size <= 2 else "F16"
     with np.errstate(over="ignore"):
         delta = delta_blocks(fb, fdtype, bb, bdtype, dtype)

@@ -30,8 +30,8 @@ def test_base_digest_flag_makes_verify_full_prove_the_base(tmp_path):
     out, plain = tmp_path / "d.ddq", tmp_path / "plain.ddq"
     assert _run(["convert", base, ft, "-o", out, "--base-digest", "-q", "--group-size", "32"])[0] == 0
     assert _run(["convert", base, ft, "-o", plain, "-q", "--group-size", "32"])[0] == 0
-    # 1.2 for the digest; the default's norms are dense_q (1.3, issue 11), so both files are labelled 1.3 here
-    assert struct.unpack_from("<HH", out.read_bytes(), 8) >= (1, 2)
+    assert struct.unpack_from("<HH", out.read_bytes(), 8) == (1, 2)  # the digest is the only 1.2 feature used
+    assert struct.unpack_from("<HH", plain.read_bytes(), 8) == (1, 1)  # seeded_rans: a default file stays 1.1
     with open_ddq(plain) as f:
         assert all("digest" not in (e.get("base") or {}) for e in f.header["tensors"])
     assert verify(out, base, full=True) == []

@@ -7,6 +7,7 @@ import pytest
 
 from ddq_format import UsageError, open_ddq
 from ddq_format.accounting import report
+from ddq_format.cli_report import wider_than_fp16
 from ddq_format.converters.planned import tensors_ratio
 
 
@@ -134,8 +135,8 @@ def test_cli_target_ratio_and_inspect_show_the_choices(tmp_path, pair):
 
 
 def test_default_convert_stores_no_tensor_wider_than_fp16(tmp_path, pair, quiet_convert):
-    """Issue 11 item 2: every dense delta at most 16 bits per element, 1-D ones as dense_q codes; an F32
-    fine-tune's 2-D dense delta as binary16."""
+    """Issue 11 item 2: every dense delta at most 16 bits per element: an F32 fine-tune's dense deltas
+    (norms included, raw, so a default file needs no 1.3 reader) as binary16; none flagged by inspect."""
     from ddq_format.converters import convert
     base, ft = pair
     out = tmp_path / "default.ddq"
@@ -151,11 +152,7 @@ def test_default_convert_stores_no_tensor_wider_than_fp16(tmp_path, pair, quiet_
                     continue
                 data = sum(b["length"] for b in e["buffers"].values())
                 assert data <= t["delta_fp16_bytes"], t["name"]
-                if len(e["shape"]) == 1:
-                    assert e["encoding"] == "dense_q"
-                else:
-                    assert e["buffers"]["data"]["dtype"] in ("F16", "BF16")
-                if p == out and t["delta_fp16_bytes"] > 2 * t["components"]["header"]:  # defaults: entry included
-                    assert t["true_ratio"] >= 1, t["name"]
+                assert e["encoding"] == "raw" and e["buffers"]["data"]["dtype"] in ("F16", "BF16"), t["name"]
+                assert not wider_than_fp16(t), t["name"]
     with open_ddq(dense) as f:  # --embeddings dense: the delta's own 16 bits, plus its entry
         assert f.entries["model.embed_tokens.weight"]["kind"] == "dense"
