@@ -212,8 +212,9 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
     seeds = ctx.cache.setdefault("seeds", {})
     data_names = [t.name for t in ctx.data_tasks()]
     record = {"method": "deltadq", "planner": "budget", "encoding": "per tensor",
-              "objective": objective, "cost": "snr: sum numel * N/(g^2 S); fisher: sum N/g^2 (Fisher-weighted); shrink: sum numel * "
-                      "rel/(1+rel), deltas stored scaled by C/Q",
+              "objective": objective, "cost": "snr: sum numel * N/(g^2 S) element-wise; calibrated: the same on the calibration "
+                      "activations; fisher: sum N/g^2 (Fisher-weighted); shrink: sum numel * rel/(1+rel), deltas "
+                      "stored scaled by C/Q",
               "budget_bytes": int(total_budget), "seed": int(ctx.seed), "seed_trials": int(trials),
               "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
               "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
