@@ -58,7 +58,7 @@ SWEEP = {
 QUICK = {k: (v[::3] if k == PROJECT else v[::2] if len(v) > 2 else v) for k, v in SWEEP.items()}
 # --bounded: what a shared 2-core machine runs in about an hour: the planner at 8x..2048x by factors of 4, two or
 # three settings of every other method spanning its range (the targets, 128x and 512x, measured directly)
-BOUNDED = {PROJECT: [dict(target_ratio=r) for r in (128, 512, 32, 2048, 8)],
+BOUNDED = {PROJECT: [dict(target_ratio=r) for r in (128, 512, 32, 2048, 8, 64, 256)],
            "DeltaDQ seeded_rans (k=4; the default at alpha=8)": [
                dict(method="deltadq", encoding="seeded_rans", alpha=a, bits=4, parts=1) for a in (32, 128, 8)],
            "BitDelta distilled": [dict(method="bitdelta-distill", method_options={"alpha": a}) for a in (32, 1)],
