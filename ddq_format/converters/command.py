@@ -122,7 +122,7 @@ def convert(
     if planned:  # the planner chooses per tensor; only what the user gave is passed on (and checked there)
         s.update(alpha=alpha, bits=bits, parts=parts)
         log.print(f"settings: {method}" + (f" --target-ratio {target_ratio:g}" if target_ratio is not None else "")
-                  + " (chosen per tensor on calibration activations; recorded in the header)", highlight=False,
+                  + " (chosen per tensor; recorded in the header)", highlight=False,
                   markup=False)
     else:
         log.print(choice_line(s, defaulted), highlight=False, markup=False)
