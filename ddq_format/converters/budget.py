@@ -36,7 +36,9 @@ from .dropout import groupwise_dropout_blocked
 from .methods import ROW_BLOCK, tensor_group_size
 
 GROUP = 512  # h_g of the planned dropout configurations (rounded to the tensor, as the converter does)
-ALPHAS = (2, 4, 8, 16, 32, 64, 128, 256, 512)
+# about 2^(1/4) apart: with only powers of two the allocation is too coarse near the budget's cliff (512x on the
+# example: 14.3% exact match with powers of two, 27.1% with this ladder; benchmarks/results/quality.md)
+ALPHAS = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
 RANS_BITS, RANS_STEPS = 4, (1.0,)  # grid step in std of the kept values; 2.0 measured worse (quality.md)
 RANS_STEP = RANS_STEPS[0]
 FINE_ALPHAS = (1, 2, 4)  # 8-bit candidates: the budgets below the 4-bit ones (true ratio < ~8x)

@@ -69,8 +69,8 @@ def convert(
     target_ratio: Optional[float] = typer.Option(
         None, "--target-ratio", metavar="R", help="A byte budget: the all-tensor true ratio R (every tensor's fp16 "
         "delta bytes / every byte the tensors take). deltadq then chooses per tensor the encoding, alpha, k and "
-        "grid for the least summed noise-to-signal ratio (it still loads the fine-tune with transformers for "
-        "calibration statistics); deltacome and deltazip size themselves to R."),
+        "grid for the least summed element-wise noise-to-signal ratio (no calibration pass: --calib is not "
+        "read); deltacome and deltazip size themselves to R."),
     allocation: Allocation = typer.Option("paper", help="deltacome: bits per singular-vector band as the "
                                           "Delta-CoMe paper (paper) or DeltaMix's 0/1 integer program (ilp)."),
     encoding: Optional[Encoding] = typer.Option(

@@ -1,7 +1,8 @@
 """Conversions that need calibration statistics before any tensor is written: `--target-ratio R` (the budget
 allocator, budget.py) and the seed papers' baselines `deltacome`, `deltazip`, `bitdelta-distill`.
 
-Each runs calibration.collect once, decides what every tensor becomes, and then hands a per-tensor encoder
+Each runs calibration.collect once (--target-ratio with its default element-wise price needs none and skips
+it), decides what every tensor becomes, and then hands a per-tensor encoder
 to pipeline.convert (which reads, writes, resumes and reports as for every other method). Small 1-D deltas
 (norms, biases) are stored as `dense_q` 8-bit codes by every planned method, so all of them pay the same
 fixed bytes; embeddings are compressed by each method's own procedure.
@@ -72,14 +73,22 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     names = [t.name for t in tasks if t.kind == KIND_COMPRESSED]
     cal = calibration_input(calib)
     text = cal.text
-    ids = groupsize.calibration_ids(cal, ft_ck, base_ck, CONVERT_PLAN_CALIB_MAX_TOKENS,
-                                    "--target-ratio" if target_ratio is not None else f"--method {method}")
+    # the default price (snr) is element-wise: no calibration pass, no fine-tune loaded with transformers
+    needs_stats = method != "deltadq" or options.get("objective", "snr") != "snr"
     cache = options.get("cache")
     key = (str(base_ck.folder), str(ft_ck.folder), hashlib.sha256(text.encode()).hexdigest(), int(seed))
     if cache is not None and cache.get("key") != key:
         cache.clear()
         cache["key"] = key
     stats = cache.get("stats") if cache is not None else None
+    if needs_stats:
+        ids = groupsize.calibration_ids(cal, ft_ck, base_ck, CONVERT_PLAN_CALIB_MAX_TOKENS,
+                                        "--target-ratio" if target_ratio is not None else f"--method {method}")
+    else:
+        stats = NO_STATS
+        if calib is not None:
+            console.print("note: --target-ratio prices noise element-wise and reads no calibration text; --calib "
+                          "is not used")
     if stats is None:
         console.print(f"calibration: {len(ids)} tokens through the fine-tune (forward + "
                       f"{calibration.FISHER_SAMPLES} backward passes)")
@@ -102,7 +111,7 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     else:
         from .bitdelta_distill import plan_bitdelta
         hook, record = plan_bitdelta(ctx, ids, options)
-    record = dict(record, calibration=stats.record(), target_ratio=target_ratio)
+    record = dict(record, **calibration_record(stats), target_ratio=target_ratio)
     s = pipeline.convert(base, finetuned, out, method="dare", alpha=1, embeddings="compressed", calib=calib,
                          seed=seed, workers=workers, resume=resume, progress=progress, console=console, quiet=quiet,
                          print_summary=False, _encode_hook=hook, _algorithm=record)
@@ -115,6 +124,20 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
         r = tensors_ratio(out)
         console.print(f"all-tensor true ratio {r:.1f}x" + (f" (target {target_ratio:g}x)" if target_ratio else ""))
     return s
+
+
+class _NoStats:
+    """The statistics of a conversion that needs none (--target-ratio with the element-wise price)."""
+    def get(self, name):
+        return None
+
+
+NO_STATS = _NoStats()
+
+
+def calibration_record(stats) -> dict:
+    """The header's `calibration` record: absent when no calibration pass ran."""
+    return {} if stats is NO_STATS else {"calibration": stats.record()}
 
 
 def tensors_ratio(path) -> float:
@@ -203,10 +226,11 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
         return task.name, budget.within_fp16(opts, 2 * d.size)
 
     t0 = time.perf_counter()
-    options = ctx.cache.get("options")
+    cached = ("options", ctx.stats is NO_STATS)  # scored with or without the calibration metric
+    options = ctx.cache.get(cached)
     if options is None:
         options = dict(ctx.map(options_of, ctx.data_tasks(), "scoring candidates"))
-        ctx.cache["options"] = options
+        ctx.cache[cached] = options
         ctx.console.print(f"  scored {sum(map(len, options.values()))} candidates of {len(options)} tensors "
                           f"({time.perf_counter() - t0:.1f} s)")
     seeds = ctx.cache.setdefault("seeds", {})
@@ -219,7 +243,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
               "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
               "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
     for _ in range(2):  # the record lists the configurations chosen: size it, then allocate again
-        avail = total_budget - fixed_overhead(ctx, dict(record, calibration=ctx.stats.record(), target_ratio=ratio))
+        avail = total_budget - fixed_overhead(ctx, dict(record, **calibration_record(ctx.stats), target_ratio=ratio))
         choice = budget.allocate(options, avail, objective)
         configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
         record["configs"] = [c.label() for c in configs]

@@ -183,3 +183,18 @@ def test_default_price_is_element_wise_and_ignores_what_calibration_reaches():
     cap = options["full"][2].bytes + options["narrow"][2].bytes
     got = budget.allocate(options, cap)
     assert got["full"].cfg.alpha == got["narrow"].cfg.alpha == 8
+
+
+def test_a_budget_between_powers_of_two_gets_an_alpha_between_them():
+    """The ladder has alphas between the powers of two (a budget near the cliff needs them): a budget that
+    fits alpha=24 but not 16 gets 24, not 32, and its dropout (groups of 504) decodes unbiased with noise
+    about alpha - 1 per element."""
+    rng = np.random.default_rng(3)
+    d = rng.normal(0, 1e-3, (64, 1536)).astype(np.float32)
+    rows = np.arange(64)
+    opts = [budget.score("t", d, "F32", None, c, 11, None, rows)[0] for c in budget.grid(d.shape, "t", False)]
+    by_alpha = {o.cfg.alpha: o for o in opts if o.cfg.family == "rans" and o.cfg.bits == 4}
+    assert {3, 12, 24, 48, 96} <= set(by_alpha)
+    got = budget.allocate({"t": opts}, by_alpha[24].bytes)["t"]
+    assert got.cfg.alpha == 24 and got.bytes < by_alpha[16].bytes
+    assert 24 - 1 < got.rel < (24 - 1) * 1.25  # dropout noise alpha - 1, plus the 4-bit grid's

@@ -156,3 +156,28 @@ def test_default_convert_stores_no_tensor_wider_than_fp16(tmp_path, pair, quiet_
                 assert not wider_than_fp16(t), t["name"]
     with open_ddq(dense) as f:  # --embeddings dense: the delta's own 16 bits, plus its entry
         assert f.entries["model.embed_tokens.weight"]["kind"] == "dense"
+
+
+def test_default_price_runs_no_calibration_pass(tmp_path, pair, quiet_convert, monkeypatch):
+    """--target-ratio's default (element-wise) price needs no calibration: the fine-tune is never run and the
+    header records no calibration; the calibration-metric objective still runs the pass."""
+    from ddq_format.converters import calibration
+    base, ft = pair
+    real = calibration.collect
+    calls = []
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(calibration, "collect", counting)
+    out = tmp_path / "snr.ddq"
+    quiet_convert(base, ft, out, target_ratio=8)
+    assert calls == []
+    with open_ddq(out) as f:
+        assert "calibration" not in f.header["algorithm"] and f.header["algorithm"]["objective"] == "snr"
+    assert abs(tensors_ratio(out) / 8 - 1) <= 0.05
+    quiet_convert(base, ft, tmp_path / "cal.ddq", target_ratio=8, method_options={"objective": "calibrated"})
+    assert calls == [1]
+    with open_ddq(tmp_path / "cal.ddq") as f:
+        assert f.header["algorithm"]["calibration"]["calib_tokens"] > 0
