@@ -51,6 +51,9 @@ def test_round_trip_matches_reference(tmp_path, shape, bands, g):
     f = _write_read(tmp_path, shape, lowrank_q.encode(shape, parts, group_size=g))
     np.testing.assert_allclose(f.decode("t"), want, rtol=1e-5, atol=1e-5)
     assert f.entries["t"]["params"]["bands"] == [list(b) for b in bands]
+    u, v = lowrank_q.factors(f.entries["t"], f.buffers("t"))  # what a loader keeps instead of the dense delta
+    assert u.shape == (rows, sum(r for r, _ in bands)) and v.shape == (u.shape[1], cols)
+    np.testing.assert_allclose(u.astype(np.float64) @ v, want, rtol=1e-5, atol=1e-5)
 
 
 def test_quantize_groups_is_within_half_a_step():

@@ -38,6 +38,8 @@ DELTAS = {
           [L1 + "input_layernorm.weight"]),
     "d": (dict(encoding="seeded", alpha=4, bits=8, group_size=8, embeddings="dense"), []),
     "e": (dict(encoding="csr_parts", alpha=2, bits=6, parts=2, group_size=8, embeddings="dense"), [L0 + "post_attention_layernorm.weight"]),
+    # lowrank_q everywhere (Delta-CoMe; the --target-ratio planner stores embeddings so): served as factors
+    "f": (dict(method="deltacome", target_ratio=3), []),
 }
 MAIN = ["a", "b", "c"]  # max_loras=3: base + these run in the same forward steps
 
@@ -168,6 +170,25 @@ def test_mixed_batch_gives_each_finetunes_tokens(llm, models):
     assert max(len(s) for s in seen) == 4, f"base and three deltas must share forward steps: {seen}"
 
 
+def test_low_rank_deltas_are_served_as_their_factors(llm, models):
+    """lowrank_q entries (linears, embedding, lm_head) have no kernel: the engine keeps their factors
+    (u [rows, r], v [r, cols]) and gives the tokens of the delta merged at load."""
+    with DDQFile(models.ddq["f"]) as f:
+        assert {e["encoding"] for e in f.entries.values() if e["kind"] == "compressed"} == {"lowrank_q"}
+        assert f.entries["model.embed_tokens.weight"]["kind"] == "compressed"
+    assert run(llm, models, ["f", None, "a"]) == expected(models, ["f", None, "a"])
+
+    def resident(worker):
+        from ddq_format.loaders.vllm_multi.deltas import LowRankDelta
+        held = [d for m in worker.model_runner.model.modules() for slots in (getattr(m, "ddq_slots", None),)
+                if slots is not None for d in getattr(slots, "deltas", {}).values()]
+        held += [d for m in worker.model_runner.model.modules() for slots in (getattr(m, "ddq_slots", None),)
+                 if slots is not None for w in getattr(slots, "weights", []) for d in w.values()]
+        return sum(isinstance(d, LowRankDelta) for d in held)
+
+    assert on_worker(llm, resident) > 0
+
+
 def test_resident_bytes_are_the_compressed_deltas(llm, models):
     from ddq_format.loaders.vllm_multi.manager import resident_bytes
     run(llm, models, MAIN)  # the three are in the slots now
@@ -214,7 +235,7 @@ def test_cpu_norm_path_gives_base_rows_vllms_own_output(llm):
 
 
 def test_more_deltas_than_slots_swap_in_lru_order(llm, models):
-    names = [None] + list(DELTAS)  # 5 deltas, 3 device slots, 4 in host memory
+    names = [None] + list(DELTAS)  # 6 deltas, 3 device slots, 4 in host memory
     assert run(llm, models, names) == expected(models, names)
     ids = set(llm.llm_engine.list_loras())
     assert len(ids) <= LORA_ARGS["max_cpu_loras"]

@@ -13,6 +13,8 @@ and optionally
                            regenerated from the seed), False = positions stored, columns ascending
   SEPARATE_PARTS           True when the encoding stores m > 1 parts of separate quantization
   ENTROPY_CODED            True when the codes are entropy-coded (parts() still gives the plain code matrix)
+  factors(entry, bufs)     low-rank layouts: (U [rows, r], V [r, cols]) with the delta = U @ V, so a loader can
+                           keep the factors instead of the dense delta
 
 `registry()` wraps each module in an `Encoding` and checks the set against spec.ENCODING_SINCE; callers use
 `get(id)` / `require(id, ctx)` and the Encoding's attributes, never comparisons of encoding names.
@@ -57,6 +59,13 @@ class Encoding:
     @property
     def has_parts(self) -> bool:
         return hasattr(self.module, "parts")
+
+    @property
+    def has_factors(self) -> bool:
+        return hasattr(self.module, "factors")
+
+    def factors(self, entry, bufs):
+        return self.module.factors(entry, bufs)
 
     def check(self, entry, ctx) -> None:
         self.module.check(entry, ctx)

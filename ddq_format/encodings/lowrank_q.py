@@ -139,6 +139,14 @@ def vectors(entry, bufs):
         yield k, u, v
 
 
+def factors(entry, bufs) -> tuple[np.ndarray, np.ndarray]:
+    """(U [rows, r], V [r, cols]) float32, every band's vectors dequantized: the delta is U @ V."""
+    rows, cols = entry["shape"]
+    us, vs = zip(*[(u, v) for _, u, v in vectors(entry, bufs)]) if entry["params"]["bands"] else ((), ())
+    return (np.concatenate(us, 1) if us else np.zeros((rows, 0), np.float32),
+            np.concatenate(vs, 0) if vs else np.zeros((0, cols), np.float32))
+
+
 def decode(entry, bufs) -> np.ndarray:
     rows, cols = entry["shape"]
     out = np.zeros((rows, cols), np.float32)

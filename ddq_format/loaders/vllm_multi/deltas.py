@@ -41,6 +41,33 @@ class DenseDelta:
         return (x.to(torch.float32) @ self.t.T).to(x.dtype)
 
 
+class LowRankDelta:
+    """A delta kept as its float32 factors, delta = u @ v (u [rows, r], v [r, cols]): the low-rank encodings
+    (lowrank, lowrank_q; the --target-ratio planner stores the embedding so) at (rows + cols) x r floats
+    instead of rows x cols."""
+
+    def __init__(self, u: torch.Tensor, v: torch.Tensor, name: str | None = None):
+        self.u, self.v = u, v
+        self.shape = (u.shape[0], v.shape[1])
+        self.name = name
+
+    @property
+    def nbytes(self) -> int:
+        return (self.u.numel() + self.v.numel()) * 4
+
+    def to(self, device) -> "LowRankDelta":
+        return LowRankDelta(self.u.to(device), self.v.to(device), self.name)
+
+    def to_dense(self, dtype=torch.float32) -> torch.Tensor:
+        return (self.u @ self.v).to(dtype)
+
+    def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        return (self.u[index] @ self.v).to(dtype)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.to(torch.float32) @ self.v.T) @ self.u.T).to(x.dtype)
+
+
 def nbytes(d) -> int:
     return d.nbytes if not isinstance(d, torch.Tensor) else d.numel() * d.element_size()
 

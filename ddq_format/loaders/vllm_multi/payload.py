@@ -4,7 +4,8 @@
 checkpoint tensor (the list of wrapped layers, which output slice, which rows/columns this rank holds) and
 returns {module: ModuleDelta} plus the resident bytes. Anything the engine cannot apply per request is
 refused with an error naming the file and the tensor: a changed tensor no layer takes, a changed shape,
-a tensor the fine-tune adds or removes, an encoding without a kernel.
+a tensor the fine-tune adds or removes, an encoding without a kernel (but the low-rank ones, kept as their
+factors).
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ... import encodings
 from ...errors import BindingError, UsageError
 from ...kernels import supports
 from ...spec import KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED
-from .deltas import DenseDelta, nbytes
+from .deltas import DenseDelta, LowRankDelta, nbytes
 from .shard import shard_compressed, shard_dense
 
 LINEAR, EMBEDDING, LM_HEAD, NORM = "linear", "embedding", "lm_head", "norm"
@@ -57,10 +59,16 @@ def check_entries(ddq, base) -> None:
                                      list(base.shards[name].info(name)[1]) != list(e["shape"])):
             raise BindingError("the fine-tune changes this tensor's shape (or adds it); one engine cannot serve "
                                "that per request (materialize the fine-tune instead)", path=ddq.path, tensor=name)
-        if kind == KIND_COMPRESSED and not supports(e):
+        if kind == KIND_COMPRESSED and not supports(e) and not factored(e):
             raise UsageError(f"encoding {e.get('encoding')!r} has no kernel that keeps it compressed on the "
                              "device; convert with --encoding seeded, seeded_rans or csr_parts, or materialize "
                              "it", path=ddq.path, tensor=name, field="encoding")
+
+
+def factored(entry) -> bool:
+    """A low-rank entry, served as its factors (LowRankDelta) rather than by a kernel."""
+    enc = encodings.get(entry.get("encoding"))
+    return enc is not None and enc.has_factors
 
 
 def build(ddq, targets, base) -> tuple[dict[str, ModuleDelta], int]:
@@ -108,6 +116,10 @@ def _delta(ddq, name: str, t: Target, base):
     DenseDelta, or a float32 vector (biases, norms)."""
     e = ddq.entries[name]
     vector = t.role == NORM or t.leaf == "bias"
+    if e["kind"] == KIND_COMPRESSED and not vector and not supports(e):
+        u, v = encodings.get(e["encoding"]).factors(e, ddq.buffers(name))  # CRC-32 verified
+        return LowRankDelta(shard_dense(torch.from_numpy(np.ascontiguousarray(u, np.float32)), row_index(t.rows)),
+                            shard_dense(torch.from_numpy(np.ascontiguousarray(v, np.float32)), None, t.cols), name)
     if e["kind"] == KIND_COMPRESSED and not vector:
         return _compressed(ddq, name, e, t)
     if e["kind"] == KIND_REPLACE:  # same shape as the base (check_entries)
