@@ -108,7 +108,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer settings per method")
     p.add_argument("--bounded", action="store_true", help="the ~1 h sweep of a shared 2-core machine (BOUNDED)")
     p.add_argument("--first", type=int, default=None, metavar="N", help="only the first N settings of each method")
-    p.add_argument("--only", default=None, help="comma-separated method labels (substring match)")
+    p.add_argument("--only", default=None, help="comma-separated method labels (substring match; =LABEL: exact)")
     p.add_argument("--objective", default=None, help="the planner's objective (budget.OBJECTIVES), as its own rows")
     p.add_argument("--ladder", default=None, help="comma-separated target ratios of the planner (default: "
                    + ",".join(map(str, LADDER)) + ")")
@@ -172,8 +172,9 @@ def main(argv=None):
         sweep[f"{PROJECT}, objective {args.objective}"] = [
             dict(o, method_options={"objective": args.objective}) for o in rows_of]
     if args.only:
-        keys = [s.strip().lower() for s in args.only.split(",")]
-        sweep = {k: v for k, v in sweep.items() if any(s in k.lower() for s in keys)}
+        keys = [s.strip().lower() for s in args.only.split(",")]  # "=label": that label exactly
+        sweep = {k: v for k, v in sweep.items()
+                 if any(k.lower() == s[1:] if s.startswith("=") else s in k.lower() for s in keys)}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     calib = args.calib
     if calib is None:

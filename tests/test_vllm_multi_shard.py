@@ -268,7 +268,7 @@ def converted(root, base, name, ft, **opts):
 
 
 @pytest.mark.parametrize("case, error, match, tensor", [
-    ("lowrank", "UsageError", "encoding 'lowrank' has no kernel", None),
+    ("signs", "UsageError", "encoding 'sign_scale' has no kernel", None),
     ("removed", "BindingError", "removes this tensor", "model.layers.1.mlp.up_proj.weight"),
     ("reshaped", "BindingError", "changes this tensor's shape", "lm_head.weight"),
 ])
@@ -279,8 +279,8 @@ def test_unservable_deltas_are_refused_by_name(tiny_base, case, error, match, te
     root, base = tiny_base
     ft = {k: v + np.float32(0.1) for k, v in base.items()}
     opts = dict(encoding="seeded", alpha=2, bits=8, group_size=8)
-    if case == "lowrank":
-        opts = dict(method="lowrank", rank=2)
+    if case == "signs":
+        opts = dict(method="bitdelta", alpha=1)
     elif case == "removed":
         del ft[tensor]
     else:
@@ -290,5 +290,16 @@ def test_unservable_deltas_are_refused_by_name(tiny_base, case, error, match, te
         check_file(str(path), BaseCheckpoint(root / "base"))
     assert e.value.path == str(path)
     from ddq_format.reader import DDQFile
-    with DDQFile(path) as f:  # lowrank: the first low-rank entry is named
-        assert e.value.tensor == tensor or case == "lowrank" and f.entries[e.value.tensor]["encoding"] == "lowrank"
+    with DDQFile(path) as f:  # signs: the first sign_scale entry is named
+        assert e.value.tensor == tensor or case == "signs" and f.entries[e.value.tensor]["encoding"] == "sign_scale"
+
+
+def test_low_rank_deltas_pass_the_request_check(tiny_base):
+    """lowrank (and lowrank_q) entries have no kernel but are served as their factors: the check at the
+    request's entry into the engine accepts them."""
+    from ddq_format.loaders.vllm_multi.base import BaseCheckpoint
+    from ddq_format.loaders.vllm_multi.frontend import check_file
+    root, base = tiny_base
+    path = converted(root, base, "lowrank_ok", {k: v + np.float32(0.1) for k, v in base.items()},
+                     method="lowrank", rank=2)
+    check_file(str(path), BaseCheckpoint(root / "base"))

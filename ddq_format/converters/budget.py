@@ -8,17 +8,22 @@ config/tokenizer files are reported beside it, not inside it). Candidates per te
     deviation of the kept values, the embedding (and an untied lm_head) also as `lowrank_q` at rank r, and a
     dense binary16 delta. Measured and dropped (they lose at equal bytes on the example,
     benchmarks/results/quality.md): a 2-std step (a dead zone around zero), the reference min-max grid, 1-bit
-    signs behind dropout (even with the unbiased scale E[v^2]/E|v|), 2-bit codes;
+    signs behind dropout (even with the unbiased scale E[v^2]/E|v|), 2-bit codes. Tried in exploration runs and
+    not made an encoding: a low-rank part plus dropout on the residual (about the same exact match at 128x,
+    lower KL; never chosen at 512x);
   - 1-D deltas (norms, biases): `dense_q` 8-bit codes (raw binary16 plus its entry would exceed its fp16 size).
 Cost: each candidate is encoded and decoded (what a loader gets): its gain g on the delta and the noise N left
 beside it. The default objective prices every element's noise-to-signal ratio equally, element-wise (sum of
 numel x N/(g^2 S), "snr"); "calibrated" takes that ratio on the fine-tune's activations over the calibration
 text (calibration.TensorStats) and "fisher" sums N/g^2 in the Fisher-weighted metric. Both measured worse on the
 example pair (calibrated: 53.5% vs 85.4% exact match at 128x, quality.md): the calibration text reaches few of a
-tensor's inputs, and the allocator then starves what it does not see (the tied embedding). They stay options.
+tensor's inputs, and the allocator then starves what it does not see (the tied embedding). They stay options;
+only they run the calibration pass (planned.py). Choosing the seeds by the calibration metric while allocating
+element-wise was lower too, in exploration runs.
 Allocation: minimise the summed cost under the byte budget, a multiple-choice knapsack solved by its
 Lagrangian (bisection on the price of a byte), then the leftover bytes go to the best cost-per-byte upgrades.
-Seeds: the chosen dropout configurations then try `seed_trials` seeds per tensor (as --seed-trials).
+Seeds: the chosen dropout configurations then try `seed_trials` seeds per tensor (as --seed-trials) and keep the
+least element-wise noise.
 """
 from __future__ import annotations
 
