@@ -163,7 +163,7 @@ def test_default_price_is_element_wise_and_ignores_what_calibration_reaches():
     """The default objective prices a candidate by its element-wise noise-to-signal ratio: a tensor whose
     calibration inputs span one direction and weight two rows (as calibration text reaches a few rows of an
     embedding) is priced like one fully covered, and both get the same alpha. Pricing on the calibration
-    activations starved such a tensor (53.5% vs 85.4% exact match at 128x, benchmarks/results/quality.md);
+    activations starved such a tensor (50.2% vs 86.5% exact match at 128x, benchmarks/results/quality.md);
     that price remains the "calibrated" objective."""
     from ddq_format.converters.calibration import TensorStats
     rng = np.random.default_rng(11)

@@ -31,6 +31,8 @@ CASES = [
     (4, 90, dict(encoding="csr_parts", alpha=3, group_size=30, bits=7, parts=4)),  # 5-bit codes
     (11, 96, dict(encoding="seeded_rans", alpha=4, group_size=32, bits=4, rows_per_stream=3)),  # short last stream
     (6, 300, dict(encoding="seeded_rans", alpha=4, group_size=24, bits=3, rows_per_stream=1)),  # walks, tails
+    (5, 576, dict(encoding="seeded_rans", alpha=24, group_size=504, bits=4, rows_per_stream=2)),  # --target-ratio's
+    # ladder: alpha between powers of two, h_g 504 and a tail of 72
 ]
 IDS = [f"{kw['encoding']}-{r}x{c}-k{kw['bits']}-a{kw['alpha']}-g{kw['group_size']}" for r, c, kw in CASES]
 
