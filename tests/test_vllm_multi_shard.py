@@ -294,12 +294,27 @@ def test_unservable_deltas_are_refused_by_name(tiny_base, case, error, match, te
         assert e.value.tensor == tensor or case == "signs" and f.entries[e.value.tensor]["encoding"] == "sign_scale"
 
 
-def test_low_rank_deltas_pass_the_request_check(tiny_base):
+def test_low_rank_deltas_pass_the_request_check_and_shard_as_factors(tiny_base):
     """lowrank (and lowrank_q) entries have no kernel but are served as their factors: the check at the
-    request's entry into the engine accepts them."""
+    request's entry into the engine accepts them, and a rank's shard (rows of u, columns of v) is exactly
+    that slice of the decoded delta."""
     from ddq_format.loaders.vllm_multi.base import BaseCheckpoint
+    from ddq_format.loaders.vllm_multi.deltas import LowRankDelta
     from ddq_format.loaders.vllm_multi.frontend import check_file
+    from ddq_format.loaders.vllm_multi.payload import LINEAR, Target, _delta
+    from ddq_format.reader import DDQFile
     root, base = tiny_base
-    path = converted(root, base, "lowrank_ok", {k: v + np.float32(0.1) for k, v in base.items()},
-                     method="lowrank", rank=2)
+    rng = np.random.default_rng(4)
+    path = converted(root, base, "lowrank_ok", {k: v + rng.normal(0, 0.1, v.shape).astype(np.float32)
+                                                for k, v in base.items()}, method="lowrank", rank=2)
     check_file(str(path), BaseCheckpoint(root / "base"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    with DDQFile(path) as f:
+        full = f.decode(name)
+        d = _delta(f, name, Target("m", LINEAR, rows=((3, 9), (20, 25)), cols=(16, 40)), None)
+    assert isinstance(d, LowRankDelta) and d.shape == (11, 24)
+    want = np.concatenate([full[3:9], full[20:25]])[:, 16:40]
+    np.testing.assert_allclose(d.to_dense().numpy(), want, rtol=1e-5, atol=1e-6)
+    x = torch.from_numpy(rng.standard_normal((4, 24)).astype(np.float32))
+    torch.testing.assert_close(d.matmul(x), x @ torch.from_numpy(want).T, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(d.rows(torch.tensor([0, 10])), torch.from_numpy(want[[0, 10]]), rtol=1e-5, atol=1e-6)
