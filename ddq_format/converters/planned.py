@@ -1,5 +1,5 @@
-"""Conversions that need calibration statistics before any tensor is written: `--target-ratio R` (the budget
-allocator, budget.py) and the seed papers' baselines `deltacome`, `deltazip`, `bitdelta-distill`.
+"""Conversions that decide every tensor before any is written: `--target-ratio R` (the budget allocator,
+budget.py) and the seed papers' baselines `deltacome`, `deltazip`, `bitdelta-distill`.
 
 Each runs calibration.collect once (--target-ratio with its default element-wise price needs none and skips
 it), decides what every tensor becomes, and then hands a per-tensor encoder
