@@ -232,7 +232,12 @@ def relative_noise(d, d_hat) -> float:
     Calibration text reaches a small part of a tensor's inputs (of the tied embedding, a few hundred of its
     49152 rows: it priced every alpha of the embedding alike and the allocator starved it)."""
     d64, h64 = np.asarray(d, np.float64).ravel(), np.asarray(d_hat, np.float64).ravel()
-    S, C, Q = float(d64 @ d64), float(h64 @ d64), float(h64 @ h64)
+    return noise_ratio(float(d64 @ d64), float(h64 @ d64), float(h64 @ h64))
+
+
+def noise_ratio(S: float, C: float, Q: float) -> float:
+    """Q S / C^2 - 1: the noise left after removing the gain C/S, relative to S (0 for an empty delta, 1e6 when
+    no signal is left), in whichever metric S, C and Q were taken."""
     if S <= 0:
         return 0.0
     if C <= 1e-12 * S:
@@ -250,11 +255,9 @@ def noise_to_signal(stats, d, d_hat, rows, ref=None) -> tuple[float, float, floa
     S = stats.inner_projected(pd, pd, rows)
     C = stats.inner_projected(ph, pd, rows)
     Q = stats.inner_projected(ph, ph, rows)
-    if S <= 0:
-        return 0.0, 0.0, 1.0
-    if C <= 1e-12 * S:
-        return S * 1e6, 1e6, 0.0  # no signal left
-    rel = max(Q * S / (C * C) - 1.0, 0.0)
+    rel = noise_ratio(S, C, Q)
+    if S <= 0 or C <= 1e-12 * S:  # empty delta (shrink 1) or no signal left (shrink 0)
+        return S * rel, rel, 1.0 if S <= 0 else 0.0
     return S * rel, rel, (C / Q if Q > 0 else 1.0)
 
 
