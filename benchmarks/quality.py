@@ -112,6 +112,7 @@ def parse_args(argv=None):
                    "other than 0 it is appended to each method's label, so runs at several seeds render side by side")
     p.add_argument("--only", default=None, help="comma-separated method labels (substring match; =LABEL: exact)")
     p.add_argument("--objective", default=None, help="the planner's objective (budget.OBJECTIVES), as its own rows")
+    p.add_argument("--no-rescale", action="store_true", help="the planner without its rescale, as its own rows")
     p.add_argument("--ladder", default=None, help="comma-separated target ratios of the planner (default: "
                    + ",".join(map(str, LADDER)) + ")")
     p.add_argument("--calib", type=Path, default=None, help="calibration text for every method")
@@ -173,6 +174,10 @@ def main(argv=None):
         rows_of = sweep.pop(PROJECT, [])
         sweep[f"{PROJECT}, objective {args.objective}"] = [
             dict(o, method_options={"objective": args.objective}) for o in rows_of]
+    if args.no_rescale:
+        sweep = {(f"{k}, no rescale" if k.startswith(PROJECT) else k):
+                 [dict(o, method_options=dict(o.get("method_options", {}), rescale=False)) for o in v]
+                 if k.startswith(PROJECT) else v for k, v in sweep.items()}
     if args.only:
         keys = [s.strip().lower() for s in args.only.split(",")]  # "=label": that label exactly
         sweep = {k: v for k, v in sweep.items()

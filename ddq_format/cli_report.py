@@ -124,9 +124,27 @@ def _algorithm_lines(alg: dict) -> list[tuple[str, str]]:
         del rest["configs"], rest["choice"]
         counts = {i: choice.count(i) for i in sorted(set(choice), key=lambda i: -choice.count(i))}
         rows.append(("chosen", short("; ".join(f"{short(configs[i], 48)}: {n}" for i, n in counts.items()), 400)))
+    if isinstance(rest.get("rescale"), dict):
+        rows.append(("rescale", _rescale_line(rest.pop("rescale"))))
     for k, v in rest.items():
         rows.append((short(k, 20), short(v)))
     return rows
+
+
+def _rescale_line(r: dict) -> str:
+    """`c=0.002: dropout deltas x 1/(1 + c (alpha - 1)); weighted KL 0.957 -> 0.685 on 1024 calib tokens` when
+    the record is what the converter writes; why it was skipped; the raw value otherwise."""
+    if "skipped" in r:
+        return "none: " + short(r["skipped"], 120)
+    c, grid, tok = r.get("c"), r.get("grid"), r.get("tokens")
+    if not _number(c):
+        return short(r)
+    line = f"c={short(c, 12)}: dropout deltas x 1/(1 + c (alpha - 1))"
+    if isinstance(grid, dict) and _number(grid.get("0")) and _number(grid.get(f"{c:g}")):
+        line += f"; weighted KL {grid['0']:.4g} -> {grid[f'{c:g}']:.4g}"
+        if _number(tok):
+            line += f" on {short(tok, 10)} calib tokens"
+    return line
 
 
 def _search_line(gs) -> str:

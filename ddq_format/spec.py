@@ -168,6 +168,12 @@ CONVERT_DENSE_1D_BITS = 8  # 1-D dense deltas (norms, biases) as dense_q codes: 
 CONVERT_CALIB_MAX_TOKENS = 512  # calibration tokens used by the group-size search
 ENTRY_PLACEHOLDER_MAX = 2**32 - 1  # size estimates: offsets/CRCs at their widest msgpack uint32 form
 CONVERT_PLAN_CALIB_MAX_TOKENS = 2048  # --target-ratio and the calibrated baselines (deltacome, deltazip, bitdelta-distill)
+# --target-ratio's rescale (converters/rescale.py): dropout entries store t = 1 / (1 + c (alpha - 1)) x their
+# delta, c the smallest of this grid whose KL to the fine-tune, weighted per token by KL(fine-tune || base), on
+# CONVERT_RESCALE_TOKENS calibration tokens is within CONVERT_RESCALE_TOLERANCE of the least one.
+CONVERT_RESCALE_TOKENS = 1024
+CONVERT_RESCALE_GRID = (0.0, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024, 0.032)
+CONVERT_RESCALE_TOLERANCE = 0.01
 CONVERT_SEED_DERIVATION = "sha256(f'{seed}:{name}')[:4] little-endian uint32"
 # --seed-trials: candidate seeds per tensor (trial 0 is the seed above, so N = 1 changes nothing).
 CONVERT_SEED_TRIAL_DERIVATION = ("trial 0: sha256(f'{seed}:{name}')[:4], trial i>0: sha256(f'{seed}:{name}:{i}')[:4], "

@@ -80,21 +80,17 @@ def train_scales(base_folder, ft_folder, ids, signs: dict, init: dict, *, steps:
     import torch
     from torch.func import functional_call
 
-    from .calibration import load_finetune
-    from .seed_search import _checkpoint_names
+    from .calibration import load_finetune, param_names, sequences
     ft = load_finetune(ft_folder)
     model = load_finetune(base_folder)
     for p in list(ft.parameters()) + list(model.parameters()):
         p.requires_grad_(False)
-    seqs = [torch.as_tensor(ids[i:i + SEQ]) for i in range(0, len(ids) - SEQ + 1, SEQ)] or [torch.as_tensor(ids)]
+    seqs = sequences(ids, SEQ)
     batches = [torch.stack(seqs[i:i + BATCH]) for i in range(0, len(seqs), BATCH)]
     with torch.no_grad():
         targets = [ft(b).logits for b in batches]
     del ft
-    pnames = {}
-    for pname, _ in model.named_parameters(remove_duplicate=False):
-        for cand in _checkpoint_names(pname, set(signs)):
-            pnames.setdefault(cand, []).append(pname)
+    pnames = param_names(model, set(signs))
     base = dict(model.named_parameters(remove_duplicate=False))
     names = [n for n in signs if n in pnames]
     scale = torch.nn.Parameter(torch.tensor([init[n] for n in names], dtype=torch.float32))

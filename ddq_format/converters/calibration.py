@@ -141,6 +141,21 @@ class Stats:
                 "calib_tokens": int(self.tokens), "fisher_samples": FISHER_SAMPLES}
 
 
+def param_names(model, names: set) -> dict[str, list[str]]:
+    """Checkpoint name -> the model's parameter names holding it (several when tied)."""
+    out: dict[str, list[str]] = {}
+    for pname, _ in model.named_parameters(remove_duplicate=False):
+        for cand in _checkpoint_names(pname, names):
+            out.setdefault(cand, []).append(pname)
+    return out
+
+
+def sequences(ids, seq: int) -> list:
+    """The token ids cut into torch sequences of `seq` tokens (the whole text when it is shorter)."""
+    import torch
+    return [torch.as_tensor(ids[i:i + seq]) for i in range(0, len(ids) - seq + 1, seq)] or [torch.as_tensor(ids)]
+
+
 def load_finetune(folder, why: str = "calibration", field: str = "calib"):
     """The fine-tune in float32 with transformers (its own progress bars off: the converter draws its own)."""
     try:

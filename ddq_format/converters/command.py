@@ -69,8 +69,13 @@ def convert(
     target_ratio: Optional[float] = typer.Option(
         None, "--target-ratio", metavar="R", help="A byte budget: the all-tensor true ratio R (every tensor's fp16 "
         "delta bytes / every byte the tensors take). deltadq then chooses per tensor the encoding, alpha, k and "
-        "grid for the least summed element-wise noise-to-signal ratio (no calibration pass: --calib is not "
-        "read); deltacome and deltazip size themselves to R."),
+        "grid for the least summed element-wise noise-to-signal ratio, then rescales the dropout deltas (see "
+        "--rescale); deltacome and deltazip size themselves to R."),
+    rescale: bool = typer.Option(
+        True, "--rescale/--no-rescale", help="--target-ratio: store each dropout delta times t = 1/(1 + c "
+        "(alpha - 1)), c chosen on the calibration text by the KL to the fine-tune (loads the base and the "
+        "fine-tune with transformers in float32; a few passes over 1024 tokens). --no-rescale keeps the unbiased "
+        "scale alpha and reads no calibration text."),
     allocation: Allocation = typer.Option("paper", help="deltacome: bits per singular-vector band as the "
                                           "Delta-CoMe paper (paper) or DeltaMix's 0/1 integer program (ilp)."),
     encoding: Optional[Encoding] = typer.Option(
@@ -90,8 +95,8 @@ def convert(
     embeddings: Embeddings = typer.Option(D["embeddings"], help="Embeddings and lm_head: compressed like the "
                                           "linear layers, or stored as a dense delta."),
     seed: int = typer.Option(0, help="Run seed; each tensor's seed derives from it and the tensor name."),
-    calib: Optional[Path] = typer.Option(None, metavar="FILE", help="Calibration text for the group-size search "
-                                         "and --seed-trials. [default: a built-in text]"),
+    calib: Optional[Path] = typer.Option(None, metavar="FILE", help="Calibration text for the group-size search, "
+                                         "--seed-trials and --target-ratio's rescale. [default: a built-in text]"),
     rank: Optional[int] = typer.Option(None, help="lowrank: rank of the truncated SVD. [default: 16]"),
     seed_trials: int = typer.Option(1, "--seed-trials", metavar="N", help="Try N dropout seeds per tensor and keep "
                                     "the one with the least layer-output error on the calibration text (deltadq, "
@@ -134,7 +139,8 @@ def convert(
                       ratio=s["ratio"], workers=workers, resume=resume, embeddings=s["embeddings"], rank=rank,
                       progress=not quiet, console=log, quiet=quiet, seed_trials=seed_trials, print_summary=False,
                       base_digest=base_digest, target_ratio=target_ratio,
-                      method_options={"allocation": allocation} if method == "deltacome" else None)
+                      method_options={"allocation": allocation} if method == "deltacome" else
+                      {"rescale": rescale} if target_ratio is not None else None)
     except DDQError as e:
         fail(e)
     _report_written(output, summary, quiet)

@@ -5,7 +5,8 @@ Each runs calibration.collect once (--target-ratio with its default element-wise
 it), decides what every tensor becomes, and then hands a per-tensor encoder
 to pipeline.convert (which reads, writes, resumes and reports as for every other method). Small 1-D deltas
 (norms, biases) are stored as `dense_q` 8-bit codes by every planned method, so all of them pay the same
-fixed bytes; embeddings are compressed by each method's own procedure.
+fixed bytes; embeddings are compressed by each method's own procedure. `--target-ratio` then rescales its
+dropout entries (rescale.py; `--no-rescale` skips it), which reads the calibration text but no statistics.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import UsageError
-from ..spec import (CONVERT_DENSE_1D_BITS, CONVERT_PLAN_CALIB_MAX_TOKENS, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED,
-                    KIND_TIED, MAX_ALPHA)
-from . import budget, calibration, groupsize
+from ..spec import (CONVERT_DENSE_1D_BITS, CONVERT_PLAN_CALIB_MAX_TOKENS, CONVERT_RESCALE_TOKENS, KIND_COMPRESSED,
+                    KIND_DENSE, KIND_REMOVED, KIND_TIED, MAX_ALPHA)
+from . import budget, calibration, groupsize, rescale
 from .checkpoint import Checkpoint
 from .methods import Options
 from .options import calibration_input
@@ -75,6 +76,7 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     text = cal.text
     # the default price (snr) is element-wise: no calibration pass, no fine-tune loaded with transformers
     needs_stats = method != "deltadq" or options.get("objective", "snr") != "snr"
+    rescaling = method == "deltadq" and options.get("rescale", True) and options.get("objective") != "shrink"
     cache = options.get("cache")
     key = (str(base_ck.folder), str(ft_ck.folder), hashlib.sha256(text.encode()).hexdigest(), int(seed))
     if cache is not None and cache.get("key") != key:
@@ -86,9 +88,17 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
                                         "--target-ratio" if target_ratio is not None else f"--method {method}")
     else:
         stats = NO_STATS
-        if calib is not None:
-            console.print("note: --target-ratio prices noise element-wise and reads no calibration text; --calib "
-                          "is not used")
+        if calib is not None and not rescaling:
+            console.print("note: --target-ratio prices noise element-wise and --no-rescale reads no calibration "
+                          "text; --calib is not used")
+    rescale_ids = skipped = None
+    if rescaling:
+        try:
+            rescale_ids = ids if needs_stats else groupsize.calibration_ids(
+                cal, ft_ck, base_ck, CONVERT_RESCALE_TOKENS, "--target-ratio's rescale")
+        except UsageError as e:
+            skipped = f"no calibration tokens: {e}"
+            console.print(f"[yellow]warning: rescale skipped (dropout entries keep the scale alpha): {e}[/]")
     if stats is None:
         console.print(f"calibration: {len(ids)} tokens through the fine-tune (forward + "
                       f"{calibration.FISHER_SAMPLES} backward passes)")
@@ -103,7 +113,7 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console, cache if cache is not None else {}, progress)
     if method == "deltadq":
         hook, record = plan_budget(ctx, float(target_ratio), seed_trials if seed_trials > 1 else DEFAULT_SEED_TRIALS,
-                                   options.get("objective", "snr"))
+                                   options.get("objective", "snr"), rescale_ids, skipped)
     elif method == "deltacome":
         hook, record = plan_deltacome(ctx, float(target_ratio or 16), options.get("allocation", "paper"))
     elif method == "deltazip":
@@ -118,6 +128,8 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     if cache is None:
         calibration.clear_factors()
     s.method = method
+    s.settings = (f"--target-ratio {target_ratio:g}: " if target_ratio is not None else "") + \
+        "chosen per tensor, recorded in the header (ddq inspect lists the choices)"
     s.seconds = time.perf_counter() - t0
     if print_summary:
         summary_stage.print_summary(console, s)
@@ -207,7 +219,12 @@ def fixed_overhead(ctx, record: dict) -> int:
 
 
 # -- --target-ratio: the budget allocator ------------------------------------------------------------------------
-def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
+DROPOUT = ("rans", "sign")  # the configuration families behind group-wise dropout (the rescale's entries)
+
+
+def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_ids=None, skipped=None):
+    """rescale_ids: calibration token ids for the rescale (None: no rescale; `skipped` says why, if it was
+    wanted)."""
     total_budget = ctx.all_fp16() / ratio
     ctx.console.print(f"--target-ratio {ratio:g}: {total_budget:,.0f} bytes for every tensor "
                       f"({ctx.all_fp16():,} fp16 delta bytes)")
@@ -242,6 +259,8 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
               "budget_bytes": int(total_budget), "seed": int(ctx.seed), "seed_trials": int(trials),
               "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
               "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
+    if rescale_ids is not None or skipped:
+        record["rescale"] = rescale.placeholder() if rescale_ids is not None else {"skipped": skipped}
     for _ in range(2):  # the record lists the configurations chosen: size it, then allocate again
         avail = total_budget - fixed_overhead(ctx, dict(record, **calibration_record(ctx.stats), target_ratio=ratio))
         choice = budget.allocate(options, avail, objective)
@@ -256,31 +275,69 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr"):
     ctx.console.print(f"  allocated {planned_bytes:,} bytes of {avail:,.0f}; "
                       + ", ".join(f"{c.label()}: {sum(o.cfg == c for o in choice.values())}" for c in configs))
 
-    def scaled(o, delta):  # the shrink objective stores C/Q x the delta (same codes, scaled grid)
-        return delta * np.float32(o.shrink) if objective == "shrink" and o.shrink != 1.0 else delta
-
-    def hook(name, delta):
+    def searched(name, delta):
+        """(seed, its Option, its encoding or None) of the chosen configuration, after the seed search of
+        --seed-trials (remembered across a sweep's conversions)."""
         cfg = choice[name].cfg
-        if cfg.family not in ("rans", "sign") or trials <= 1:
-            return cfg.kind, budget.encode(cfg, scaled(choice[name], delta), tensor_seed(ctx.seed, name))
+        if cfg.family not in DROPOUT or trials <= 1:
+            return tensor_seed(ctx.seed, name), choice[name], None
         if (name, cfg, trials, objective) in seeds:
-            s, o = seeds[name, cfg, trials, objective]
-            return cfg.kind, budget.encode(cfg, scaled(o, delta), s)
+            return (*seeds[name, cfg, trials, objective], None)
         st = ctx.stats.get(name)
         rows = budget.sample_rows(delta.shape[0])
         ref = st.project(delta[rows]) if st is not None else None
         best = None
-        for i in range(trials):  # the seed search of --seed-trials, on the chosen configuration
+        for i in range(trials):
             s = trial_seed(ctx.seed, name, i)
             o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows, ref)
             if best is None or o.cost(objective) < best[0]:
                 best = (o.cost(objective), enc, s, o)
         seeds[name, cfg, trials, objective] = best[2], best[3]
+        return best[2], best[3], best[1]
+
+    c = 0.0
+    if rescale_ids is not None:
+        c, record["rescale"] = run_rescale(ctx, choice, searched, rescale_ids)
+
+    def scale_of(name, o) -> float:
+        """What the entry stores times its delta: the shrink objective's C/Q, the rescale's t, or 1."""
         if objective == "shrink":
-            return cfg.kind, budget.encode(cfg, scaled(best[3], delta), best[2])
-        return cfg.kind, best[1]
+            return o.shrink
+        cfg = choice[name].cfg
+        return rescale.factor(cfg.alpha, c) if c > 0 and cfg.family in DROPOUT else 1.0
+
+    def hook(name, delta):
+        cfg = choice[name].cfg
+        s, o, enc = searched(name, delta)
+        t = scale_of(name, o)
+        if enc is not None and t == 1.0:
+            return cfg.kind, enc
+        return cfg.kind, budget.encode(cfg, delta * np.float32(t) if t != 1.0 else delta, s)
 
     return hook, record
+
+
+def run_rescale(ctx, choice, searched, ids) -> tuple[float, dict]:
+    """(c, the header's rescale record): every chosen entry encoded and decoded as the file will hold it, then
+    rescale.search over the dropout ones. A model transformers cannot load skips it (c = 0, with a warning)."""
+    dropout = {n: o.cfg.alpha for n, o in choice.items() if o.cfg.family in DROPOUT and o.cfg.alpha > 1}
+    if not dropout:
+        return 0.0, {"skipped": "no dropout entry chosen"}
+
+    def decoded(task):
+        delta = ctx.delta(task.name)
+        s, _, enc = searched(task.name, delta)
+        cfg = choice[task.name].cfg
+        enc = enc or budget.encode(cfg, delta, s)
+        entry, bufs = budget.as_entry(task.name, delta.shape, task.dtype, cfg.kind, enc)
+        return task.name, budget.decode(entry, bufs)
+
+    deltas = dict(ctx.map(decoded, ctx.data_tasks(), "rescale: decoding"))
+    try:
+        return rescale.search(ctx.base.folder, ctx.ft.folder, ids, deltas, dropout, ctx.console, ctx.cache)
+    except UsageError as e:
+        ctx.console.print(f"[yellow]warning: rescale skipped (dropout entries keep the scale alpha): {e}[/]")
+        return 0.0, {"skipped": str(e)}
 
 
 # -- Delta-CoMe / DeltaMix ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ class Summary:
     resumed_tensors: int = 0
     seed_trials: int = 1
     seed_search_seconds: float = 0.0  # calibration forward pass (trials themselves run inside the tensor work)
+    settings: str = ""  # planned conversions: what was chosen, in words (alpha, k, ... are per tensor there)
 
     def as_dict(self):
         return asdict(self)
@@ -43,7 +44,8 @@ def print_summary(console, s: Summary):
     t = Table(title=f"ddq convert -> {s.out}", show_header=False)
     t.add_column("", style="bold")
     t.add_column("")
-    t.add_row("method", f"{s.method} (alpha={s.alpha}, k={s.bits}, m={s.parts}, {s.encoding})"
+    t.add_row("method", f"{s.method} ({s.settings})" if s.settings else
+              f"{s.method} (alpha={s.alpha}, k={s.bits}, m={s.parts}, {s.encoding})"
               if s.method == "deltadq" else f"{s.method} (alpha={s.alpha})")
     t.add_row("group size h_g", "n/a" if s.group_size is None else str(s.group_size))
     t.add_row("nominal ratio", "n/a" if math.isnan(s.nominal_ratio) else f"{s.nominal_ratio:.1f}x")

@@ -1,0 +1,137 @@
+"""`--target-ratio`'s rescale of the dropout deltas (on by default; `--no-rescale`).
+
+Group-wise dropout keeps 1 in alpha elements and scales them by alpha: unbiased, with noise of (alpha - 1) times
+the delta's energy. At the alphas a tight budget forces (64-96 at 512x on the example) that noise dominates, and
+a scale below alpha gives up a little signal for much less noise (DAREx, Deng et al. 2024, finds the same for
+DARE's 1/(1-p) at drop rates near 1). Each dropout entry stores t x its delta: the same codes on a grid t times
+finer, so readers need nothing new. With
+
+    t = 1 / (1 + c (alpha - 1)),
+
+the least-squares scale of a delta plus noise of c (alpha - 1) times its energy, c is the share of the
+element-wise noise that reaches the model's output (c = 0: no rescale). It is chosen on the calibration text:
+the smallest c of CONVERT_RESCALE_GRID whose mean KL(fine-tune || base + decoded deltas) per token, each token
+weighted by KL(fine-tune || base), is within CONVERT_RESCALE_TOLERANCE of the least (where the criterion is flat
+the unbiased scale is kept). The weight puts the criterion where the fine-tune changed the base: unweighted,
+tokens the delta barely moves dominate and shrinking looks free there (on the example at 128x it chose c =
+0.01: 83.8% exact match against 86.5% without rescale; weighted it chooses 0.005: 86.3%; at 512x weighted:
+c = 0.002, 33.2% against 27.1%; exploration runs, the benchmark's rows in benchmarks/results/quality.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from ..spec import CONVERT_RESCALE_GRID, CONVERT_RESCALE_TOKENS, CONVERT_RESCALE_TOLERANCE
+
+RULE = "t = 1 / (1 + c (alpha - 1)) times each dropout entry's delta"
+CRITERION = "mean KL(fine-tune || base + decoded deltas) per calibration token, weighted by KL(fine-tune || base)"
+SEQ, BATCH = 128, 8  # calibration sequences of SEQ tokens, BATCH per forward pass
+STOP = 1.1  # the grid's walk stops once the criterion exceeds its least value so far by this factor
+
+
+def factor(alpha: int, c: float) -> float:
+    return 1.0 / (1.0 + c * (alpha - 1))
+
+
+def choose(criterion, grid=CONVERT_RESCALE_GRID, tolerance=CONVERT_RESCALE_TOLERANCE):
+    """(c, {c: criterion(c)}): the smallest c of `grid` (ascending, from 0) within `tolerance` of the least
+    criterion seen; the walk stops once the criterion is STOP x past the least (it is unimodal in c)."""
+    seen: dict[float, float] = {}
+    for c in grid:
+        seen[c] = float(criterion(c))
+        if seen[c] > STOP * min(seen.values()):
+            break
+    least = min(seen.values())
+    return min(c for c, v in seen.items() if v <= least * (1 + tolerance)), seen
+
+
+class WeightedKL:
+    """The criterion of `choose` for one set of decoded deltas: the fine-tune's and the base's log-probs are
+    computed once (cached in `cache` by the token ids), the base model is loaded once with every non-dropout
+    delta added, and each call adds factor(alpha, c) x the dropout deltas and runs one pass over the text."""
+
+    def __init__(self, base_folder, ft_folder, ids, deltas: dict, alphas: dict, cache: dict | None = None):
+        import torch
+
+        from .calibration import load_finetune, param_names, sequences
+        self.torch = torch
+        key = ("rescale-reference", hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest())
+        model = load_finetune(base_folder, why="the rescale", field="rescale")
+        batches = [torch.stack(b) for b in _batched(sequences(ids, _seq(model)), BATCH)]
+        ref = (cache or {}).get(key)
+        if ref is None:
+            ft = load_finetune(ft_folder, why="the rescale", field="rescale")
+            with torch.no_grad():
+                teacher = [torch.log_softmax(ft(b).logits.float(), -1) for b in batches]
+                del ft
+                weights = [_kl(t, torch.log_softmax(model(b).logits.float(), -1)) for t, b in zip(teacher, batches)]
+            ref = (teacher, weights)
+            if cache is not None:
+                cache[key] = ref
+        self.teacher, self.weights = ref
+        self.batches, self.model, self.alphas = batches, model, alphas
+        names = param_names(model, set(deltas))
+        params = dict(model.named_parameters(remove_duplicate=False))
+        self.dropout = {}  # parameter name -> (base weight, delta, alpha)
+        with torch.no_grad():
+            for name, d in deltas.items():
+                pns = names.get(name, [])
+                if not pns:
+                    continue
+                w = params[pns[0]]
+                dt = torch.from_numpy(np.ascontiguousarray(d, np.float32)).reshape(w.shape)
+                if name in alphas:
+                    for pn in pns:
+                        self.dropout[pn] = (w, dt, alphas[name])
+                else:
+                    w.add_(dt)  # tied names share one parameter: added once
+        self.tokens = int(sum(b.numel() for b in batches))
+
+    def __call__(self, c: float) -> float:
+        from torch.func import functional_call
+        torch = self.torch
+        num = den = 0.0
+        with torch.no_grad():
+            params = {pn: w + factor(a, c) * d for pn, (w, d, a) in self.dropout.items()}
+            for b, t, wt in zip(self.batches, self.teacher, self.weights):
+                lp = torch.log_softmax(functional_call(self.model, params, (b,), strict=False).logits.float(), -1)
+                num += float((_kl(t, lp) * wt).sum())
+                den += float(wt.sum())
+        return num / den if den > 0 else 0.0
+
+
+def search(base_folder, ft_folder, ids, deltas: dict, alphas: dict, console=None, cache=None):
+    """(c, the header's rescale record) for these decoded deltas (float32, by entry name) of which `alphas`
+    names the dropout ones."""
+    t0 = time.perf_counter()
+    crit = WeightedKL(base_folder, ft_folder, ids[:CONVERT_RESCALE_TOKENS], deltas, alphas, cache)
+    c, seen = choose(crit)
+    record = {"rule": RULE, "criterion": CRITERION, "c": c, "tokens": crit.tokens,
+              "grid": {f"{k:g}": round(v, 6) for k, v in seen.items()}}
+    if console is not None:
+        console.print(f"  rescale: c = {c:g} (weighted KL {seen[0.0]:.4f} -> {seen[c]:.4f} on {crit.tokens} "
+                      f"calibration tokens, {len(seen)} passes, {time.perf_counter() - t0:.1f} s)")
+    return c, record
+
+
+def placeholder() -> dict:
+    """A record of the size search writes (the budget sizes the header before the search runs)."""
+    return {"rule": RULE, "criterion": CRITERION, "c": 0.0005, "tokens": CONVERT_RESCALE_TOKENS,
+            "grid": {f"{k:g}": 0.123456 for k in CONVERT_RESCALE_GRID[:9]}}
+
+
+def _kl(logp, logq):
+    """KL(p || q) per token from log-probs [..., vocab]."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def _seq(model) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    return min(SEQ, limit or SEQ)
+
+
+def _batched(items, n):
+    return [items[i:i + n] for i in range(0, len(items), n)]

@@ -1,0 +1,124 @@
+"""--target-ratio's rescale: the rule, the choice of c, what the file stores, the record, and --no-rescale."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddq_format import open_ddq
+from ddq_format.converters import rescale
+from ddq_format.spec import CONVERT_RESCALE_GRID
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    from tests.tiny_models import make_pair
+    return make_pair(tmp_path_factory.mktemp("rescale"), "llama", hidden=128, layers=2)
+
+
+def test_factor_is_one_without_noise_and_falls_with_alpha():
+    assert rescale.factor(64, 0.0) == 1.0 and rescale.factor(1, 0.01) == 1.0
+    assert rescale.factor(8, 0.002) > rescale.factor(64, 0.002) > rescale.factor(128, 0.002) > 0
+    assert rescale.factor(65, 1 / 64) == pytest.approx(0.5)
+
+
+def test_choose_takes_the_smallest_c_within_the_tolerance_and_stops_past_the_minimum():
+    calls = []
+
+    def crit(c):  # least at 0.004, flat to within 0.5% at 0.003
+        calls.append(c)
+        return {0.003: 1.004}.get(c, 1.0 + 200 * abs(c - 0.004))
+
+    c, seen = rescale.choose(crit)
+    assert c == 0.003 and seen[0.004] == 1.0
+    assert calls == [k for k in CONVERT_RESCALE_GRID if k <= 0.006]  # 0.006 is past 1.1 x the least: stop
+    c, _ = rescale.choose(lambda c: 1.0 + c)  # rescaling never helps: the unbiased scale
+    assert c == 0.0
+
+
+def _decoded(path):
+    with open_ddq(path) as f:
+        return {e["name"]: (e, f.decode(e["name"])) for e in f.header["tensors"] if e["kind"] == "compressed"}
+
+
+def test_dropout_entries_store_the_rescaled_delta_and_the_choice_is_recorded(tmp_path, pair, quiet_convert,
+                                                                             monkeypatch, capsys):
+    """With c forced (the tiny pair's own choice is 0): each dropout entry decodes to factor(alpha, c) x what the
+    --no-rescale file decodes to with the same configuration (same seed, same codes up to rounding ties; the
+    record's bytes may move an allocation); the rest is unchanged."""
+    base, ft = pair
+    cache = {}
+    off = tmp_path / "off.ddq"
+    quiet_convert(base, ft, off, target_ratio=40, method_options={"rescale": False, "cache": cache})
+    real = rescale.choose
+    monkeypatch.setattr(rescale, "choose", lambda crit: (0.02, {0.0: crit(0.0), 0.02: crit(0.02)}))
+    on = tmp_path / "on.ddq"
+    quiet_convert(base, ft, on, target_ratio=40, method_options={"cache": cache})
+    monkeypatch.setattr(rescale, "choose", real)
+    a, b = _decoded(off), _decoded(on)
+    assert a.keys() == b.keys()
+    scaled = 0
+    for name, (e, d_on) in b.items():
+        e_off, d_off = a[name]
+        alpha = e["params"].get("alpha", 1)
+        same = {k: v for k, v in e["params"].items() if k in ("alpha", "seed", "group_size")}
+        if e_off["encoding"] != e["encoding"] or same != {k: e_off["params"].get(k) for k in same}:
+            continue  # another configuration for this tensor
+        if e["encoding"] == "seeded_rans" and alpha > 1:
+            t = rescale.factor(alpha, 0.02)
+            step = e["params"]["scale"]
+            assert np.abs(d_on - t * d_off).max() <= 1.01 * alpha * step, name  # a code off by one at most
+            assert np.mean(np.isclose(d_on, t * d_off, rtol=1e-5, atol=1e-12)) > 0.99, name
+            scaled += 1
+        else:
+            np.testing.assert_array_equal(d_on, d_off, err_msg=name)
+    assert scaled >= len(b) // 2
+    with open_ddq(on) as f:
+        r = f.header["algorithm"]["rescale"]
+    assert r["c"] == 0.02 and r["tokens"] > 0 and set(r["grid"]) == {"0", "0.02"}
+    with open_ddq(off) as f:
+        assert "rescale" not in f.header["algorithm"]
+    from ddq_format.cli import app
+    from typer.testing import CliRunner
+    res = CliRunner().invoke(app, ["inspect", str(on)])
+    assert res.exit_code == 0 and "c=0.02: dropout deltas x 1/(1 + c (alpha - 1))" in " ".join(res.output.split())
+
+
+def test_the_search_runs_on_the_calibration_text_and_never_worsens_the_criterion(tmp_path, pair, quiet_convert):
+    base, ft = pair
+    out = tmp_path / "r.ddq"
+    quiet_convert(base, ft, out, target_ratio=40)
+    with open_ddq(out) as f:
+        r = f.header["algorithm"]["rescale"]
+    assert r["c"] in CONVERT_RESCALE_GRID and r["tokens"] > 0
+    assert r["grid"][f"{r['c']:g}"] <= r["grid"]["0"] * (1 + 1e-9)
+
+
+def test_a_pair_without_tokenizer_skips_the_rescale_with_a_warning(tmp_path, pair, quiet_convert):
+    import shutil
+    base, ft = pair
+    bare_b, bare_f = tmp_path / "b", tmp_path / "f"
+    for src, dst in ((base, bare_b), (ft, bare_f)):
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tokenizer*"))
+    from rich.console import Console
+    console = Console(record=True, width=200)
+    from ddq_format.converters import convert
+    out = tmp_path / "r.ddq"
+    convert(bare_b, bare_f, out, target_ratio=40, progress=False, console=console, print_summary=True)
+    text = console.export_text()
+    assert "rescale skipped" in text and "csr_parts" not in text and "chosen per tensor" in text
+    with open_ddq(out) as f:
+        assert "no calibration tokens" in f.header["algorithm"]["rescale"]["skipped"]
+
+
+def test_the_command_line_switches_it_off(tmp_path, pair):
+    from typer.testing import CliRunner
+
+    from ddq_format.cli import app
+    base, ft = pair
+    for flag, present in (("--no-rescale", False), ("--rescale", True)):
+        out = tmp_path / f"{flag}.ddq"
+        res = CliRunner().invoke(app, ["convert", str(base), str(ft), "-o", str(out), "--target-ratio", "40", flag,
+                                       "--quiet"])
+        assert res.exit_code == 0, res.output
+        with open_ddq(out) as f:
+            assert ("rescale" in f.header["algorithm"]) is present
