@@ -77,7 +77,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     if seed_trials > 1:  # only then: N = 1 keeps today's run key (and bytes)
         settings["seed_trials"] = seed_trials
     if _algorithm is not None:  # a planned conversion (planned.py): its choices are part of the run
-        settings["planned"] = _algorithm
+        from .planned import run_key
+        settings["planned"] = run_key(_algorithm)
     if base_digest:  # likewise: absent keeps the run key of a file without digests
         settings["base_digest"] = True
     run_key = _run_key(base_ck, ft_ck, settings)

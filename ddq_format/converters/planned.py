@@ -138,6 +138,15 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     return s
 
 
+def run_key(record: dict) -> dict:
+    """What of a planned record identifies the run for --resume: its choices, not the rescale's criterion values
+    (measurements whose last digits may differ between two runs; the header keeps the first run's)."""
+    r = dict(record)
+    if isinstance(r.get("rescale"), dict):
+        r["rescale"] = {k: v for k, v in r["rescale"].items() if k != "grid"}
+    return r
+
+
 class _NoStats:
     """The statistics of a conversion that needs none (--target-ratio with the element-wise price)."""
     def get(self, name):

@@ -122,3 +122,31 @@ def test_the_command_line_switches_it_off(tmp_path, pair):
         assert res.exit_code == 0, res.output
         with open_ddq(out) as f:
             assert ("rescale" in f.header["algorithm"]) is present
+
+
+def test_an_interrupted_run_resumes_though_the_criterion_moves_in_its_last_digits(tmp_path, pair, quiet_convert,
+                                                                                  monkeypatch):
+    """--resume keys the run on the chosen c, not on the measured criterion values: a resumed run whose passes
+    differ in the last digits continues the partial file and gives the uninterrupted bytes."""
+    from ddq_format.converters import resume
+    base, ft = pair
+    jitter = [0.0]
+    monkeypatch.setattr(rescale, "choose", lambda crit: (0.01, {0.0: 0.5 + jitter[0], 0.01: 0.4 + jitter[0]}))
+    whole = tmp_path / "whole.ddq"
+    quiet_convert(base, ft, whole, target_ratio=40)
+    real, n = resume.ResumableWriter.add, [0]
+
+    def add(self, *a, **kw):
+        if n[0] == 4:
+            raise KeyboardInterrupt
+        n[0] += 1
+        return real(self, *a, **kw)
+
+    out = tmp_path / "out.ddq"
+    monkeypatch.setattr(resume.ResumableWriter, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        quiet_convert(base, ft, out, target_ratio=40)
+    monkeypatch.setattr(resume.ResumableWriter, "add", real)
+    jitter[0] = 1e-6
+    s = quiet_convert(base, ft, out, target_ratio=40, resume=True)
+    assert s.resumed_tensors == 4 and out.read_bytes() == whole.read_bytes()
