@@ -49,63 +49,69 @@ def choose(criterion, grid=CONVERT_RESCALE_GRID, tolerance=CONVERT_RESCALE_TOLER
 
 
 class WeightedKL:
-    """The criterion of `choose` for one set of decoded deltas: the fine-tune's and the base's log-probs are
-    computed once (cached in `cache` by the token ids), the base model is loaded once with every non-dropout
-    delta added, and each call adds factor(alpha, c) x the dropout deltas and runs one pass over the text."""
+    """The criterion of `choose` for one set of decoded deltas. The fine-tune runs once for its log-probs (then is
+    freed), the base once for the token weights (both cached in `cache` by the token ids); the base then gets
+    every non-dropout delta added, and each call moves the dropout deltas to factor(alpha, c) x D in place and
+    runs one pass over the text. Memory: the model and the decoded dropout deltas, float32 (about 2x the model)."""
 
     def __init__(self, base_folder, ft_folder, ids, deltas: dict, alphas: dict, cache: dict | None = None):
         import torch
 
         from .calibration import load_finetune, param_names, sequences
         self.torch = torch
+        cache = {} if cache is None else cache
         key = ("rescale-reference", hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest())
-        model = load_finetune(base_folder, why="the rescale", field="rescale")
-        batches = [torch.stack(b) for b in _batched(sequences(ids, _seq(model)), BATCH)]
-        ref = (cache or {}).get(key)
+        ref = cache.get(key)
         if ref is None:
             ft = load_finetune(ft_folder, why="the rescale", field="rescale")
-            with torch.no_grad():
-                teacher = [torch.log_softmax(ft(b).logits.float(), -1) for b in batches]
-                del ft
-                weights = [_kl(t, torch.log_softmax(model(b).logits.float(), -1)) for t, b in zip(teacher, batches)]
-            ref = (teacher, weights)
-            if cache is not None:
-                cache[key] = ref
-        self.teacher, self.weights = ref
-        self.batches, self.model, self.alphas = batches, model, alphas
+            batches = [torch.stack(b) for b in _batched(sequences(ids, _seq(ft)), BATCH)]
+            teacher = self._logprobs(ft, batches)
+            del ft
+        else:
+            batches, teacher, _ = ref
+        model = load_finetune(base_folder, why="the rescale", field="rescale")
+        if ref is None:
+            weights = [_kl(t, lp) for t, lp in zip(teacher, self._logprobs(model, batches))]
+            cache[key] = ref = (batches, teacher, weights)
+        self.batches, self.teacher, self.weights = ref
+        self.model = model
         names = param_names(model, set(deltas))
         params = dict(model.named_parameters(remove_duplicate=False))
-        self.dropout = {}  # parameter name -> (base weight, delta, alpha)
+        self.dropout = {}  # id(parameter) -> [parameter, delta, alpha, the factor it holds now]
         with torch.no_grad():
-            for name, d in deltas.items():
+            for name in list(deltas):
+                d = deltas.pop(name)  # each decoded delta is dropped once added, or kept as the dropout's D
                 pns = names.get(name, [])
                 if not pns:
                     continue
-                w = params[pns[0]]
+                w = params[pns[0]]  # tied names share one parameter
                 dt = torch.from_numpy(np.ascontiguousarray(d, np.float32)).reshape(w.shape)
                 if name in alphas:
-                    for pn in pns:
-                        self.dropout[pn] = (w, dt, alphas[name])
+                    self.dropout[id(w)] = [w, dt, alphas[name], 0.0]
                 else:
-                    w.add_(dt)  # tied names share one parameter: added once
-        self.tokens = int(sum(b.numel() for b in batches))
+                    w.add_(dt)
+        self.tokens = int(sum(b.numel() for b in self.batches))
+
+    def _logprobs(self, model, batches):
+        with self.torch.no_grad():
+            return [self.torch.log_softmax(model(b).logits.float(), -1) for b in batches]
 
     def __call__(self, c: float) -> float:
-        from torch.func import functional_call
-        torch = self.torch
+        with self.torch.no_grad():
+            for slot in self.dropout.values():
+                w, d, a, held = slot
+                slot[3] = factor(a, c)
+                w.add_(d, alpha=slot[3] - held)
         num = den = 0.0
-        with torch.no_grad():
-            params = {pn: w + factor(a, c) * d for pn, (w, d, a) in self.dropout.items()}
-            for b, t, wt in zip(self.batches, self.teacher, self.weights):
-                lp = torch.log_softmax(functional_call(self.model, params, (b,), strict=False).logits.float(), -1)
-                num += float((_kl(t, lp) * wt).sum())
-                den += float(wt.sum())
+        for lp, t, wt in zip(self._logprobs(self.model, self.batches), self.teacher, self.weights):
+            num += float((_kl(t, lp) * wt).sum())
+            den += float(wt.sum())
         return num / den if den > 0 else 0.0
 
 
 def search(base_folder, ft_folder, ids, deltas: dict, alphas: dict, console=None, cache=None):
-    """(c, the header's rescale record) for these decoded deltas (float32, by entry name) of which `alphas`
-    names the dropout ones."""
+    """(c, the header's rescale record) for these decoded deltas (float32, by entry name; the dict is emptied
+    as they are added to the model) of which `alphas` names the dropout ones."""
     t0 = time.perf_counter()
     crit = WeightedKL(base_folder, ft_folder, ids[:CONVERT_RESCALE_TOKENS], deltas, alphas, cache)
     c, seen = choose(crit)

@@ -150,3 +150,40 @@ def test_an_interrupted_run_resumes_though_the_criterion_moves_in_its_last_digit
     jitter[0] = 1e-6
     s = quiet_convert(base, ft, out, target_ratio=40, resume=True)
     assert s.resumed_tensors == 4 and out.read_bytes() == whole.read_bytes()
+
+
+def test_the_criterion_is_the_weighted_kl_of_the_model_a_loader_builds(tmp_path, pair, quiet_convert):
+    """WeightedKL(0) is the weighted KL of base + the file's deltas as apply_delta builds it; moving to another c
+    and back gives the same value (the in-place updates leave no residue); a larger shrink changes it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ddq_format.loaders import apply_delta
+    base, ft = pair
+    out = tmp_path / "r.ddq"
+    quiet_convert(base, ft, out, target_ratio=40, method_options={"rescale": False})
+    with open_ddq(out) as f:
+        deltas = {e["name"]: f.decode(e["name"]) for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")}
+        alphas = {e["name"]: e["params"]["alpha"] for e in f.header["tensors"]
+                  if e["encoding"] == "seeded_rans" and e["params"]["alpha"] > 1}
+    assert alphas
+    ids = np.random.default_rng(0).integers(0, 200, 300)
+    crit = rescale.WeightedKL(base, ft, ids, dict(deltas), alphas)
+    at0 = crit(0.0)
+    assert crit(0.05) != pytest.approx(at0, rel=1e-4)
+    assert crit(0.0) == pytest.approx(at0, rel=1e-5)
+
+    def logprobs(folder_or_model, batch):
+        m = folder_or_model if not isinstance(folder_or_model, type(base)) else \
+            AutoModelForCausalLM.from_pretrained(str(folder_or_model), dtype=torch.float32)
+        with torch.no_grad():
+            return torch.log_softmax(m(batch).logits.float(), -1)
+
+    batch = torch.stack([torch.as_tensor(ids[i:i + 128]) for i in (0, 128)])
+    p, b = logprobs(ft, batch), logprobs(base, batch)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    apply_delta(model, out)
+    q = logprobs(model, batch)
+    w = (p.exp() * (p - b)).sum(-1)
+    want = float(((p.exp() * (p - q)).sum(-1) * w).sum() / w.sum())
+    assert at0 == pytest.approx(want, rel=1e-4)
