@@ -327,26 +327,34 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
 
 
 def run_rescale(ctx, choice, searched, ids) -> tuple[float, dict]:
-    """(c, the header's rescale record): every chosen entry encoded and decoded as the file will hold it, then
-    rescale.search over the dropout ones. A model transformers cannot load skips it (c = 0, with a warning)."""
+    """(c, the header's rescale record): rescale.search over the decoded deltas. A model transformers cannot load,
+    or too little memory for it in float32, skips it (c = 0, with a warning)."""
     dropout = {n: o.cfg.alpha for n, o in choice.items() if o.cfg.family in DROPOUT and o.cfg.alpha > 1}
     if not dropout:
         return 0.0, {"skipped": "no dropout entry chosen"}
+    why = rescale.memory_shortfall(4 * sum(t.numel for t in ctx.tasks))
+    if why is None:
+        try:
+            return rescale.search(ctx.base.folder, ctx.ft.folder, ids, decoded_deltas(ctx, choice, searched, dropout),
+                                  dropout, ctx.console, ctx.cache)
+        except UsageError as e:
+            why = str(e)
+    ctx.console.print(f"[yellow]warning: rescale skipped (dropout entries keep the scale alpha): {why}[/]")
+    return 0.0, {"skipped": why}
 
+
+def decoded_deltas(ctx, choice, searched, dropout) -> dict:
+    """Every chosen entry encoded and decoded as the file will hold it; the dropout ones as rescale.kept."""
     def decoded(task):
         delta = ctx.delta(task.name)
         s, _, enc = searched(task.name, delta)
         cfg = choice[task.name].cfg
         enc = enc or budget.encode(cfg, delta, s)
         entry, bufs = budget.as_entry(task.name, delta.shape, task.dtype, cfg.kind, enc)
-        return task.name, budget.decode(entry, bufs)
+        d = budget.decode(entry, bufs)
+        return task.name, rescale.kept(d) if task.name in dropout else d
 
-    deltas = dict(ctx.map(decoded, ctx.data_tasks(), "rescale: decoding"))
-    try:
-        return rescale.search(ctx.base.folder, ctx.ft.folder, ids, deltas, dropout, ctx.console, ctx.cache)
-    except UsageError as e:
-        ctx.console.print(f"[yellow]warning: rescale skipped (dropout entries keep the scale alpha): {e}[/]")
-        return 0.0, {"skipped": str(e)}
+    return dict(ctx.map(decoded, ctx.data_tasks(), "rescale: decoding"))
 
 
 # -- Delta-CoMe / DeltaMix ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,11 +49,62 @@ def choose(criterion, grid=CONVERT_RESCALE_GRID, tolerance=CONVERT_RESCALE_TOLER
     return min(c for c, v in seen.items() if v <= least * (1 + tolerance)), seen
 
 
+@dataclass
+class Kept:
+    """A decoded dropout delta as the rescale holds it: the flat indices and values of its nonzero elements."""
+    shape: tuple
+    index: np.ndarray  # int64, into the delta flattened in C order
+    values: np.ndarray  # float32
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.nbytes + self.values.nbytes
+
+
+def kept(d: np.ndarray):
+    """`Kept` when at most a third of d is nonzero (12 bytes per kept element against 4 per element dense; a
+    dropout delta keeps 1 in alpha), else d as it is."""
+    flat = np.asarray(d, np.float32).ravel()
+    index = np.flatnonzero(flat)
+    if 3 * index.size > flat.size:
+        return d
+    return Kept(tuple(np.shape(d)), index, flat[index])
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (psutil, else /proc/meminfo; None where neither answers)."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_shortfall(model_bytes: int) -> str | None:
+    """Why the rescale cannot run here, or None: it holds the model in float32 (fine-tune, then base) beside the
+    kept deltas, and an out-of-memory kill would lose the whole conversion."""
+    free = available_memory()
+    need = int(1.1 * model_bytes)  # the log-probs of the calibration text and transformers' own buffers
+    if free is None or free >= need:
+        return None
+    return (f"it loads the model in float32 ({need / 2**30:.1f} GiB with its buffers) and {free / 2**30:.1f} GiB "
+            f"of memory is available; free memory and rerun, or pass --no-rescale")
+
+
 class WeightedKL:
     """The criterion of `choose` for one set of decoded deltas. The fine-tune runs once for its log-probs (then is
     freed), the base once for the token weights (both cached in `cache` by the token ids); the base then gets
     every non-dropout delta added, and each call moves the dropout deltas to factor(alpha, c) x D in place and
-    runs one pass over the text. Memory: the model and the decoded dropout deltas, float32 (about 2x the model)."""
+    runs one pass over the text. Memory: the model in float32 and the dropout deltas as `kept` holds them (1/alpha
+    of their elements, 12 bytes each) or dense."""
 
     def __init__(self, base_folder, ft_folder, ids, deltas: dict, alphas: dict, cache: dict | None = None):
         import torch
@@ -85,11 +137,14 @@ class WeightedKL:
                 if not pns:
                     continue
                 w = params[pns[0]]  # tied names share one parameter
-                dt = torch.from_numpy(np.ascontiguousarray(d, np.float32)).reshape(w.shape)
-                if name in alphas:
-                    self.dropout[id(w)] = [w, dt, alphas[name], 0.0]
+                if isinstance(d, Kept):
+                    held = (torch.from_numpy(d.index), torch.from_numpy(d.values))
                 else:
-                    w.add_(dt)
+                    held = torch.from_numpy(np.ascontiguousarray(d, np.float32)).reshape(w.shape)
+                if name in alphas:
+                    self.dropout[id(w)] = [w, held, alphas[name], 0.0]
+                else:
+                    _add(w, held, 1.0)
         self.tokens = int(sum(b.numel() for b in self.batches))
 
     def _logprobs(self, model, batches):
@@ -101,7 +156,7 @@ class WeightedKL:
             for slot in self.dropout.values():
                 w, d, a, held = slot
                 slot[3] = factor(a, c)
-                w.add_(d, alpha=slot[3] - held)
+                _add(w, d, slot[3] - held)
         num = den = 0.0
         for lp, t, wt in zip(self._logprobs(self.model, self.batches), self.teacher, self.weights):
             num += float((_kl(t, lp) * wt).sum())
@@ -127,6 +182,14 @@ def placeholder() -> dict:
     """A record of the size search writes (the budget sizes the header before the search runs)."""
     return {"rule": RULE, "criterion": CRITERION, "c": 0.0005, "tokens": CONVERT_RESCALE_TOKENS,
             "grid": {f"{k:g}": 0.123456 for k in CONVERT_RESCALE_GRID[:9]}}
+
+
+def _add(w, d, scale: float):
+    """w += scale x d in place, d dense or (flat indices, values) of `Kept`."""
+    if isinstance(d, tuple):
+        w.view(-1).index_add_(0, d[0], d[1], alpha=scale)
+    else:
+        w.add_(d, alpha=scale)
 
 
 def _kl(logp, logq):

@@ -187,3 +187,47 @@ def test_the_criterion_is_the_weighted_kl_of_the_model_a_loader_builds(tmp_path,
     w = (p.exp() * (p - b)).sum(-1)
     want = float(((p.exp() * (p - q)).sum(-1) * w).sum() / w.sum())
     assert at0 == pytest.approx(want, rel=1e-4)
+
+
+def test_dropout_deltas_are_held_as_their_kept_elements_with_the_same_criterion(tmp_path, pair, quiet_convert):
+    """rescale.kept holds a dropout delta as its nonzero elements (12 bytes each: under half the float32 array at
+    alpha >= 8) and WeightedKL gives the same values from it as from the dense arrays."""
+    base, ft = pair
+    out = tmp_path / "r.ddq"
+    quiet_convert(base, ft, out, target_ratio=40, method_options={"rescale": False})
+    with open_ddq(out) as f:
+        deltas = {e["name"]: f.decode(e["name"]) for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")}
+        alphas = {e["name"]: e["params"]["alpha"] for e in f.header["tensors"]
+                  if e["encoding"] == "seeded_rans" and e["params"]["alpha"] > 1}
+    held = {n: rescale.kept(d) if n in alphas else d for n, d in deltas.items()}
+    for n, a in alphas.items():
+        k = held[n]
+        assert isinstance(k, rescale.Kept) and k.nbytes < deltas[n].nbytes * 12 / (4 * a) * 1.05 + 64, n
+        back = np.zeros(k.shape, np.float32).ravel()
+        back[k.index] = k.values
+        np.testing.assert_array_equal(back.reshape(k.shape), deltas[n])
+    assert not isinstance(rescale.kept(np.ones((4, 4), np.float32)), rescale.Kept)  # dense: kept as it is
+    ids = np.random.default_rng(0).integers(0, 200, 300)
+    dense, sparse = rescale.WeightedKL(base, ft, ids, dict(deltas), alphas), rescale.WeightedKL(base, ft, ids, held,
+                                                                                                  alphas)
+    for c in (0.0, 0.05, 0.0):
+        assert sparse(c) == pytest.approx(dense(c), rel=1e-6)
+
+
+def test_too_little_memory_skips_the_rescale_with_a_warning(tmp_path, pair, monkeypatch):
+    """An out-of-memory kill would lose the whole conversion: where the model in float32 does not fit in the
+    memory available, the rescale is skipped and the file says why."""
+    from rich.console import Console
+
+    from ddq_format.converters import convert
+    base, ft = pair
+    monkeypatch.setattr(rescale, "available_memory", lambda: 2**20)
+    console = Console(record=True, width=200)
+    out = tmp_path / "r.ddq"
+    convert(base, ft, out, target_ratio=40, progress=False, console=console, print_summary=True)
+    text = " ".join(console.export_text().split())
+    assert "rescale skipped" in text and "GiB of memory is available" in text and "--no-rescale" in text
+    with open_ddq(out) as f:
+        assert "GiB of memory is available" in f.header["algorithm"]["rescale"]["skipped"]
+    monkeypatch.setattr(rescale, "available_memory", lambda: None)  # no answer: no check
+    assert rescale.memory_shortfall(10**15) is None
