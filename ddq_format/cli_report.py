@@ -139,9 +139,14 @@ def _rescale_line(r: dict) -> str:
     c, grid, tok = r.get("c"), r.get("grid"), r.get("tokens")
     if not _number(c):
         return short(r)
-    line = f"c={short(c, 12)}: dropout deltas x 1/(1 + c (alpha - 1))"
-    if isinstance(grid, dict) and _number(grid.get("0")) and _number(grid.get(f"{c:g}")):
-        line += f"; weighted KL {grid['0']:.4g} -> {grid[f'{c:g}']:.4g}"
+    line = f"c={short(c, 12)}"
+    roles = r.get("roles")
+    if isinstance(roles, dict) and roles and all(_number(v) for v in roles.values()):
+        line += f" (per role, {len(roles)} roles: {min(roles.values()):g}-{max(roles.values()):g})"
+    line += ": dropout deltas x 1/(1 + c (alpha - 1))"
+    least = r.get("least") if _number(r.get("least")) else grid.get(f"{c:g}") if isinstance(grid, dict) else None
+    if isinstance(grid, dict) and _number(grid.get("0")) and _number(least):
+        line += f"; weighted KL {grid['0']:.4g} -> {least:.4g}"
         if _number(tok):
             line += f" on {short(tok, 10)} calib tokens"
     return line

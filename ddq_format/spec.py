@@ -174,6 +174,12 @@ CONVERT_PLAN_CALIB_MAX_TOKENS = 2048  # --target-ratio and the calibrated baseli
 CONVERT_RESCALE_TOKENS = 1024
 CONVERT_RESCALE_GRID = (0.0, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024, 0.032)
 CONVERT_RESCALE_TOLERANCE = 0.01
+# then per role (a tensor name with its layer index as '*'), from that c, neighbouring grid steps while the
+# criterion falls by more than CONVERT_RESCALE_ROLE_GAIN, up to CONVERT_RESCALE_SWEEPS sweeps over the roles;
+# a model with more roles than CONVERT_RESCALE_ROLES_MAX keeps the one c (the passes grow with the roles).
+CONVERT_RESCALE_ROLE_GAIN = 0.002
+CONVERT_RESCALE_SWEEPS = 2
+CONVERT_RESCALE_ROLES_MAX = 16
 CONVERT_SEED_DERIVATION = "sha256(f'{seed}:{name}')[:4] little-endian uint32"
 # --seed-trials: candidate seeds per tensor (trial 0 is the seed above, so N = 1 changes nothing).
 CONVERT_SEED_TRIAL_DERIVATION = ("trial 0: sha256(f'{seed}:{name}')[:4], trial i>0: sha256(f'{seed}:{name}:{i}')[:4], "

@@ -73,9 +73,10 @@ def convert(
         "--rescale); deltacome and deltazip size themselves to R."),
     rescale: bool = typer.Option(
         True, "--rescale/--no-rescale", help="--target-ratio: store each dropout delta times t = 1/(1 + c "
-        "(alpha - 1)), c chosen on the calibration text by the KL to the fine-tune (loads the fine-tune, then the "
-        "base, with transformers in float32: the model's float32 size in RAM beside the dropout deltas' kept "
-        "elements, skipped with a warning where that is not available; a few passes over 1024 tokens). "
+        "(alpha - 1)), c chosen on the calibration text by the KL to the fine-tune, then per role (each module "
+        "name across layers) (loads the fine-tune, then the base, with transformers in float32: the model's "
+        "float32 size in RAM beside the dropout deltas' kept elements, skipped with a warning where that is not "
+        "available; some 20-40 passes over 1024 tokens). "
         "--no-rescale keeps the unbiased scale alpha and reads no calibration text."),
     allocation: Allocation = typer.Option("paper", help="deltacome: bits per singular-vector band as the "
                                           "Delta-CoMe paper (paper) or DeltaMix's 0/1 integer program (ilp)."),

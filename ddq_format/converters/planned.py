@@ -143,7 +143,7 @@ def run_key(record: dict) -> dict:
     (measurements whose last digits may differ between two runs; the header keeps the first run's)."""
     r = dict(record)
     if isinstance(r.get("rescale"), dict):
-        r["rescale"] = {k: v for k, v in r["rescale"].items() if k != "grid"}
+        r["rescale"] = {k: v for k, v in r["rescale"].items() if k not in ("grid", "least")}
     return r
 
 
@@ -268,8 +268,9 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
               "budget_bytes": int(total_budget), "seed": int(ctx.seed), "seed_trials": int(trials),
               "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
               "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
+    roles = sorted({rescale.role(t.name) for t in ctx.data_tasks() if len(t.shape) == 2})
     if rescale_ids is not None or skipped:
-        record["rescale"] = rescale.placeholder() if rescale_ids is not None else {"skipped": skipped}
+        record["rescale"] = rescale.placeholder(roles) if rescale_ids is not None else {"skipped": skipped}
     for _ in range(2):  # the record lists the configurations chosen: size it, then allocate again
         avail = total_budget - fixed_overhead(ctx, dict(record, **calibration_record(ctx.stats), target_ratio=ratio))
         choice = budget.allocate(options, avail, objective)
@@ -304,15 +305,14 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         seeds[name, cfg, trials, objective] = best[2], best[3]
         return best[2], best[3], best[1]
 
-    c = 0.0
     if rescale_ids is not None:
-        c, record["rescale"] = run_rescale(ctx, choice, searched, rescale_ids)
+        record["rescale"] = run_rescale(ctx, choice, searched, rescale_ids, "roles" in record["rescale"])
 
     def scale_of(name, o) -> float:
         """What the entry stores times its delta: the shrink objective's C/Q, the rescale's t, or 1."""
         if objective == "shrink":
             return o.shrink
-        cfg = choice[name].cfg
+        cfg, c = choice[name].cfg, rescale.c_for(record.get("rescale"), name)
         return rescale.factor(cfg.alpha, c) if c > 0 and cfg.family in DROPOUT else 1.0
 
     def hook(name, delta):
@@ -326,21 +326,21 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
     return hook, record
 
 
-def run_rescale(ctx, choice, searched, ids) -> tuple[float, dict]:
-    """(c, the header's rescale record): rescale.search over the decoded deltas. A model transformers cannot load,
-    or too little memory for it in float32, skips it (c = 0, with a warning)."""
+def run_rescale(ctx, choice, searched, ids, per_role: bool) -> dict:
+    """The header's rescale record (rescale.c_for reads it): rescale.search over the decoded deltas. A model
+    transformers cannot load, or too little memory for it in float32, skips it (with a warning)."""
     dropout = {n: o.cfg.alpha for n, o in choice.items() if o.cfg.family in DROPOUT and o.cfg.alpha > 1}
     if not dropout:
-        return 0.0, {"skipped": "no dropout entry chosen"}
+        return {"skipped": "no dropout entry chosen"}
     why = rescale.memory_shortfall(4 * sum(t.numel for t in ctx.tasks))
     if why is None:
         try:
             return rescale.search(ctx.base.folder, ctx.ft.folder, ids, decoded_deltas(ctx, choice, searched, dropout),
-                                  dropout, ctx.console, ctx.cache)
+                                  dropout, ctx.console, ctx.cache, per_role)
         except UsageError as e:
             why = str(e)
     ctx.console.print(f"[yellow]warning: rescale skipped (dropout entries keep the scale alpha): {why}[/]")
-    return 0.0, {"skipped": why}
+    return {"skipped": why}
 
 
 def decoded_deltas(ctx, choice, searched, dropout) -> dict:

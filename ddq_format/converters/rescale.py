@@ -16,16 +16,21 @@ the unbiased scale is kept). The weight puts the criterion where the fine-tune c
 tokens the delta barely moves dominate and shrinking looks free there (on the example at 128x it chose c =
 0.01: 83.8% exact match against 86.5% without rescale; weighted it chooses 0.005: 86.3%; at 512x weighted:
 c = 0.002, 33.2% against 27.1%; exploration runs, the benchmark's rows in benchmarks/results/quality.md).
+The share differs by role (`refine`): at 512x on the example the best c per role was 0.004-0.012 for q, k and v,
+0-0.002 for o, gate, up and down, and base + those deltas kept 40.4% exact match against 33.2% with the one c
+(an exploration run on one file, seed 0).
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..spec import CONVERT_RESCALE_GRID, CONVERT_RESCALE_TOKENS, CONVERT_RESCALE_TOLERANCE
+from ..spec import (CONVERT_RESCALE_GRID, CONVERT_RESCALE_ROLE_GAIN, CONVERT_RESCALE_ROLES_MAX, CONVERT_RESCALE_SWEEPS,
+                    CONVERT_RESCALE_TOKENS, CONVERT_RESCALE_TOLERANCE)
 
 RULE = "t = 1 / (1 + c (alpha - 1)) times each dropout entry's delta"
 CRITERION = "mean KL(fine-tune || base + decoded deltas) per calibration token, weighted by KL(fine-tune || base)"
@@ -35,6 +40,18 @@ STOP = 1.1  # the grid's walk stops once the criterion exceeds its least value s
 
 def factor(alpha: int, c: float) -> float:
     return 1.0 / (1.0 + c * (alpha - 1))
+
+
+def role(name: str) -> str:
+    """The tensor's role: its name with the layer index as '*' (one module of every decoder layer)."""
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
+def c_for(record: dict | None, name: str) -> float:
+    """The c an entry's rescale used, from the header's rescale record: its role's, else the one c (0: none)."""
+    if not record or "skipped" in record:
+        return 0.0
+    return float(record.get("roles", {}).get(role(name), record.get("c", 0.0)))
 
 
 def choose(criterion, grid=CONVERT_RESCALE_GRID, tolerance=CONVERT_RESCALE_TOLERANCE):
@@ -47,6 +64,33 @@ def choose(criterion, grid=CONVERT_RESCALE_GRID, tolerance=CONVERT_RESCALE_TOLER
             break
     least = min(seen.values())
     return min(c for c, v in seen.items() if v <= least * (1 + tolerance)), seen
+
+
+def refine(criterion, c0: float, value: float, roles, grid=CONVERT_RESCALE_GRID, gain=CONVERT_RESCALE_ROLE_GAIN,
+           sweeps=CONVERT_RESCALE_SWEEPS):
+    """({role: c}, criterion, passes): from c0 for every role (criterion(c0, {}) = value), per role in turn, step to
+    the neighbouring c of `grid` while the criterion falls by more than `gain` (upwards first, downwards if the
+    first step up does not); up to `sweeps` sweeps, fewer once a sweep moves nothing. The roles differ: on the
+    example at 512x the attention projections take c up to 0.012 and o_proj and gate_proj 0 (rescale.py)."""
+    cs, passes, grid = {r: c0 for r in roles}, 0, tuple(sorted({*grid, c0}))
+    for _ in range(sweeps):
+        moved = False
+        for r in roles:
+            for step in (1, -1):
+                i, went = grid.index(cs[r]), False
+                while 0 <= i + step < len(grid):
+                    v = float(criterion(c0, {**cs, r: grid[i + step]}))
+                    passes += 1
+                    if v >= value * (1 - gain):
+                        break
+                    value, i, went = v, i + step, True
+                    cs[r] = grid[i]
+                if went:
+                    moved = True
+                    break
+        if not moved:
+            break
+    return cs, value, passes
 
 
 @dataclass
@@ -103,7 +147,7 @@ class WeightedKL:
     """The criterion of `choose` for one set of decoded deltas. The fine-tune runs once for its log-probs (then is
     freed), the base once for the token weights (both cached in `cache` by the token ids); the base then gets
     every non-dropout delta added, and each call moves the dropout deltas to factor(alpha, c) x D in place and
-    runs one pass over the text. Memory: the model in float32 and the dropout deltas as `kept` holds them (1/alpha
+    runs one pass over the text (`roles`: a c per role). Memory: the model in float32 and the dropout deltas as `kept` holds them (1/alpha
     of their elements, 12 bytes each) or dense."""
 
     def __init__(self, base_folder, ft_folder, ids, deltas: dict, alphas: dict, cache: dict | None = None):
@@ -142,7 +186,7 @@ class WeightedKL:
                 else:
                     held = torch.from_numpy(np.ascontiguousarray(d, np.float32)).reshape(w.shape)
                 if name in alphas:
-                    self.dropout[id(w)] = [w, held, alphas[name], 0.0]
+                    self.dropout[id(w)] = [w, held, alphas[name], 0.0, role(name)]
                 else:
                     _add(w, held, 1.0)
         self.tokens = int(sum(b.numel() for b in self.batches))
@@ -151,11 +195,12 @@ class WeightedKL:
         with self.torch.no_grad():
             return [self.torch.log_softmax(model(b).logits.float(), -1) for b in batches]
 
-    def __call__(self, c: float) -> float:
+    def __call__(self, c: float, roles: dict | None = None) -> float:
+        """The criterion with every dropout delta at factor(alpha, c), or at its role's c where `roles` has one."""
         with self.torch.no_grad():
             for slot in self.dropout.values():
-                w, d, a, held = slot
-                slot[3] = factor(a, c)
+                w, d, a, held, r = slot
+                slot[3] = factor(a, roles.get(r, c) if roles else c)
                 _add(w, d, slot[3] - held)
         num = den = 0.0
         for lp, t, wt in zip(self._logprobs(self.model, self.batches), self.teacher, self.weights):
@@ -164,24 +209,38 @@ class WeightedKL:
         return num / den if den > 0 else 0.0
 
 
-def search(base_folder, ft_folder, ids, deltas: dict, alphas: dict, console=None, cache=None):
-    """(c, the header's rescale record) for these decoded deltas (float32, by entry name; the dict is emptied
-    as they are added to the model) of which `alphas` names the dropout ones."""
+def search(base_folder, ft_folder, ids, deltas: dict, alphas: dict, console=None, cache=None, per_role=True):
+    """(the header's rescale record, c_for reads it) for these decoded deltas (float32, by entry name; the dict is
+    emptied as they are added to the model) of which `alphas` names the dropout ones: one c for every entry
+    (`choose`), then one per role (`refine`) where `per_role` and the dropout entries have 2..CONVERT_RESCALE_ROLES_MAX
+    roles (the planner passes per_role=False where its placeholder sized no roles)."""
     t0 = time.perf_counter()
     crit = WeightedKL(base_folder, ft_folder, ids[:CONVERT_RESCALE_TOKENS], deltas, alphas, cache)
     c, seen = choose(crit)
     record = {"rule": RULE, "criterion": CRITERION, "c": c, "tokens": crit.tokens,
               "grid": {f"{k:g}": round(v, 6) for k, v in seen.items()}}
+    roles = sorted({role(n) for n in alphas})
+    value, passes = seen[c], len(seen)
+    if per_role and 1 < len(roles) <= CONVERT_RESCALE_ROLES_MAX:
+        cs, value, extra = refine(crit, c, seen[c], roles)
+        record.update(roles=cs, least=round(value, 6))
+        passes += extra
     if console is not None:
-        console.print(f"  rescale: c = {c:g} (weighted KL {seen[0.0]:.4f} -> {seen[c]:.4f} on {crit.tokens} "
-                      f"calibration tokens, {len(seen)} passes, {time.perf_counter() - t0:.1f} s)")
-    return c, record
+        per = f", per role {min(record.get('roles', {c: c}).values()):g}-{max(record.get('roles', {c: c}).values()):g}" \
+            if "roles" in record else ""
+        console.print(f"  rescale: c = {c:g}{per} (weighted KL {seen[0.0]:.4f} -> {value:.4f} on {crit.tokens} "
+                      f"calibration tokens, {passes} passes, {time.perf_counter() - t0:.1f} s)")
+    return record
 
 
-def placeholder() -> dict:
-    """A record of the size search writes (the budget sizes the header before the search runs)."""
-    return {"rule": RULE, "criterion": CRITERION, "c": 0.0005, "tokens": CONVERT_RESCALE_TOKENS,
-            "grid": {f"{k:g}": 0.123456 for k in CONVERT_RESCALE_GRID[:9]}}
+def placeholder(roles=()) -> dict:
+    """A record of the size search writes (the budget sizes the header before the search runs); `roles`: every
+    role a dropout entry could have."""
+    r = {"rule": RULE, "criterion": CRITERION, "c": 0.0005, "tokens": CONVERT_RESCALE_TOKENS,
+         "grid": {f"{k:g}": 0.123456 for k in CONVERT_RESCALE_GRID[:9]}}
+    if 1 < len(roles) <= CONVERT_RESCALE_ROLES_MAX:
+        r.update(roles={n: 0.0005 for n in roles}, least=0.123456)
+    return r
 
 
 def _add(w, d, scale: float):

@@ -42,9 +42,9 @@ def _decoded(path):
 
 def test_dropout_entries_store_the_rescaled_delta_and_the_choice_is_recorded(tmp_path, pair, quiet_convert,
                                                                              monkeypatch, capsys):
-    """With c forced (the tiny pair's own choice is 0): each dropout entry decodes to factor(alpha, c) x what the
-    --no-rescale file decodes to with the same configuration (same seed, same codes up to rounding ties; the
-    record's bytes may move an allocation); the rest is unchanged."""
+    """With c forced (the tiny pair's own choice is 0): each dropout entry decodes to factor(alpha, c of its role)
+    x what the --no-rescale file decodes to with the same configuration (same seed, same codes up to rounding
+    ties; the record's bytes may move an allocation); the rest is unchanged."""
     base, ft = pair
     cache = {}
     off = tmp_path / "off.ddq"
@@ -56,6 +56,8 @@ def test_dropout_entries_store_the_rescaled_delta_and_the_choice_is_recorded(tmp
     monkeypatch.setattr(rescale, "choose", real)
     a, b = _decoded(off), _decoded(on)
     assert a.keys() == b.keys()
+    with open_ddq(on) as f:
+        r = f.header["algorithm"]["rescale"]
     scaled = 0
     for name, (e, d_on) in b.items():
         e_off, d_off = a[name]
@@ -64,7 +66,8 @@ def test_dropout_entries_store_the_rescaled_delta_and_the_choice_is_recorded(tmp
         if e_off["encoding"] != e["encoding"] or same != {k: e_off["params"].get(k) for k in same}:
             continue  # another configuration for this tensor
         if e["encoding"] == "seeded_rans" and alpha > 1:
-            t = rescale.factor(alpha, 0.02)
+            t = rescale.factor(alpha, rescale.c_for(r, name))
+            assert t < 1 or rescale.c_for(r, name) == 0, name
             step = e["params"]["scale"]
             assert np.abs(d_on - t * d_off).max() <= 1.01 * alpha * step, name  # a code off by one at most
             assert np.mean(np.isclose(d_on, t * d_off, rtol=1e-5, atol=1e-12)) > 0.99, name
@@ -72,15 +75,18 @@ def test_dropout_entries_store_the_rescaled_delta_and_the_choice_is_recorded(tmp
         else:
             np.testing.assert_array_equal(d_on, d_off, err_msg=name)
     assert scaled >= len(b) // 2
-    with open_ddq(on) as f:
-        r = f.header["algorithm"]["rescale"]
     assert r["c"] == 0.02 and r["tokens"] > 0 and set(r["grid"]) == {"0", "0.02"}
+    assert set(r["roles"]) == {"model.layers.*." + m for m in ("self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                                               "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                                                               "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                                                               "mlp.down_proj.weight")} & set(r["roles"])
     with open_ddq(off) as f:
         assert "rescale" not in f.header["algorithm"]
     from ddq_format.cli import app
     from typer.testing import CliRunner
     res = CliRunner().invoke(app, ["inspect", str(on)])
-    assert res.exit_code == 0 and "c=0.02: dropout deltas x 1/(1 + c (alpha - 1))" in " ".join(res.output.split())
+    assert res.exit_code == 0 and "c=0.02 (per role, " in " ".join(res.output.split())
+    assert "dropout deltas x 1/(1 + c (alpha - 1))" in " ".join(res.output.split())
 
 
 def test_the_search_runs_on_the_calibration_text_and_never_worsens_the_criterion(tmp_path, pair, quiet_convert):
@@ -231,3 +237,29 @@ def test_too_little_memory_skips_the_rescale_with_a_warning(tmp_path, pair, monk
         assert "GiB of memory is available" in f.header["algorithm"]["rescale"]["skipped"]
     monkeypatch.setattr(rescale, "available_memory", lambda: None)  # no answer: no check
     assert rescale.memory_shortfall(10**15) is None
+
+
+def test_refine_moves_each_role_to_its_own_least_and_leaves_flat_roles_at_the_shared_c():
+    targets = {"a": 0.004, "b": 0.0, "flat": None}
+    calls = []
+
+    def crit(c0, roles):
+        calls.append(dict(roles))
+        return 1.0 + sum(1e5 * (roles.get(r, c0) - t) ** 2 for r, t in targets.items() if t is not None)
+
+    cs, value, passes = rescale.refine(crit, 0.002, crit(0.002, {}), sorted(targets))
+    assert cs == {"a": 0.004, "b": 0.0, "flat": 0.002}
+    assert value == pytest.approx(1.0) and passes == len(calls) - 1 <= 3 * len(CONVERT_RESCALE_GRID)
+    assert rescale.role("model.layers.11.mlp.up_proj.weight") == "model.layers.*.mlp.up_proj.weight"
+    assert rescale.c_for({"c": 0.002, "roles": {"model.layers.*.mlp.up_proj.weight": 0.0}},
+                         "model.layers.3.mlp.up_proj.weight") == 0.0
+    assert rescale.c_for({"c": 0.002, "roles": {}}, "model.layers.3.mlp.up_proj.weight") == 0.002
+    assert rescale.c_for({"skipped": "why"}, "x") == 0.0
+
+
+def test_a_model_with_more_roles_than_the_cap_keeps_one_c():
+    from ddq_format.spec import CONVERT_RESCALE_ROLES_MAX
+    few = [f"r{i}" for i in range(3)]
+    many = [f"r{i}" for i in range(CONVERT_RESCALE_ROLES_MAX + 1)]
+    assert set(rescale.placeholder(few)["roles"]) == set(few)
+    assert "roles" not in rescale.placeholder(many) and "roles" not in rescale.placeholder()
