@@ -158,6 +158,17 @@ def test_an_interrupted_run_resumes_though_the_criterion_moves_in_its_last_digit
     assert s.resumed_tensors == 4 and out.read_bytes() == whole.read_bytes()
 
 
+def _unrescaled(tmp_path, pair, quiet_convert):
+    """A --no-rescale file of the tiny pair, its decoded deltas and the alphas of its dropout entries."""
+    out = tmp_path / "r.ddq"
+    quiet_convert(*pair, out, target_ratio=40, method_options={"rescale": False})
+    with open_ddq(out) as f:
+        deltas = {e["name"]: f.decode(e["name"]) for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")}
+        alphas = {e["name"]: e["params"]["alpha"] for e in f.header["tensors"]
+                  if e["encoding"] == "seeded_rans" and e["params"]["alpha"] > 1}
+    return out, deltas, alphas
+
+
 def test_the_criterion_is_the_weighted_kl_of_the_model_a_loader_builds(tmp_path, pair, quiet_convert):
     """WeightedKL(0) is the weighted KL of base + the file's deltas as apply_delta builds it; moving to another c
     and back gives the same value (the in-place updates leave no residue); a larger shrink changes it."""
@@ -166,12 +177,7 @@ def test_the_criterion_is_the_weighted_kl_of_the_model_a_loader_builds(tmp_path,
 
     from ddq_format.loaders import apply_delta
     base, ft = pair
-    out = tmp_path / "r.ddq"
-    quiet_convert(base, ft, out, target_ratio=40, method_options={"rescale": False})
-    with open_ddq(out) as f:
-        deltas = {e["name"]: f.decode(e["name"]) for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")}
-        alphas = {e["name"]: e["params"]["alpha"] for e in f.header["tensors"]
-                  if e["encoding"] == "seeded_rans" and e["params"]["alpha"] > 1}
+    out, deltas, alphas = _unrescaled(tmp_path, pair, quiet_convert)
     assert alphas
     ids = np.random.default_rng(0).integers(0, 200, 300)
     crit = rescale.WeightedKL(base, ft, ids, dict(deltas), alphas)
@@ -199,12 +205,7 @@ def test_dropout_deltas_are_held_as_their_kept_elements_with_the_same_criterion(
     """rescale.kept holds a dropout delta as its nonzero elements (12 bytes each: under half the float32 array at
     alpha >= 8) and WeightedKL gives the same values from it as from the dense arrays."""
     base, ft = pair
-    out = tmp_path / "r.ddq"
-    quiet_convert(base, ft, out, target_ratio=40, method_options={"rescale": False})
-    with open_ddq(out) as f:
-        deltas = {e["name"]: f.decode(e["name"]) for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")}
-        alphas = {e["name"]: e["params"]["alpha"] for e in f.header["tensors"]
-                  if e["encoding"] == "seeded_rans" and e["params"]["alpha"] > 1}
+    out, deltas, alphas = _unrescaled(tmp_path, pair, quiet_convert)
     held = {n: rescale.kept(d) if n in alphas else d for n, d in deltas.items()}
     for n, a in alphas.items():
         k = held[n]
@@ -218,6 +219,9 @@ def test_dropout_deltas_are_held_as_their_kept_elements_with_the_same_criterion(
                                                                                                   alphas)
     for c in (0.0, 0.05, 0.0):
         assert sparse(c) == pytest.approx(dense(c), rel=1e-6)
+    one = {rescale.role(next(iter(alphas))): 0.05}  # one role moved, the others at c
+    moved = dense(0.0, one)
+    assert sparse(0.0, one) == pytest.approx(moved, rel=1e-6) and moved != pytest.approx(dense(0.0), rel=1e-4)
 
 
 def test_too_little_memory_skips_the_rescale_with_a_warning(tmp_path, pair, monkeypatch):
