@@ -147,8 +147,8 @@ class WeightedKL:
     """The criterion of `choose` for one set of decoded deltas. The fine-tune runs once for its log-probs (then is
     freed), the base once for the token weights (both cached in `cache` by the token ids); the base then gets
     every non-dropout delta added, and each call moves the dropout deltas to factor(alpha, c) x D in place and
-    runs one pass over the text (`roles`: a c per role). Memory: the model in float32 and the dropout deltas as `kept` holds them (1/alpha
-    of their elements, 12 bytes each) or dense."""
+    runs one pass over the text (`roles`: a c per role). Memory: the model in float32 and the dropout deltas as
+    `kept` holds them (1/alpha of their elements, 12 bytes each) or dense."""
 
     def __init__(self, base_folder, ft_folder, ids, deltas: dict, alphas: dict, cache: dict | None = None):
         import torch
@@ -226,8 +226,8 @@ def search(base_folder, ft_folder, ids, deltas: dict, alphas: dict, console=None
         record.update(roles=cs, least=round(value, 6))
         passes += extra
     if console is not None:
-        per = f", per role {min(record.get('roles', {c: c}).values()):g}-{max(record.get('roles', {c: c}).values()):g}" \
-            if "roles" in record else ""
+        cs = list(record.get("roles", {}).values())
+        per = f", per role {min(cs):g}-{max(cs):g}" if cs else ""
         console.print(f"  rescale: c = {c:g}{per} (weighted KL {seen[0.0]:.4f} -> {value:.4f} on {crit.tokens} "
                       f"calibration tokens, {passes} passes, {time.perf_counter() - t0:.1f} s)")
     return record
