@@ -167,6 +167,7 @@ CONVERT_FALLBACK_GROUP_SIZE = 256  # h_g for architectures without an adapter (r
 CONVERT_DENSE_1D_BITS = 8  # 1-D dense deltas (norms, biases) as dense_q codes: below their fp16 size (issue 11)
 CONVERT_CALIB_MAX_TOKENS = 512  # calibration tokens used by the group-size search
 ENTRY_PLACEHOLDER_MAX = 2**32 - 1  # size estimates: offsets/CRCs at their widest msgpack uint32 form
+CONVERT_PLAN_1D_SHARE = 0.05  # --target-ratio: 1-D deltas take 4-bit codes where 8 bits would take more of the budget
 CONVERT_PLAN_CALIB_MAX_TOKENS = 2048  # --target-ratio and the calibrated baselines (deltacome, deltazip, bitdelta-distill)
 # --target-ratio's rescale (converters/rescale.py): dropout entries store t = 1 / (1 + c (alpha - 1)) x their
 # delta, c the smallest of this grid whose KL to the fine-tune, weighted per token by KL(fine-tune || base), on

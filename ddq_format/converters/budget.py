@@ -11,11 +11,15 @@ config/tokenizer files are reported beside it, not inside it). Candidates per te
     signs behind dropout (even with the unbiased scale E[v^2]/E|v|), 2-bit codes. Tried in exploration runs and
     not made an encoding: a low-rank part plus dropout on the residual (about the same exact match at 128x,
     lower KL; never chosen at 512x);
-  - 1-D deltas (norms, biases): `dense_q` 8-bit codes (raw binary16 plus its entry would exceed its fp16 size).
-    Measured and dropped: 8-, 4- and 2-bit candidates priced element-wise like the rest (the allocator then
-    takes 2 bits everywhere): mean over 3 run seeds on the example, 33.1% vs 30.5% exact match at 512x but
-    86.6% vs 87.5% at 128x (exploration runs, with the rescale): the element-wise price undervalues a norm's
-    element, which scales a whole input column of the layers reading it.
+  - 1-D deltas (norms, biases): `dense_q` codes (raw binary16 plus its entry would exceed its fp16 size), 8 bits
+    unless at 8 bits they would take more than CONVERT_PLAN_1D_SHARE of the budget, then 4 bits (`one_d`):
+    on the example the norms are 10% of the 512x budget at 8 bits, and at 4 bits the linear layers get those
+    bytes (quality.md); at 7B they are under 1% of it. Measured and dropped: 8-, 4- and 2-bit candidates priced
+    element-wise like the rest (the allocator then takes 2 bits everywhere): mean over 3 run seeds on the
+    example, 33.1% vs 30.5% exact match at 512x but 86.6% vs 87.5% at 128x (exploration runs, with the
+    rescale): the element-wise price undervalues a norm's element, which scales a whole input column of the
+    layers reading it (priced as that column's error instead, a norm costs more than its consumers' whole
+    noise, yet zeroing every norm delta of the 512x file costs 1.1 points of exact match: neither price fits).
 Cost: each candidate is encoded and decoded (what a loader gets): its gain g on the delta and the noise N left
 beside it. The default objective prices every element's noise-to-signal ratio equally, element-wise (sum of
 numel x N/(g^2 S), "snr"); "calibrated" takes that ratio on the fine-tune's activations over the calibration
@@ -40,7 +44,8 @@ import numpy as np
 
 from ..encodings import Encoded, dense_q, lowrank_q, raw, seeded_rans, sign_scale
 from ..quantize import Quantizer, fit
-from ..spec import ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, KIND_COMPRESSED, KIND_DENSE, align_up
+from ..spec import (CONVERT_PLAN_1D_SHARE, ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, KIND_COMPRESSED, KIND_DENSE,
+                    align_up)
 from .dropout import groupwise_dropout_blocked
 from .methods import ROW_BLOCK, tensor_group_size
 
@@ -52,6 +57,7 @@ RANS_BITS, RANS_STEPS = 4, (1.0,)  # grid step in std of the kept values; 2.0 me
 RANS_STEP = RANS_STEPS[0]
 FINE_ALPHAS = (1, 2, 4)  # 8-bit candidates: the budgets below the 4-bit ones (true ratio < ~8x)
 LOWRANK_RANKS = (1, 2, 4, 8, 16, 32)
+ONE_D_BITS = (8, 4)  # widest first: the code widths of 1-D deltas (one_d)
 ROW_SAMPLE = 2048  # rows of a tensor scored (a fixed random sample, scaled up): bounds the error's cost
 
 
@@ -81,7 +87,7 @@ class Config:
 
 def grid(shape, name: str, embedding: bool) -> list[Config]:
     if len(shape) != 2:
-        return [Config("dense_q", bits=8)]
+        return [Config("dense_q", bits=b) for b in ONE_D_BITS]
     cols = shape[1]
     out = [Config("raw16")]
     out += [Config("rans", alpha=a, bits=RANS_BITS, step=st) for a in ALPHAS if a <= cols for st in RANS_STEPS]
@@ -276,6 +282,20 @@ def within_fp16(options: list[Option], fp16_bytes: int) -> list[Option]:
     every candidate is (a tensor smaller than its own header entry)."""
     ok = [o for o in options if o.bytes <= fp16_bytes]
     return ok or [min(options, key=lambda o: o.bytes)]
+
+
+def one_d(options: dict[str, list[Option]], budget: float, share: float = CONVERT_PLAN_1D_SHARE) -> dict:
+    """The options with every 1-D delta (only dense_q candidates) narrowed to one width, the same for all: the
+    widest of ONE_D_BITS whose total stays within `share` of the budget, else the narrowest (module docstring)."""
+    oned = [n for n, opts in options.items() if opts and all(o.cfg.family == "dense_q" for o in opts)]
+
+    def at(n, b):
+        return [o for o in options[n] if o.cfg.bits == b] or options[n]
+
+    for bits in ONE_D_BITS:
+        if sum(min(o.bytes for o in at(n, bits)) for n in oned) <= share * budget:
+            break
+    return {n: at(n, bits) if n in oned else opts for n, opts in options.items()}
 
 
 def allocate(options: dict[str, list[Option]], budget: float, objective: str = "snr") -> dict[str, Option]:

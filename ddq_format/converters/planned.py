@@ -259,6 +259,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         ctx.cache[cached] = options
         ctx.console.print(f"  scored {sum(map(len, options.values()))} candidates of {len(options)} tensors "
                           f"({time.perf_counter() - t0:.1f} s)")
+    options = budget.one_d(options, total_budget)
     seeds = ctx.cache.setdefault("seeds", {})
     data_names = [t.name for t in ctx.data_tasks()]
     record = {"method": "deltadq", "planner": "budget", "encoding": "per tensor",

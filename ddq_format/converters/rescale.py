@@ -19,6 +19,14 @@ c = 0.002, 33.2% against 27.1%; exploration runs, the benchmark's rows in benchm
 The share differs by role (`refine`): at 512x on the example the best c per role was 0.004-0.012 for q, k and v,
 0-0.002 for o, gate, up and down, and base + those deltas kept 40.4% exact match against 33.2% with the one c
 (an exploration run on one file, seed 0).
+Tried and dropped (exploration runs on the --no-rescale 512x file of seed 0, 27.1% exact match as it is):
+  - a t per entry, by Adam on log t over this criterion (its gradient from one backward pass), t <= 1, early
+    stopped on 1024 held-out calibration tokens: held-out criterion 0.647 -> 0.524, but 36.1% exact match
+    (36.9% after 3 steps; unbounded t overfits: 30.5%), below the per-role walk's 40.4% on the same file;
+  - the kept values refitted per row by least squares on the calibration Gram, w_S = (H_SS + lam I)^-1 (H d)_S:
+    the layer-output error falls 26x on the calibration text while exact match falls to 0.2% (lam = 0.01-0.1
+    of H's mean diagonal; 20.3% when anchored to 0.6 x the dropout values with lam = 100): the Gram is
+    dominated by a few input directions, and a fit to them gives up the rest.
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_step_quantizer_and_unbiased_sign_scale():
 
 
 def test_grid_has_dense_q_for_vectors_and_lowrank_for_embeddings():
-    assert [c.family for c in budget.grid((576,), "n", False)] == ["dense_q"]
+    assert [(c.family, c.bits) for c in budget.grid((576,), "n", False)] == [("dense_q", 8), ("dense_q", 4)]
     fams = {c.family for c in budget.grid((100, 64), "e", True)}
     assert {"raw16", "rans", "lowrank"} <= fams
     assert all(c.alpha <= 64 for c in budget.grid((100, 64), "x", False))
@@ -198,3 +198,24 @@ def test_a_budget_between_powers_of_two_gets_an_alpha_between_them():
     got = budget.allocate({"t": opts}, by_alpha[24].bytes)["t"]
     assert got.cfg.alpha == 24 and got.bytes < by_alpha[16].bytes
     assert 24 - 1 < got.rel < (24 - 1) * 1.25  # dropout noise alpha - 1, plus the 4-bit grid's
+
+
+def test_vectors_take_8_bits_unless_those_would_crowd_the_budget():
+    """one_d: every 1-D delta at the widest of ONE_D_BITS whose total fits CONVERT_PLAN_1D_SHARE of the budget,
+    all at one width; matrices keep all their candidates."""
+    rng = np.random.default_rng(3)
+    opts = {}
+    for i in range(4):
+        d = (rng.standard_normal(576) * 1e-3).astype(np.float32)
+        opts[f"model.layers.{i}.input_layernorm.weight"] = [
+            budget.score("n", d, "F32", None, c, 0, None, None)[0] for c in budget.grid(d.shape, "n", False)]
+    opts["m"] = _options(rng, 1)["t0"]
+    assert {o.cfg.bits for o in opts["model.layers.0.input_layernorm.weight"]} == {8, 4}
+    wide = sum(next(o.bytes for o in v if o.cfg.bits == 8) for k, v in opts.items() if k != "m")
+    for room, bits in ((wide / budget.CONVERT_PLAN_1D_SHARE, 8), (wide / budget.CONVERT_PLAN_1D_SHARE * 0.9, 4)):
+        got = budget.one_d(opts, room)
+        assert got["m"] == opts["m"]
+        assert all([o.cfg.bits for o in got[k]] == [bits] for k in got if k != "m")
+        # the allocator then has no choice but that width, whatever the element-wise price says
+        chosen = budget.allocate(got, room * 10)
+        assert all(chosen[k].cfg.bits == bits for k in got if k != "m")

@@ -8,7 +8,9 @@ import pytest
 from ddq_format import UsageError, open_ddq
 from ddq_format.accounting import report
 from ddq_format.cli_report import wider_than_fp16
+from ddq_format.converters import budget
 from ddq_format.converters.planned import tensors_ratio
+from ddq_format.spec import CONVERT_PLAN_1D_SHARE
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,17 @@ def test_target_ratio_is_met_and_recorded(tmp_path, pair, cache, quiet_convert, 
         data = [e for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")]
         assert alg["planner"] == "budget" and alg["target_ratio"] == ratio
         assert len(alg["choice"]) == len(data) and max(alg["choice"]) < len(alg["configs"])
-        for e in data:
-            if len(e["shape"]) == 1:
-                assert e["encoding"] == "dense_q"
+        ones = [e for e in data if len(e["shape"]) == 1]
+        assert ones and all(e["encoding"] == "dense_q" for e in ones)
+        # one code width for every 1-D delta: 8 bits unless they would take more than their share of the budget
+        # (a vector smaller than its own entry takes its smallest candidate, as budget.within_fp16 says)
+        size = {(e["name"], b): budget.stored_bytes(budget.as_entry(e["name"], e["shape"], e["dtype"], "dense", budget.encode(
+            budget.Config("dense_q", bits=b), f.decode(e["name"]), 0), e["base"])[0]) for e in ones for b in (8, 4)}
+        small = {e["name"] for e in ones if size[e["name"], 8] > 2 * np.prod(e["shape"])}
+        wide = sum(size[e["name"], 4 if e["name"] in small else 8] for e in ones)
+        want = 8 if wide <= CONVERT_PLAN_1D_SHARE * alg["budget_bytes"] else 4
+        assert {e["params"]["bits"] for e in ones if e["name"] not in small} <= {want}, (wide, alg["budget_bytes"])
+        assert {e["params"]["bits"] for e in ones if e["name"] in small} <= {4}
         assert f.entries["model.embed_tokens.weight"]["kind"] == "compressed"
         for t in rep["tensors"]:  # never above the fp16 delta size, but for tensors smaller than their own entry
             if t["delta_fp16_bytes"] > 2 * t["components"]["header"]:
@@ -181,3 +191,21 @@ def test_default_price_runs_no_calibration_pass(tmp_path, pair, quiet_convert, m
     assert calls == [1]
     with open_ddq(tmp_path / "cal.ddq") as f:
         assert f.header["algorithm"]["calibration"]["calib_tokens"] > 0
+
+
+def test_vectors_get_4_bit_codes_only_where_8_bits_would_crowd_the_budget(tmp_path, quiet_convert):
+    """Norms wider than their own entry: 8-bit codes at a loose budget, 4-bit at one where 8 bits would take more
+    than CONVERT_PLAN_1D_SHARE of it (budget.one_d), and the file still lands on the ratio."""
+    from tests.tiny_models import make_pair
+    base, ft = make_pair(tmp_path / "p", "llama", hidden=512, layers=1)
+    bits = {}
+    for ratio in (8, 200):
+        out = tmp_path / f"r{ratio}.ddq"
+        quiet_convert(base, ft, out, target_ratio=ratio, seed_trials=1, method_options={"rescale": False})
+        assert abs(tensors_ratio(out) / ratio - 1) <= 0.05
+        with open_ddq(out) as f:
+            ones = [e for e in f.header["tensors"] if len(e["shape"]) == 1 and e["kind"] == "dense"]
+            share = sum(np.prod(e["shape"]) for e in ones) / f.header["algorithm"]["budget_bytes"]
+            bits[ratio] = ({e["params"]["bits"] for e in ones}, share)
+    assert bits[8][0] == {8} and bits[8][1] < CONVERT_PLAN_1D_SHARE, bits
+    assert bits[200][0] == {4} and bits[200][1] > CONVERT_PLAN_1D_SHARE, bits
