@@ -8,7 +8,9 @@ config/tokenizer files are reported beside it, not inside it). Candidates per te
     deviation of the kept values, the embedding (and an untied lm_head) also as `lowrank_q` at rank r, and a
     dense binary16 delta. Measured and dropped (they lose at equal bytes on the example,
     benchmarks/results/quality.md): a 2-std step (a dead zone around zero), the reference min-max grid, 1-bit
-    signs behind dropout (even with the unbiased scale E[v^2]/E|v|), 2-bit codes. Tried in exploration runs and
+    signs behind dropout (even with the unbiased scale E[v^2]/E|v|; again with the rescale and
+    4-bit norms, at alpha >= 128 only: 38.3% against 41.0% exact match at 512x, seed 0, though R=2048 then reaches
+    1564x instead of 1020x, at 1.2% exact match, with 8-bit norms; exploration runs), 2-bit codes. Tried in exploration runs and
     not made an encoding: a low-rank part plus dropout on the residual (about the same exact match at 128x,
     lower KL; never chosen at 512x);
   - 1-D deltas (norms, biases): `dense_q` codes (raw binary16 plus its entry would exceed its fp16 size), 8 bits
