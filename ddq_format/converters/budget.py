@@ -4,24 +4,25 @@ error of the deltas subject to the byte budget of the whole file's tensors.
 Budget: R is the all-tensor true ratio, sum of every tensor's fp16 delta bytes / every byte the tensors take
 (buffers, alignment padding, header entries, the file's preamble, footer and header records; the copied
 config/tokenizer files are reported beside it, not inside it). Candidates per tensor (`grid`):
-  - compressed 2-D deltas: `seeded_rans` at dropout alpha and 4-bit codes on a grid step of 1 standard
-    deviation of the kept values, the embedding (and an untied lm_head) also as `lowrank_q` at rank r, and a
-    dense binary16 delta. Measured and dropped (they lose at equal bytes on the example,
-    benchmarks/results/quality.md): a 2-std step (a dead zone around zero), the reference min-max grid, 1-bit
-    signs behind dropout (even with the unbiased scale E[v^2]/E|v|; again with the rescale and
-    4-bit norms, at alpha >= 128 only: 38.3% against 41.0% exact match at 512x, seed 0, though R=2048 then reaches
-    1564x instead of 1020x, at 1.2% exact match, with 8-bit norms; exploration runs), 2-bit codes. Tried in exploration runs and
-    not made an encoding: a low-rank part plus dropout on the residual (about the same exact match at 128x,
-    lower KL; never chosen at 512x);
+  - compressed 2-D deltas: `seeded_rans` at dropout alpha and 4-bit codes on a grid step of 1 standard deviation of
+    the kept values, the embedding (and an untied lm_head) also as `lowrank_q` at rank r, and a dense binary16
+    delta. Measured and dropped (they lose at equal bytes on the example, benchmarks/results/quality.md): a 2-std
+    step (a dead zone around zero), the reference min-max grid, 1-bit signs behind dropout (even with the unbiased
+    scale E[v^2]/E|v|; again with the rescale and 4-bit norms, at alpha >= 128 only: 38.3% against 41.0% exact match
+    at 512x, seed 0, though R=2048 then reaches 1564x instead of 1020x, at 1.2% exact match, with 8-bit norms;
+    exploration runs), 2-bit codes. Tried in exploration runs and not made an encoding: a low-rank part plus dropout
+    on the residual (about the same exact match at 128x, lower KL; never chosen at 512x);
   - 1-D deltas (norms, biases): `dense_q` codes (raw binary16 plus its entry would exceed its fp16 size), 8 bits
-    unless at 8 bits they would take more than CONVERT_PLAN_1D_SHARE of the budget, then 4 bits (`one_d`):
-    on the example the norms are 10% of the 512x budget at 8 bits, and at 4 bits the linear layers get those
-    bytes (quality.md); at 7B they are under 1% of it. Measured and dropped: 8-, 4- and 2-bit candidates priced
-    element-wise like the rest (the allocator then takes 2 bits everywhere): mean over 3 run seeds on the
-    example, 33.1% vs 30.5% exact match at 512x but 86.6% vs 87.5% at 128x (exploration runs, with the
-    rescale): the element-wise price undervalues a norm's element, which scales a whole input column of the
-    layers reading it (priced as that column's error instead, a norm costs more than its consumers' whole
-    noise, yet zeroing every norm delta of the 512x file costs 1.1 points of exact match: neither price fits).
+    unless at 8 bits they would take more than CONVERT_PLAN_1D_SHARE of the budget, then 4 bits (`one_d`): on the
+    example the norms are 10% of the 512x budget at 8 bits, and at 4 bits the linear layers get those bytes
+    (quality.md: 41.0/43.4/33.0% against 38.1/39.5/28.9% at seeds 0-2); at 4 bits, 256x (where 8 bits take 5.0%)
+    keeps 74.2% against 75.6% and 128x 86.7% against 87.5% (seed 0); at 7B the norms are under 1% of the budget.
+    Measured and dropped: 8-, 4- and 2-bit candidates priced element-wise like the rest (the allocator then takes 2
+    bits everywhere): mean over 3 run seeds on the example, 33.1% vs 30.5% exact match at 512x but 86.6% vs 87.5% at
+    128x (exploration runs, with the rescale): the element-wise price undervalues a norm's element, which scales a
+    whole input column of the layers reading it (priced as that column's error instead, a norm costs more than its
+    consumers' whole noise, yet zeroing every norm delta of the 512x file costs 1.1 points of exact match: neither
+    price fits).
 Cost: each candidate is encoded and decoded (what a loader gets): its gain g on the delta and the noise N left
 beside it. The default objective prices every element's noise-to-signal ratio equally, element-wise (sum of
 numel x N/(g^2 S), "snr"); "calibrated" takes that ratio on the fine-tune's activations over the calibration
