@@ -41,8 +41,11 @@ def test_target_ratio_is_met_and_recorded(tmp_path, pair, cache, quiet_convert, 
         assert ones and all(e["encoding"] == "dense_q" for e in ones)
         # one code width for every 1-D delta: 8 bits unless they would take more than their share of the budget
         # (a vector smaller than its own entry takes its smallest candidate, as budget.within_fp16 says)
-        size = {(e["name"], b): budget.stored_bytes(budget.as_entry(e["name"], e["shape"], e["dtype"], "dense", budget.encode(
-            budget.Config("dense_q", bits=b), f.decode(e["name"]), 0), e["base"])[0]) for e in ones for b in (8, 4)}
+        def stored(e, bits):
+            enc = budget.encode(budget.Config("dense_q", bits=bits), f.decode(e["name"]), 0)
+            return budget.stored_bytes(budget.as_entry(e["name"], e["shape"], e["dtype"], "dense", enc, e["base"])[0])
+
+        size = {(e["name"], b): stored(e, b) for e in ones for b in (8, 4)}
         small = {e["name"] for e in ones if size[e["name"], 8] > 2 * np.prod(e["shape"])}
         wide = sum(size[e["name"], 4 if e["name"] in small else 8] for e in ones)
         want = 8 if wide <= CONVERT_PLAN_1D_SHARE * alg["budget_bytes"] else 4
