@@ -1,7 +1,8 @@
 """Honest size accounting (SPEC.md §12): every byte of the file is attributed to a component.
 
 Per tensor: its buffers by role, the alignment padding in front of each (from the file's layout walk), its
-params (the scalars) and the rest of its header entry, both measured on the header's own bytes. The nominal
+params (the scalars) and the rest of its header entry, both measured on the header's own bytes (in a 2.x
+file, whose header is stored compressed, scaled by the header's compressed/inflated length). The nominal
 ratio is the paper's alpha*16/(k - log2 m); the true ratio is the fp16 bytes of the tensor's delta divided by
 the bytes the tensor takes in this file.
 
@@ -60,7 +61,9 @@ def _params_bytes(entry_bytes: bytes) -> int:
     return 0
 
 
-def tensor_report(entry: dict, entry_bytes: bytes, padding_before: dict[tuple, int]) -> dict:
+def tensor_report(entry: dict, entry_bytes: bytes, padding_before: dict[tuple, int], share: float = 1.0) -> dict:
+    """share: stored header bytes per msgpack byte (1 in 1.x; in 2.x, where the header is stored compressed, the
+    compressed length over the inflated one: each entry is charged its share of the compressed header)."""
     # Kinds without data ignore `encoding` and `params` (SPEC.md §5.2), so the report does too.
     data_kind = entry["kind"] in ENCODINGS_BY_KIND
     enc = encodings.get(entry.get("encoding")) if data_kind else None
@@ -70,9 +73,11 @@ def tensor_report(entry: dict, entry_bytes: bytes, padding_before: dict[tuple, i
     for role, b in entry.get("buffers", {}).items():
         comps[roles.get(role, "dense")] += b["length"]  # a role this reader does not know: "dense"
         comps["padding"] += padding_before.get((entry["name"], role), 0)
-    params_bytes = _params_bytes(entry_bytes) if params else 0
+    # floors: the entries' shares never sum past the stored header; the rest is the header's own (report())
+    entry_share = math.floor(len(entry_bytes) * share)
+    params_bytes = min(math.floor(_params_bytes(entry_bytes) * share), entry_share) if params else 0
     comps["scalars"] += params_bytes  # on top of any buffer role an encoding counts as scalars
-    comps["header"] = len(entry_bytes) - params_bytes
+    comps["header"] = entry_share - params_bytes
     stored = sum(comps.values())
     numel = math.prod(entry["shape"])
     # A removed tensor has no delta; a tied one is the same delta as its target, counted there once.
@@ -88,10 +93,9 @@ def report(ddq) -> dict:
     header, layout = ddq.header, ddq.layout
     before = {(r.tensor, r.name): r.pad_before for r in layout.regions if r.tensor is not None}
     files_bytes = sum(r.length + r.pad_before for r in layout.regions if r.tensor is None)
-    start = ddq.header_offset
-    tensors = [tensor_report(e, ddq._mm[start + a: start + b], before)
-               for e, (a, b) in ((e, ddq.entry_spans[e["name"]]) for e in header["tensors"])]
     header_bytes = ddq.file_size - PREAMBLE_SIZE - ddq.data_length - FOOTER_SIZE
+    share = header_bytes / ddq.header_plain_length if ddq.header_plain_length else 1.0
+    tensors = [tensor_report(e, ddq.entry_bytes(e["name"]), before, share) for e in header["tensors"]]
     entries_header = sum(t["components"]["header"] + t["components"]["scalars"] for t in tensors)
     overhead = PREAMBLE_SIZE + FOOTER_SIZE + (header_bytes - entries_header) + layout.trailing
     totals_comp = dict.fromkeys(COMPONENTS, 0)
@@ -116,6 +120,7 @@ def report(ddq) -> dict:
         "format_version": f"{ddq.version[0]}.{ddq.version[1]}",
         "file_bytes": ddq.file_size,
         "header_bytes": header_bytes,
+        "header_msgpack_bytes": ddq.header_plain_length,  # header_bytes before compression (2.x), else equal
         "alignment": header["alignment"],
         "base": header.get("base", {}),
         "algorithm": header.get("algorithm", {}),

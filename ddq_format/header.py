@@ -9,9 +9,9 @@ from .encodings._common import Ctx
 from .errors import EncodingError, FormatError
 from .header_parse import Parsed, parse  # noqa: F401  (re-exported: the reader's entry point)
 from .layout import Layout, Region, walk
-from .spec import (ALIGNMENT, CHECKSUM, ENCODINGS_BY_KIND, FLOAT_DTYPES, FORMAT_MINOR, KIND_TIED, KINDS,
+from .spec import (ALIGNMENT, CHECKSUM, ENCODINGS_BY_KIND, FLOAT_DTYPES, FORMAT_MAJOR, FORMAT_MINOR, KIND_TIED, KINDS,
                    MAX_ALIGNMENT, MAX_DECODED_BYTES, MAX_DIM, MAX_FILE_NAME_BYTES, MAX_FILES, MAX_NAME_BYTES,
-                   MAX_NDIM, MAX_TENSORS, dtype_max)
+                   MAX_NDIM, MAX_TENSORS, dtype_max, newest_minor)
 
 
 def _safe_file_name(name) -> bool:
@@ -42,12 +42,13 @@ def _check_buffer(b, where, path, name, data_length, alignment):
                           f"({data_length} bytes)", path=path, tensor=name, field=where)
 
 
-def validate(header: dict, data_length: int, path, minor: int = FORMAT_MINOR
+def validate(header: dict, data_length: int, path, minor: int = FORMAT_MINOR, major: int = FORMAT_MAJOR
              ) -> tuple[list[dict], set[str], Layout]:
     """Check every key, type and limit. Returns (entries, names of entries whose encoding is unknown but
     allowed because the file's minor version is newer than this library's, the data section's layout).
     Raises FormatError/EncodingError."""
-    newer_minor, unsupported = minor > FORMAT_MINOR, set()
+    newest = FORMAT_MINOR if major == FORMAT_MAJOR else newest_minor(major)  # the module's, for tests to lower
+    newer_minor, unsupported = minor > newest, set()
     alignment = header.get("alignment")
     if not _int(alignment) or alignment < ALIGNMENT or alignment & (alignment - 1) or alignment > MAX_ALIGNMENT:
         raise FormatError(f"must be a power of two >= {ALIGNMENT}, got {alignment!r}", path=path,

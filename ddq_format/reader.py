@@ -20,8 +20,8 @@ from .encodings._common import Ctx
 from .errors import ChecksumError, DDQError, EncodingError, FormatError, LimitError, VersionError
 from .header import parse, validate
 from .header_parse import paused_gc
-from .spec import (DECODE_BUDGET_FLOOR, DECODE_BUDGET_RATIO, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR, KIND_REMOVED,
-                   KIND_SAME, KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE)
+from .spec import (COMPACT_MAJOR, DECODE_BUDGET_FLOOR, DECODE_BUDGET_RATIO, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_MAJOR,
+                   KIND_REMOVED, KIND_SAME, KIND_TIED, MAGIC, MAX_HEADER_BYTES, PREAMBLE_SIZE, newest_minor)
 
 
 def decoded_nbytes(entry: dict) -> int:
@@ -68,9 +68,9 @@ class DDQFile:
         if size < PREAMBLE_SIZE + FOOTER_SIZE:
             raise FormatError(f"truncated: {size} bytes is smaller than preamble + footer", path=path)
         major, minor = struct.unpack_from("<HH", mm, len(MAGIC))
-        if major != FORMAT_MAJOR:
-            raise VersionError(f"format version {major}.{minor} is not readable by this library (major "
-                               f"{FORMAT_MAJOR})", path=path, field="version")
+        if newest_minor(major) is None:
+            raise VersionError(f"format version {major}.{minor} is not readable by this library (majors "
+                               f"{FORMAT_MAJOR} and {COMPACT_MAJOR})", path=path, field="version")
         self.version = (major, minor)
         foot = mm[size - FOOTER_SIZE:]
         if foot[-len(FOOTER_MAGIC):] != FOOTER_MAGIC:
@@ -90,17 +90,33 @@ class DDQFile:
             raw = view[header_offset: header_offset + header_len]
             if zlib.crc32(raw) != header_crc:
                 raise ChecksumError("header CRC-32 mismatch", path=path, field="footer.header_crc32")
+            # the msgpack header: the stored bytes themselves (1.x) or what they inflate to (2.x, capped)
+            self._plain = inflate_header(raw, path) if major == COMPACT_MAJOR else None
             with paused_gc():
-                parsed = parse(raw, path)
+                parsed = parse(raw if self._plain is None else self._plain, path)
                 del raw
                 self.header = parsed.header
                 self.header_offset = header_offset
+                self.header_length = header_len
                 self.data_length = header_offset - PREAMBLE_SIZE
-                entries, self.unsupported, self.layout = validate(self.header, self.data_length, path, minor)
+                entries, self.unsupported, self.layout = validate(self.header, self.data_length, path, minor,
+                                                                  major)
         self.entries = {e["name"]: e for e in entries}
         # Byte span of each entry inside the header (for size accounting: exact, whatever the msgpack widths).
         self.entry_spans = {e["name"]: span for e, span in zip(entries, parsed.entry_spans)}
         self.files = {f["name"]: f for f in self.header.get("files", [])}
+
+    def entry_bytes(self, name: str) -> bytes:
+        """The msgpack bytes of one entry, as parsed (inside the inflated header of a 2.x file)."""
+        a, b = self.entry_spans[name]
+        if self._plain is not None:
+            return self._plain[a:b]
+        return self._mm[self.header_offset + a: self.header_offset + b]
+
+    @property
+    def header_plain_length(self) -> int:
+        """Bytes of the msgpack header (after inflating, for a 2.x file)."""
+        return self.header_length if self._plain is None else len(self._plain)
 
     # -- access ---------------------------------------------------------------------------------
     @property
@@ -197,6 +213,32 @@ class DDQFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+INFLATE_STEP = 2**20
+
+
+def inflate_header(stored, path) -> bytearray:
+    """The msgpack header of a 2.x file: its stored bytes are one complete zlib stream (RFC 1950) and nothing
+    after it, inflating to at most MAX_HEADER_BYTES. Bounded before allocating: inflation stops one byte past
+    the cap, so a small stream cannot demand more (SPEC.md §3.3)."""
+    d, plain, tail = zlib.decompressobj(), bytearray(), stored
+    try:  # in 1 MiB steps into one growing buffer: the peak stays near the cap (one call would double it)
+        while not d.eof and len(plain) <= MAX_HEADER_BYTES:
+            chunk = d.decompress(tail, INFLATE_STEP)
+            tail = d.unconsumed_tail
+            if not chunk and not tail:  # input used up before the stream's end
+                break
+            plain += chunk
+    except zlib.error as e:
+        raise FormatError(f"header is not a valid zlib stream ({e})", path=path, field="header") from None
+    if len(plain) > MAX_HEADER_BYTES:
+        raise FormatError(f"header inflates past the cap of {MAX_HEADER_BYTES} bytes", path=path, field="header")
+    if not d.eof:
+        raise FormatError("header's zlib stream is truncated", path=path, field="header")
+    if d.unused_data:
+        raise FormatError(f"{len(d.unused_data)} bytes after the header's zlib stream", path=path, field="header")
+    return plain
 
 
 def open_ddq(path, **kw) -> DDQFile:

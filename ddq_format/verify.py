@@ -62,7 +62,7 @@ def _padding_faults(ddq) -> list[str]:
 
 def _label_faults(ddq) -> list[str]:
     """The label must cover every feature used (SPEC.md §2): a reader of the labelled minor would reject it."""
-    need = minor_needed(ddq.entries.values())
+    need = minor_needed(ddq.entries.values(), ddq.version[0])
     if need > ddq.version[1]:
         return [f"{ddq.path}: field 'version': labelled {ddq.version[0]}.{ddq.version[1]} but uses features of "
                 f"{ddq.version[0]}.{need} (a {ddq.version[0]}.{ddq.version[1]} reader rejects or misreads it)"]

@@ -21,7 +21,7 @@ from .encodings import Encoded
 from .encodings._common import Ctx
 from .errors import UsageError
 from .header import parse, validate
-from .spec import (ALIGNMENT, CHECKSUM, FOOTER_MAGIC, FORMAT_MAJOR, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED,
+from .spec import (ALIGNMENT, CHECKSUM, COMPACT_MAJOR, FOOTER_MAGIC, FORMAT_MAJOR, HEADER_ZLIB_LEVEL, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED,
                    KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up, minor_needed)
 
 
@@ -37,10 +37,10 @@ def footer(header_offset: int, header: bytes, major=FORMAT_MAJOR, minor=BASE_MIN
     return struct.pack("<QQIHH", header_offset, len(header), zlib.crc32(header), major, minor) + FOOTER_MAGIC
 
 
-def required_minor(tensors) -> int:
+def required_minor(tensors, major: int = FORMAT_MAJOR) -> int:
     """The lowest minor version that defines every encoding and feature in these entries (1.0 readers keep
     working on files that need nothing newer)."""
-    return max(BASE_MINOR, minor_needed(tensors))
+    return max(BASE_MINOR, minor_needed(tensors, major))
 
 
 def _nbytes(arr) -> int:
@@ -56,8 +56,12 @@ class Writer:
     """with Writer(path, base=..., algorithm=...) as w: w.add(name, kind, ...)"""
 
     def __init__(self, path, *, metadata: dict | None = None, base: dict | None = None,
-                 algorithm: dict | None = None):
-        self.path = Path(path)
+                 algorithm: dict | None = None, major: int = FORMAT_MAJOR):
+        """major: FORMAT_MAJOR (1.x, a plain msgpack header) or COMPACT_MAJOR (2.0, the header zlib-compressed)."""
+        if major not in (FORMAT_MAJOR, COMPACT_MAJOR):
+            raise UsageError(f"format major version must be {FORMAT_MAJOR} or {COMPACT_MAJOR}, got {major!r}",
+                             path=path, field="format")
+        self.path, self.major = Path(path), major
         self.header = {"alignment": ALIGNMENT, "checksum": CHECKSUM, "metadata": dict(metadata or {}),
                        "base": dict(base or {}), "algorithm": dict(algorithm or {}), "files": [], "tensors": []}
         self._names: set[str] = set()
@@ -142,12 +146,13 @@ class Writer:
             raise
         header_offset = PREAMBLE_SIZE + align_up(self._pos)
         self._f.write(bytes(align_up(self._pos) - self._pos))
-        minor = required_minor(self.header["tensors"])  # from the header, so resumed entries count too
-        self._f.write(header)
-        self._f.write(footer(header_offset, header, minor=minor))
-        if minor != BASE_MINOR:
+        major, minor = self.major, required_minor(self.header["tensors"], self.major)  # resumed entries count too
+        stored = header if major == FORMAT_MAJOR else zlib.compress(header, HEADER_ZLIB_LEVEL)
+        self._f.write(stored)
+        self._f.write(footer(header_offset, stored, major, minor))
+        if (major, minor) != (FORMAT_MAJOR, BASE_MINOR):
             self._f.seek(0)
-            self._f.write(preamble(minor=minor))
+            self._f.write(preamble(major, minor))
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()

@@ -6,6 +6,7 @@ import ...` would pick whichever pytest loaded first.
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import msgpack
@@ -14,7 +15,7 @@ import numpy as np
 from ddq_format import DDQFile, Writer
 from ddq_format.converters.dropout import groupwise_dropout
 from ddq_format.encodings import csr_parts, raw, seeded
-from ddq_format.spec import PREAMBLE_SIZE
+from ddq_format.spec import COMPACT_MAJOR, PREAMBLE_SIZE
 from ddq_format.writer import footer, pack_header, preamble
 
 
@@ -59,6 +60,8 @@ def assemble(header, data: bytes, *, raw_header: bytes | None = None, major: int
     """A file from a (possibly corrupted) header and data section, with a correct footer and header CRC, so
     a test hits exactly the check it targets."""
     hbytes = raw_header if raw_header is not None else pack_header(header)
+    if major == COMPACT_MAJOR and raw_header is None:  # 2.x stores the header compressed (SPEC.md §3.3)
+        hbytes = zlib.compress(hbytes, 9)
     return preamble(major, minor) + data + hbytes + footer(PREAMBLE_SIZE + len(data), hbytes, major, minor)
 
 

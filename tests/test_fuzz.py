@@ -2,9 +2,10 @@
 inspect report (+ json.dumps of it) on mutated real files may only raise DDQError (verify and report never
 raise), within an allocation cap.
 
-Four mutators: raw bytes of the whole file (mostly caught by the footer/CRCs); the header's msgpack bytes
-with a valid CRC (the parser and validator); header values replaced by arbitrary msgpack values with a
-valid CRC (the per-field checks); buffer bytes read with checksums off (the decoders' content checks).
+Five mutators: raw bytes of the whole file (mostly caught by the footer/CRCs); the header's msgpack bytes
+with a valid CRC (the parser and validator), and its zlib bytes in a 2.x file (the inflater); header values
+replaced by arbitrary msgpack values with a valid CRC (the per-field checks); buffer bytes read with checksums
+off (the decoders' content checks).
 Bases: a sample of every kind, a tiny file, a file with one entry of every encoding (tests/attacks), and the
 crafted corpus itself. CI runs DDQ_FUZZ_EXAMPLES examples per mutator (default below, ~40 s on 2 cores);
 `DDQ_FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py` digs deeper.
@@ -16,6 +17,7 @@ import json
 import os
 import tempfile
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,14 @@ def test_fuzz_file_bytes(files, which, ops):
 def test_fuzz_header_bytes_with_valid_crc(files, which, ops):
     _, header, data = _pick(files, which)
     exercise(assemble(header, data, raw_header=mutate(pack_header(header), ops), minor=1))
+
+
+@FUZZ
+@given(which=which, ops=st.lists(mutation, min_size=1, max_size=3))
+def test_fuzz_compact_header_bytes_with_valid_crc(files, which, ops):
+    """Format 2.x: the stored (zlib) header bytes mutated, CRC correct: the inflater, then the parser."""
+    _, header, data = _pick(files, which)
+    exercise(assemble(header, data, raw_header=mutate(zlib.compress(pack_header(header), 9), ops), major=2))
 
 
 @FUZZ

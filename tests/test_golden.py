@@ -16,7 +16,7 @@ GOLDEN = sorted(p.stem for p in DATA.glob("*.ddq"))
 
 
 def test_golden_set_is_complete_and_small():
-    assert GOLDEN == sorted(list(make_golden.COMPRESSED) + ["mixed"])
+    assert GOLDEN == sorted(list(make_golden.COMPRESSED) + ["mixed", "mixed_v2"])
     total = sum(p.stat().st_size for p in DATA.iterdir())
     assert total < 200_000, total
 
@@ -109,3 +109,16 @@ def test_lowrank_decode_is_within_the_spec_bound_even_under_cancellation(tmp_pat
     bound = gamma * np.abs(p).sum(axis=1)
     assert (np.abs(got - exact) <= bound).all()
     assert (np.abs(exact) < 1e-3 * np.abs(p).sum(axis=1)).any()  # the case really cancels
+
+
+def test_compact_golden_holds_the_mixed_file_in_a_compressed_header():
+    """mixed_v2.ddq (format 2.0): the header inflates to exactly mixed.ddq's msgpack header, and the data
+    section (every buffer and file, byte for byte) is the same."""
+    one, two = (DATA / "mixed.ddq").read_bytes(), (DATA / "mixed_v2.ddq").read_bytes()
+    with DDQFile(DATA / "mixed.ddq") as a, DDQFile(DATA / "mixed_v2.ddq") as b:
+        assert (a.version, b.version) == ((1, 0), (2, 0))
+        assert b.header == a.header and b.data_length == a.data_length
+        plain = one[a.header_offset: a.header_offset + a.header_length]
+        stored = two[b.header_offset: b.header_offset + b.header_length]
+        assert zlib.decompress(stored) == plain and len(stored) < len(plain)
+        assert one[64: a.header_offset] == two[64: b.header_offset]

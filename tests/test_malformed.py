@@ -102,7 +102,7 @@ def test_bad_magic(tmp_path, sample):
 
 def test_unknown_major_version(tmp_path, sample):
     _, header, data = sample
-    expect(tmp_path, assemble(header, data, major=2), VersionError, "version", match="2.0")
+    expect(tmp_path, assemble(header, data, major=3), VersionError, "version", match="3.0")
     expect(tmp_path, assemble(header, data, major=0), VersionError, "version")
 
 

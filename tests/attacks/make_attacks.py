@@ -30,7 +30,7 @@ from ddq_format import Writer  # noqa: E402
 from ddq_format import bitpack  # noqa: E402
 from ddq_format.encodings import (Encoded, csr_f16, csr_parts, lowrank, raw, seeded, seeded_rans,  # noqa: E402
                                   sign_scale)
-from ddq_format.spec import (MAX_ARRAY, MAX_DEPTH, MAX_TENSORS, MAX_TOP_KEYS,  # noqa: E402
+from ddq_format.spec import (MAX_ARRAY, MAX_DEPTH, MAX_HEADER_BYTES, MAX_TENSORS, MAX_TOP_KEYS,  # noqa: E402
                              RANS_MAX_STREAM_SYMBOLS)
 from ddq_testing import assemble, split_file  # noqa: E402
 from make_golden import det_matrix  # noqa: E402
@@ -145,8 +145,8 @@ def _layout_attacks(c: Corpus):
     c.add("truncated_short", blob[:80], "open", "FormatError", None, "truncated")
     c.add("truncated_footer", blob[:-1], "open", "FormatError", "footer", "footer magic")
     major = bytearray(blob)
-    struct.pack_into("<H", major, 8, 2)
-    c.add("major_2", bytes(major), "open", "VersionError", "version", "version 2.1")
+    struct.pack_into("<H", major, 8, 3)
+    c.add("major_3", bytes(major), "open", "VersionError", "version", "version 3.1")
     fv = bytearray(blob)
     struct.pack_into("<H", fv, len(fv) - 10, 3)
     c.add("footer_version_differs", bytes(fv), "open", "FormatError", "footer.version")
@@ -327,12 +327,28 @@ def _accepted(c: Corpus):
     c.add("base_sound", c.blob, "ok")
 
 
+def _compact_attacks(c: Corpus):
+    """Format 2.x: the header stored as a zlib stream (SPEC.md §3.3)."""
+    plain = _packb(c.header)
+    z = zlib.compress(plain, 9)
+    c.add("v2_sound", assemble(c.header, c.data, major=2), "ok")
+    c.add("v2_header_not_zlib", assemble(None, c.data, raw_header=plain, major=2), "open", "FormatError", "header",
+          "not a valid zlib stream", note="a 1.x (plain msgpack) header under a 2.0 label")
+    c.add("v2_header_truncated", assemble(None, c.data, raw_header=z[:-6], major=2), "open", "FormatError", "header",
+          "truncated")
+    c.add("v2_after_stream", assemble(None, c.data, raw_header=z + b"\x00", major=2), "open", "FormatError",
+          "header", "after the header's zlib stream")
+    bomb = zlib.compress(bytes(MAX_HEADER_BYTES + 1), 9)  # 65 KB inflating past the cap
+    c.add("v2_header_bomb", assemble(None, c.data, raw_header=bomb, major=2), "open", "FormatError", "header",
+          "inflates past the cap", note="inflation stops one byte past the 64 MiB cap: bounded, never more")
+
+
 def build(out: Path = HERE) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     c = Corpus(out)
     for fn in (_layout_attacks, _msgpack_attacks, _key_attacks, _param_attacks, _rans_stream_cap,
-               _content_attacks, _resource_attacks, _accepted):
+               _content_attacks, _resource_attacks, _accepted, _compact_attacks):
         fn(c)
     (out / "manifest.json").write_text(json.dumps(c.manifest, indent=1) + "\n")
     return c.manifest

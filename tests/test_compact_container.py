@@ -1,0 +1,100 @@
+"""Format 2.0, the compact container (SPEC.md §2, §3.3): the 1.3 container with its header stored as a zlib
+stream. Whatever a file holds, its 1.x and 2.0 forms decode to the same arrays, account for every byte,
+verify sound, and the 2.0 header is the 1.x header compressed."""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ddq_testing import assemble, split_file, write_sample
+from ddq_format import DDQFile, Writer
+from ddq_format.accounting import report
+from ddq_format.encodings import dense_q, raw, seeded_rans
+from ddq_format.errors import EncodingError, UsageError
+from ddq_format.converters.dropout import groupwise_dropout
+from ddq_format.verify import verify
+
+
+def _write(path, deltas, major):
+    with Writer(path, metadata={"t": "compact"}, major=major) as w:
+        for i, d in enumerate(deltas):
+            name = f"model.layers.{i}.mlp.up_proj.weight"
+            if d.ndim == 1:
+                w.add(name, "dense", d.shape, "F32", dense_q.encode(d, 8))
+            else:
+                _, vals = groupwise_dropout(d, 2, 8, seed=i)
+                w.add(name, "compressed", d.shape, "F16", seeded_rans.encode(d.shape, vals, bits=4, alpha=2,
+                                                                             group_size=8, seed=i))
+    return path
+
+
+shapes = st.lists(st.one_of(st.tuples(st.integers(1, 6), st.integers(8, 20)), st.tuples(st.integers(1, 30))),
+                  min_size=1, max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes=shapes, seed=st.integers(0, 2**16))
+def test_both_majors_hold_the_same_tensors(tmp_path_factory, shapes, seed):
+    rng = np.random.default_rng(seed)
+    deltas = [rng.standard_normal(s).astype(np.float32) * np.float32(0.01) for s in shapes]
+    tmp = tmp_path_factory.mktemp("c")
+    one, two = _write(tmp / "one.ddq", deltas, 1), _write(tmp / "two.ddq", deltas, 2)
+    with DDQFile(one) as a, DDQFile(two) as b:
+        assert b.version == (2, 0) and a.version[0] == 1
+        assert a.header == b.header and a.names == b.names
+        for name in a.names:
+            assert a.decode(name).tobytes() == b.decode(name).tobytes()
+        stored = two.read_bytes()[b.header_offset: b.header_offset + b.header_length]
+        assert zlib.decompress(stored) == one.read_bytes()[a.header_offset: a.header_offset + a.header_length]
+        ra, rb = report(a), report(b)
+        # every byte accounted for (report() asserts it) and the same buffers, padding and fp16 bytes
+        for key in ("values", "dense", "padding", "row_offsets"):
+            assert ra["totals"]["components"][key] == rb["totals"]["components"][key]
+        assert rb["header_bytes"] == b.header_length and rb["header_msgpack_bytes"] == a.header_length
+        head = lambda r: r["totals"]["components"]["header"] + r["totals"]["components"]["scalars"]  # noqa: E731
+        assert head(ra) - head(rb) == a.header_length - b.header_length  # the bytes compression saved
+        json.dumps(rb, allow_nan=False)
+    assert verify(one) == [] and verify(two) == []
+
+
+def test_compact_header_of_many_entries_is_a_fraction_of_the_plain_one(tmp_path):
+    rng = np.random.default_rng(0)
+    deltas = [rng.standard_normal((4, 64)).astype(np.float32) for _ in range(200)]
+    a, b = _write(tmp_path / "a.ddq", deltas, 1), _write(tmp_path / "b.ddq", deltas, 2)
+    with DDQFile(a) as fa, DDQFile(b) as fb:
+        assert fb.header_length < fa.header_length / 3, (fb.header_length, fa.header_length)
+        per_entry = [t["components"]["header"] + t["components"]["scalars"] for t in report(fb)["tensors"]]
+        assert max(per_entry) < 150  # each entry is charged its share of the compressed header
+
+
+def test_writer_refuses_an_unknown_major(tmp_path):
+    with pytest.raises(UsageError, match="major"):
+        Writer(tmp_path / "x.ddq", major=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_newer_minor_of_major_2_keeps_the_file_readable_but_not_its_unknown_encoding(tmp_path):
+    header, data = split_file(write_sample(tmp_path / "s.ddq"))
+    header["tensors"][0]["encoding"] = "future_codec"
+    p = tmp_path / "n.ddq"
+    p.write_bytes(assemble(header, data, major=2, minor=1))
+    with DDQFile(p) as f:
+        assert f.version == (2, 1)
+        assert f.decode("c.dense").shape == (5,)
+        with pytest.raises(EncodingError, match="newer than this reader"):
+            f.decode("a.csr")
+    p.write_bytes(assemble(header, data, major=2, minor=0))  # the same encoding in a 2.0 file: malformed
+    with pytest.raises(EncodingError):
+        DDQFile(p)
+
+
+def test_preamble_and_footer_carry_2_0(tmp_path):
+    p = _write(tmp_path / "x.ddq", [np.ones(8, np.float32)], 2)
+    blob = p.read_bytes()
+    assert struct.unpack_from("<HH", blob, 8) == (2, 0) == struct.unpack_from("<HH", blob, len(blob) - 12)
+    assert blob[12:64] == bytes(52)
