@@ -115,6 +115,9 @@ def parse_args(argv=None):
     p.add_argument("--no-rescale", action="store_true", help="the planner without its rescale, as its own rows")
     p.add_argument("--ladder", default=None, help="comma-separated target ratios of the planner (default: "
                    + ",".join(map(str, LADDER)) + ")")
+    p.add_argument("--format", type=int, choices=(1, 2), default=None,
+                   help="the container's major version for every method (default: the converter's: 2.0 for "
+                        "deltadq's --target-ratio, 1.x otherwise)")
     p.add_argument("--calib", type=Path, default=None, help="calibration text for every method")
     p.add_argument("--calib-facts", type=int, default=7, metavar="SEED",
                    help="default calibration: 200 facts in the task's format drawn with this seed (unlearned keys)")
@@ -182,6 +185,9 @@ def main(argv=None):
         keys = [s.strip().lower() for s in args.only.split(",")]  # "=label": that label exactly
         sweep = {k: v for k, v in sweep.items()
                  if any(k.lower() == s[1:] if s.startswith("=") else s in k.lower() for s in keys)}
+    if args.format:  # every method in this container; labelled, so both containers render side by side
+        sweep = {f"{k}, format {args.format}.0": [dict(o, format_major=args.format) for o in v]
+                 for k, v in sweep.items()}
     if args.seed:
         sweep = {f"{k}, seed {args.seed}": v for k, v in sweep.items()}
     args.out_dir.mkdir(parents=True, exist_ok=True)

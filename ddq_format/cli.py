@@ -21,9 +21,10 @@ VERIFY_SHOWN = 10  # fault lines printed without --verbose
 def _version(value: bool):
     if value:
         from . import __version__
-        from .spec import FORMAT_MAJOR, FORMAT_MINOR
+        from .spec import COMPACT_MAJOR, COMPACT_MINOR, FORMAT_MAJOR, FORMAT_MINOR
         typer.echo(f"ddq {__version__} (reads and writes .ddq format {FORMAT_MAJOR}.0 to "
-                   f"{FORMAT_MAJOR}.{FORMAT_MINOR})")
+                   f"{FORMAT_MAJOR}.{FORMAT_MINOR} and {COMPACT_MAJOR}.0" + (f" to {COMPACT_MAJOR}.{COMPACT_MINOR}" if COMPACT_MINOR else "")
+                   + ")")
         raise typer.Exit()
 
 
@@ -77,6 +78,7 @@ _CAUSES = (("base.fingerprint", "not the base this delta was made from"),
            ("CRC-32", "the file is damaged (changed after it was written: transfer, disk or an edit)"),
            ("padding", "the file is damaged (changed after it was written: transfer, disk or an edit)"),
            ("bad magic", "not a .ddq file"),
+           ("zlib stream", "the file is damaged (changed after it was written: transfer, disk or an edit)"),
            ("unknown encoding", "written by a newer ddq (an encoding this version does not know), or damaged"),
            ("is not readable by this library", "written by a newer, incompatible ddq (major version)"),
            ("cannot open", "the file cannot be read"),

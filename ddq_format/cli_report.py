@@ -173,7 +173,11 @@ def _search_line(gs) -> str:
 def summary_rows(rep: dict) -> list[tuple[str, str]]:
     """(key, value) rows: what the file is, the base it is bound to, how it was made."""
     kinds = rep.get("kinds") or {}
-    rows = [("format", f".ddq {rep['format_version']}, {nbytes(rep['file_bytes'])} ({rep['file_bytes']:,} bytes)"),
+    packed = rep.get("header_msgpack_bytes", rep["header_bytes"]) != rep["header_bytes"]
+    header = (f"; header zlib-compressed, {nbytes(rep['header_bytes'])} of {nbytes(rep['header_msgpack_bytes'])}"
+              if packed else "")
+    rows = [("format", f".ddq {rep['format_version']}, {nbytes(rep['file_bytes'])} ({rep['file_bytes']:,} bytes)"
+             + header),
             ("tensors", f"{len(rep['tensors'])}" + (": " + ", ".join(f"{v} {k}" for k, v in kinds.items())
                                                    if kinds else ""))]
     base = rep.get("base")

@@ -40,15 +40,16 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field, replace
 
 import msgpack
 import numpy as np
 
 from ..encodings import Encoded, dense_q, lowrank_q, raw, seeded_rans, sign_scale
 from ..quantize import Quantizer, fit
-from ..spec import (CONVERT_PLAN_1D_SHARE, ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, KIND_COMPRESSED, KIND_DENSE,
-                    align_up)
+from ..spec import (CONVERT_PLAN_1D_SHARE, ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, HEADER_ZLIB_LEVEL,
+                    KIND_COMPRESSED, KIND_DENSE, align_up)
 from .dropout import groupwise_dropout_blocked
 from .methods import ROW_BLOCK, tensor_group_size
 
@@ -203,6 +204,8 @@ class Option:
     numel: int = 0
     shrink: float = 1.0  # C / Q: the scale of the decoded delta that minimises the output error
     rel_cal: float | None = None  # N / (g^2 S) in the Fisher metric of the calibration activations (None: = rel)
+    entry: dict | None = field(default=None, repr=False, compare=False)  # its header entry (placeholders)
+    entry_bytes: int = 0  # msgpack bytes of `entry`, inside `bytes`
 
     def cost(self, objective: str) -> float:
         """What the allocator sums. snr (default): numel x rel, every element of every tensor at an equal price
@@ -227,15 +230,16 @@ def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None) -> tuple[O
     """ref: stats.project(delta[rows]) when several candidates of one tensor are scored (computed once)."""
     enc = encode(cfg, delta, seed)
     entry, bufs = as_entry(name, delta.shape, dtype, cfg.kind, enc, base)
-    nbytes = stored_bytes(entry)
+    nbytes, ebytes = stored_bytes(entry), len(msgpack.packb(entry, use_bin_type=True))
+    head = {"entry": entry, "entry_bytes": ebytes}
     if delta.ndim != 2:
-        return Option(cfg, nbytes, 0.0, 0.0, delta.size), enc
+        return Option(cfg, nbytes, 0.0, 0.0, delta.size, **head), enc
     d_hat = decode(entry, bufs)
     rel = relative_noise(delta[rows], d_hat[rows])
     if stats is None:
-        return Option(cfg, nbytes, 0.0, rel, delta.size), enc
+        return Option(cfg, nbytes, 0.0, rel, delta.size, **head), enc
     err, rel_cal, shrink = noise_to_signal(stats, delta[rows], d_hat[rows], rows, ref)
-    return Option(cfg, nbytes, err, rel, delta.size, shrink, rel_cal), enc
+    return Option(cfg, nbytes, err, rel, delta.size, shrink, rel_cal, **head), enc
 
 
 def relative_noise(d, d_hat) -> float:
@@ -278,6 +282,30 @@ def sample_rows(n: int, seed: int = 0) -> np.ndarray:
     if n <= ROW_SAMPLE:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, ROW_SAMPLE, replace=False))
+
+
+def header_share(top: dict, entries: list[dict]) -> float:
+    """Stored over msgpack bytes of a format 2.x header (zlib) holding `entries` under the top-level records
+    `top`. Placeholder offsets and CRCs are replaced by random values first: a real file's are close to
+    incompressible, the placeholders would compress too well."""
+    rng = np.random.default_rng(0)
+
+    def real(e):
+        bufs = {r: dict(b, offset=int(rng.integers(2**32)), crc32=int(rng.integers(2**32)))
+                for r, b in e.get("buffers", {}).items()}
+        return dict(e, buffers=bufs) if bufs else e
+
+    plain = msgpack.packb(dict(top, tensors=[real(e) for e in entries]), use_bin_type=True)
+    return len(zlib.compress(plain, HEADER_ZLIB_LEVEL)) / len(plain)
+
+
+def priced(options: dict[str, list[Option]], share: float) -> dict[str, list[Option]]:
+    """The options with each entry's msgpack bytes charged at `share` of their size (format 2.x: the header is
+    stored compressed); share 1 leaves them as they are."""
+    if share == 1.0:
+        return options
+    return {n: [replace(o, bytes=o.bytes - o.entry_bytes + math.ceil(share * o.entry_bytes)) for o in opts]
+            for n, opts in options.items()}
 
 
 def within_fp16(options: list[Option], fp16_bytes: int) -> list[Option]:

@@ -110,6 +110,11 @@ def convert(
     base_digest: bool = typer.Option(False, "--base-digest", help="Also record a SHA-256 of every base tensor "
                                      "(format 1.2; reads each base tensor in full): `ddq verify --full --base` "
                                      "then proves the base bit-identical."),
+    format_major: Optional[int] = typer.Option(
+        None, "--format", min=1, max=2, metavar="1|2", show_default=False, help="The container's major version: 2 "
+        "stores the header zlib-compressed (format 2.0, about 6x smaller; readers of 1.x only cannot open it), 1 "
+        "a plain msgpack header (format 1.x). [default: 2 with deltadq's --target-ratio, where the header's bytes "
+        "count against the budget; 1 otherwise]"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary (warnings and errors only)."),
 ):
     """Compress FINETUNED's delta from BASE into a .ddq file. With no options: the recommended file
@@ -140,7 +145,7 @@ def convert(
                       parts=s["parts"], group_size=s["group_size"], encoding=s["encoding"], seed=seed, calib=calib,
                       ratio=s["ratio"], workers=workers, resume=resume, embeddings=s["embeddings"], rank=rank,
                       progress=not quiet, console=log, quiet=quiet, seed_trials=seed_trials, print_summary=False,
-                      base_digest=base_digest, target_ratio=target_ratio,
+                      base_digest=base_digest, target_ratio=target_ratio, format_major=format_major,
                       method_options={"allocation": allocation} if method == "deltacome" else
                       {"rescale": rescale} if target_ratio is not None else None)
     except DDQError as e:

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import UsageError
-from ..spec import (CONVERT_CALIB_MAX_TOKENS, CONVERT_FALLBACK_GROUP_SIZE, CONVERT_SEED_DERIVATION,
+from ..spec import (COMPACT_MAJOR, FORMAT_MAJOR, CONVERT_CALIB_MAX_TOKENS, CONVERT_FALLBACK_GROUP_SIZE, CONVERT_SEED_DERIVATION,
                     FINGERPRINT_SCHEME, KIND_COMPRESSED, KIND_REMOVED, KIND_TIED)
 from . import finite, groupsize, seed_search
 from .checkpoint import Checkpoint
@@ -39,7 +39,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             embeddings: str | None = None, rank: int | None = None, progress: bool = True, console=None,
             quiet: bool = False, seed_trials: int = 1, print_summary: bool = True,
             base_digest: bool = False, target_ratio: float | None = None, method_options: dict | None = None,
-            _encode_hook=None, _algorithm=None) -> Summary:
+            format_major: int | None = None, _encode_hook=None, _algorithm=None) -> Summary:
     """Convert a fine-tune against its base into a .ddq file at `out`; returns the Summary (also printed).
 
     base, finetuned: local HF folders or model ids in the local HF cache. Options as in `ddq convert`; what
@@ -47,13 +47,17 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     print_summary=False: return the Summary without printing its table (the CLI prints its own).
     base_digest=True: record a full SHA-256 of every bound base tensor (format 1.2), so `ddq verify --full
     --base` proves the base is bit-identical, not only that its sampled fingerprint matches.
+    format_major: 1 (a plain msgpack header, format 1.x) or 2 (the header zlib-compressed, format 2.0); None:
+    2 for deltadq's --target-ratio, where the header's bytes count against the budget, else 1.
     """
     from . import planned
+    if format_major not in (None, FORMAT_MAJOR, COMPACT_MAJOR):
+        raise UsageError(f"--format must be {FORMAT_MAJOR} or {COMPACT_MAJOR}, got {format_major!r}", field="format")
     if _encode_hook is None and (target_ratio is not None or method in planned.METHODS):
         return planned.convert(base, finetuned, out, method=method, target_ratio=target_ratio, calib=calib,
                                seed=seed, seed_trials=seed_trials, workers=workers, progress=progress,
                                console=console, quiet=quiet, print_summary=print_summary, resume=resume,
-                               options=dict(method_options or {}, **{k: v for k, v in
+                               format_major=format_major, options=dict(method_options or {}, **{k: v for k, v in
                                             (("alpha", alpha), ("bits", bits), ("rank", rank)) if v is not None}))
     t_start = time.perf_counter()
     if console is None:
@@ -81,6 +85,9 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
         settings["planned"] = run_key(_algorithm)
     if base_digest:  # likewise: absent keeps the run key of a file without digests
         settings["base_digest"] = True
+    major = FORMAT_MAJOR if format_major is None else format_major
+    if major != FORMAT_MAJOR:  # and a 1.x file's run key stays what it was
+        settings["format_major"] = major
     run_key = _run_key(base_ck, ft_ck, settings)
     with OutputLock(out):  # from reading the journal to publishing OUT: one run per output
         recorded = ResumableWriter.recorded_start(out, run_key) if resume else None
@@ -105,7 +112,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             write_all, base_ck=finite.FiniteReads(base_ck, base_names), ft_ck=finite.FiniteReads(ft_ck, ft_names),
             opts=opts, group_size=chosen, seed=seed, workers=workers, progress=progress, console=console,
             total=len(tasks), choose_seed=choose_seed, digest=base_digest, encode_hook=_encode_hook)
-        writer = _write(out, run_key, ft_ck, base_rec, algorithm, recorded is not None, tasks, write_tensors)
+        writer = _write(out, run_key, ft_ck, base_rec, algorithm, recorded is not None, tasks, write_tensors,
+                        major)
     result = _summarize(out, writer.header["tensors"], opts, algorithm, chosen, search_rec,
                         time.perf_counter() - t_start, search_seconds, writer.resumed, seed_trials, cal_seconds)
     if print_summary:
@@ -113,7 +121,8 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
     return result
 
 
-def _write(out, run_key, ft_ck, base_rec, algorithm, resumed: bool, tasks, write_tensors) -> ResumableWriter:
+def _write(out, run_key, ft_ck, base_rec, algorithm, resumed: bool, tasks, write_tensors,
+           major: int = FORMAT_MAJOR) -> ResumableWriter:
     """Auxiliary files, then every tensor not yet written (write_tensors(writer, todo)), into OUT.partial;
     published as OUT on success. On any failure OUT.partial and its journal stay for --resume; a full disk
     says so in one line."""
@@ -123,7 +132,7 @@ def _write(out, run_key, ft_ck, base_rec, algorithm, resumed: bool, tasks, write
     writer = None
     try:
         writer = ResumableWriter(out, run_key=run_key, metadata=metadata, base=base_rec, algorithm=algorithm,
-                                 resume=resumed)
+                                 resume=resumed, major=major)
         have = {f["name"] for f in writer.header["files"]}
         for fname, data in ft_ck.aux_files().items():  # first, and in a fixed order: a resume adds the rest
             if fname not in have:

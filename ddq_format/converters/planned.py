@@ -11,14 +11,15 @@ dropout entries (rescale.py; `--no-rescale` skips it), which reads the calibrati
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..errors import UsageError
-from ..spec import (CONVERT_DENSE_1D_BITS, CONVERT_PLAN_CALIB_MAX_TOKENS, CONVERT_RESCALE_TOKENS, KIND_COMPRESSED,
-                    KIND_DENSE, KIND_REMOVED, KIND_TIED, MAX_ALPHA)
+from ..spec import (COMPACT_MAJOR, CONVERT_DENSE_1D_BITS, CONVERT_PLAN_CALIB_MAX_TOKENS, CONVERT_RESCALE_TOKENS,
+                    FORMAT_MAJOR, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_TIED, MAX_ALPHA)
 from . import budget, calibration, groupsize, rescale
 from .checkpoint import Checkpoint
 from .methods import Options
@@ -43,7 +44,8 @@ def _note(console, quiet):
 
 
 def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int, seed_trials: int, workers: int,
-            progress: bool, console, quiet: bool, print_summary: bool, resume: bool, options: dict):
+            progress: bool, console, quiet: bool, print_summary: bool, resume: bool, options: dict,
+            format_major: int | None = None):
     """options["cache"]: a dict shared by several conversions of the same pair, calibration text and seed (a
     sweep over target ratios): the calibration statistics, the scored candidates and the seeds searched are
     computed once."""
@@ -111,9 +113,11 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
         if cache is not None:
             cache["stats"] = stats
     ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console, cache if cache is not None else {}, progress)
+    if format_major is None:  # where the header's bytes count against the user's budget: compressed
+        format_major = COMPACT_MAJOR if method == "deltadq" else FORMAT_MAJOR
     if method == "deltadq":
         hook, record = plan_budget(ctx, float(target_ratio), seed_trials if seed_trials > 1 else DEFAULT_SEED_TRIALS,
-                                   options.get("objective", "snr"), rescale_ids, skipped)
+                                   options.get("objective", "snr"), rescale_ids, skipped, format_major)
     elif method == "deltacome":
         hook, record = plan_deltacome(ctx, float(target_ratio or 16), options.get("allocation", "paper"))
     elif method == "deltazip":
@@ -124,7 +128,7 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
     record = dict(record, **calibration_record(stats), target_ratio=target_ratio)
     s = pipeline.convert(base, finetuned, out, method="dare", alpha=1, embeddings="compressed", calib=calib,
                          seed=seed, workers=workers, resume=resume, progress=progress, console=console, quiet=quiet,
-                         print_summary=False, _encode_hook=hook, _algorithm=record)
+                         print_summary=False, format_major=format_major, _encode_hook=hook, _algorithm=record)
     if cache is None:
         calibration.clear_factors()
     s.method = method
@@ -209,31 +213,40 @@ def small(name, delta):
     return KIND_DENSE, budget.encode(budget.Config("dense_q", bits=CONVERT_DENSE_1D_BITS), delta, 0)
 
 
-def fixed_overhead(ctx, record: dict) -> int:
-    """Bytes the tensors take outside their own entries: preamble and footer, the header's top-level records
-    (this algorithm `record` included; metadata and base estimated at their typical size), the entries without
-    data (same/tied/removed) and the data section's last padding."""
-    import msgpack
+def header_records(ctx, record: dict) -> tuple[dict, list[dict]]:
+    """The header's top-level records (this algorithm `record` included; metadata and base at their typical
+    size) and the entries without data (same/tied/removed), as the file will hold them, for size estimates."""
     from ..spec import ENTRY_PLACEHOLDER_MAX as BIG
     files = [{"name": n, "offset": BIG, "length": len(d), "crc32": BIG} for n, d in ctx.ft.aux_files().items()]
     top = {"alignment": 64, "checksum": "crc32", "metadata": {"producer": "ddq convert", "finetuned": "x" * 40},
            "base": {"architecture": "x" * 24, "model_type": "x" * 12, "num_tensors": len(ctx.tasks), "dtype": "F32",
                     "fingerprint_scheme": "sample4096-crc32", "name": "x" * 40},
-           "algorithm": record, "files": files, "tensors": []}
-    other = [t for t in ctx.tasks if t.kind not in (KIND_COMPRESSED, KIND_DENSE)]
-    per = sum(len(msgpack.packb({"name": t.name, "kind": t.kind, "shape": list(t.shape), "dtype": t.dtype,
-                                 "base": {"shape": list(t.shape), "dtype": t.dtype, "fingerprint": "x" * 25},
-                                 **({"tied_to": t.tied_to} if t.tied_to else {})})) for t in other)
-    return 64 + 32 + 63 + len(msgpack.packb(top, use_bin_type=True)) + per
+           "algorithm": record, "files": files}
+    other = [{"name": t.name, "kind": t.kind, "shape": list(t.shape), "dtype": t.dtype,
+              "base": {"shape": list(t.shape), "dtype": t.dtype, "fingerprint": "x" * 25},
+              **({"tied_to": t.tied_to} if t.tied_to else {})} for t in ctx.tasks
+             if t.kind not in (KIND_COMPRESSED, KIND_DENSE)]
+    return top, other
+
+
+def fixed_overhead(ctx, record: dict, share: float = 1.0) -> int:
+    """Bytes the tensors take outside their own entries: preamble and footer, the header's top-level records
+    and the entries without data (header_records; at `share` of their msgpack size in a 2.x file, whose header
+    is compressed), and the data section's last padding."""
+    import msgpack
+    top, other = header_records(ctx, record)
+    plain = len(msgpack.packb(dict(top, tensors=[]), use_bin_type=True)) + sum(map(len, map(msgpack.packb, other)))
+    return 64 + 32 + 63 + math.ceil(share * plain)
 
 
 # -- --target-ratio: the budget allocator ------------------------------------------------------------------------
 DROPOUT = ("rans", "sign")  # the configuration families behind group-wise dropout (the rescale's entries)
 
 
-def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_ids=None, skipped=None):
+def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_ids=None, skipped=None,
+                major: int = FORMAT_MAJOR):
     """rescale_ids: calibration token ids for the rescale (None: no rescale; `skipped` says why, if it was
-    wanted)."""
+    wanted). major: the file's format major version (2: the header's bytes are charged compressed)."""
     total_budget = ctx.all_fp16() / ratio
     ctx.console.print(f"--target-ratio {ratio:g}: {total_budget:,.0f} bytes for every tensor "
                       f"({ctx.all_fp16():,} fp16 delta bytes)")
@@ -249,7 +262,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         for cfg in budget.grid(d.shape, task.name, emb):
             o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows, ref)
             opts.append(o)
-        return task.name, budget.within_fp16(opts, 2 * d.size)
+        return task.name, opts
 
     t0 = time.perf_counter()
     cached = ("options", ctx.stats is NO_STATS)  # scored with or without the calibration metric
@@ -259,7 +272,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         ctx.cache[cached] = options
         ctx.console.print(f"  scored {sum(map(len, options.values()))} candidates of {len(options)} tensors "
                           f"({time.perf_counter() - t0:.1f} s)")
-    options = budget.one_d(options, total_budget)
+    scored = options
     seeds = ctx.cache.setdefault("seeds", {})
     data_names = [t.name for t in ctx.data_tasks()]
     record = {"method": "deltadq", "planner": "budget", "encoding": "per tensor",
@@ -272,8 +285,19 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
     roles = sorted({rescale.role(t.name) for t in ctx.data_tasks() if len(t.shape) == 2})
     if rescale_ids is not None or skipped:
         record["rescale"] = rescale.placeholder(roles) if rescale_ids is not None else {"skipped": skipped}
-    for _ in range(2):  # the record lists the configurations chosen: size it, then allocate again
-        avail = total_budget - fixed_overhead(ctx, dict(record, **calibration_record(ctx.stats), target_ratio=ratio))
+    share, choice = 1.0, None
+    # The record lists the configurations chosen: size it, then allocate again. In a 2.x file the header is
+    # compressed: its share of the msgpack bytes is measured on the entries last chosen (first the smallest).
+    for _ in range(2 if major == FORMAT_MAJOR else 3):
+        full = dict(record, **calibration_record(ctx.stats), target_ratio=ratio)
+        if major != FORMAT_MAJOR:
+            top, other = header_records(ctx, full)
+            chosen = choice or {n: min(opts, key=lambda o: o.bytes) for n, opts in scored.items()}
+            share = budget.header_share(top, [chosen[n].entry for n in data_names] + other)
+            record["header_share"] = round(share, 6)  # what the allocation charged each msgpack byte
+        options = budget.one_d({n: budget.within_fp16(opts, 2 * opts[0].numel)
+                                for n, opts in budget.priced(scored, share).items()}, total_budget)
+        avail = total_budget - fixed_overhead(ctx, full, share)
         choice = budget.allocate(options, avail, objective)
         configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
         record["configs"] = [c.label() for c in configs]

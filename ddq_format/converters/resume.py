@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import UsageError
-from ..spec import PREAMBLE_SIZE
+from ..spec import FORMAT_MAJOR, PREAMBLE_SIZE
 from ..writer import Writer, preamble
 
 
@@ -85,11 +85,12 @@ class OutputLock:
 class ResumableWriter(Writer):
     """Writer(path, ...) with a fixed partial file and a journal; `done` lists the entries already written."""
 
-    def __init__(self, path, *, run_key: str, metadata=None, base=None, algorithm=None, resume: bool = False):
+    def __init__(self, path, *, run_key: str, metadata=None, base=None, algorithm=None, resume: bool = False,
+                 major: int = FORMAT_MAJOR):
         self.partial, self.journal_path = partial_paths(Path(path))
         self.done: list[str] = []
         self._run_key, self._resume = run_key, resume
-        super().__init__(path, metadata=metadata, base=base, algorithm=algorithm)
+        super().__init__(path, metadata=metadata, base=base, algorithm=algorithm, major=major)
         self.resumed = len(self.done)  # entries found written by an earlier run
 
     def _open_output(self):

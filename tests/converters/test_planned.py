@@ -2,6 +2,9 @@
 is stored above its fp16 delta size; the baselines write their encodings; bad options are refused early."""
 from __future__ import annotations
 
+import math
+
+import msgpack
 import numpy as np
 import pytest
 
@@ -41,9 +44,14 @@ def test_target_ratio_is_met_and_recorded(tmp_path, pair, cache, quiet_convert, 
         assert ones and all(e["encoding"] == "dense_q" for e in ones)
         # one code width for every 1-D delta: 8 bits unless they would take more than their share of the budget
         # (a vector smaller than its own entry takes its smallest candidate, as budget.within_fp16 says)
+        # (in a 2.x file each entry's msgpack bytes are charged at the header's recorded compressed share)
+        assert (f.version[0] == 2) == ("header_share" in alg)
+
         def stored(e, bits):
             enc = budget.encode(budget.Config("dense_q", bits=bits), f.decode(e["name"]), 0)
-            return budget.stored_bytes(budget.as_entry(e["name"], e["shape"], e["dtype"], "dense", enc, e["base"])[0])
+            entry = budget.as_entry(e["name"], e["shape"], e["dtype"], "dense", enc, e["base"])[0]
+            plain = len(msgpack.packb(entry, use_bin_type=True))
+            return budget.stored_bytes(entry) - plain + math.ceil(alg.get("header_share", 1.0) * plain)
 
         size = {(e["name"], b): stored(e, b) for e in ones for b in (8, 4)}
         small = {e["name"] for e in ones if size[e["name"], 8] > 2 * np.prod(e["shape"])}
@@ -134,7 +142,7 @@ def test_cli_target_ratio_and_inspect_show_the_choices(tmp_path, pair):
     res = CliRunner().invoke(app, ["inspect", str(out), "--json"])
     rep = json.loads(res.stdout)
     assert abs(rep["totals"]["tensors_true_ratio"] / 10 - 1) <= 0.05
-    assert rep["algorithm"]["planner"] == "budget" and rep["format_version"] == "1.3"
+    assert rep["algorithm"]["planner"] == "budget" and rep["format_version"] == "2.0"  # the compact default
     res = CliRunner().invoke(app, ["inspect", str(out)])
     assert res.exit_code == 0 and "chosen" in res.stdout
     configs, choice = rep["algorithm"]["configs"], rep["algorithm"]["choice"]
@@ -212,3 +220,31 @@ def test_vectors_get_4_bit_codes_only_where_8_bits_would_crowd_the_budget(tmp_pa
             bits[ratio] = ({e["params"]["bits"] for e in ones}, share)
     assert bits[8][0] == {8} and bits[8][1] < CONVERT_PLAN_1D_SHARE, bits
     assert bits[200][0] == {4} and bits[200][1] > CONVERT_PLAN_1D_SHARE, bits
+
+
+@pytest.mark.parametrize("ratio", [40])
+def test_both_containers_land_on_the_ratio_and_2_0_spends_the_header_it_saves_on_codes(tmp_path, pair, cache,
+                                                                                      quiet_convert, ratio):
+    """--format 1 and the default (2.0 for --target-ratio) both land within 5% of R; the compact header leaves
+    more of the same budget to the tensors' own bytes."""
+    base, ft = pair
+    reps = {}
+    for major in (1, 2):
+        out = tmp_path / f"f{major}.ddq"
+        quiet_convert(base, ft, out, target_ratio=ratio, format_major=None if major == 2 else 1,
+                      method_options={"cache": cache, "rescale": False})
+        assert abs(tensors_ratio(out) / ratio - 1) <= 0.05, (major, tensors_ratio(out))
+        with open_ddq(out) as f:
+            assert f.version == ((1, 3) if major == 1 else (2, 0))
+            reps[major] = report(f)["totals"]["components"]
+    head = {m: c["header"] + c["scalars"] for m, c in reps.items()}
+    data = {m: c["values"] + c["dense"] + c["row_offsets"] + c["col_indices"] for m, c in reps.items()}
+    assert head[2] < head[1] / 2, head
+    assert data[2] > data[1], data
+
+
+def test_an_unknown_format_is_refused_before_any_work(tmp_path, pair, quiet_convert):
+    base, ft = pair
+    with pytest.raises(UsageError, match="--format"):
+        quiet_convert(base, ft, tmp_path / "x.ddq", target_ratio=8, format_major=3)
+    assert not (tmp_path / "x.ddq").exists()
