@@ -138,13 +138,39 @@ def verify(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file.")
                   highlight=False, soft_wrap=True)
 
 
+# -- repack ------------------------------------------------------------------------------------------------
+def repack(file: Path = typer.Argument(..., metavar="FILE", help="A .ddq file."),
+           output: Path = typer.Option(..., "-o", "--output", metavar="OUT", help="The .ddq file to write."),
+           format_major: int = typer.Option(..., "--format", min=1, max=2, metavar="1|2",
+                                            help="1: a plain msgpack header (format 1.x, what every reader of "
+                                            "1.x opens); 2: the header zlib-compressed (format 2.0)."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")):
+    """Rewrite FILE in another container version: the same entries and buffer bytes (it decodes to the same
+    arrays), only the header's storage and the version label change."""
+    from .cli_common import check_output
+    from .errors import DDQError
+    from .reader import DDQFile
+    from .repack import repack as run_repack
+    check_roles("repack", [("FILE", "ddq", file)])
+    check_output(output, overwrite=overwrite, folder=False, inputs=(file,))
+    try:
+        run_repack(file, output, format_major)
+        with DDQFile(file) as a, DDQFile(output) as b:
+            was, now = (a.version, a.file_size, a.header_length), (b.version, b.file_size, b.header_length)
+    except DDQError as e:
+        fail(e)
+    console.print(f"wrote {output}: format {now[0][0]}.{now[0][1]}, {now[1]:,} bytes, header {now[2]:,} bytes "
+                  f"(was format {was[0][0]}.{was[0][1]}, {was[1]:,} bytes, header {was[2]:,})", highlight=False,
+                  markup=False, soft_wrap=True)
+
+
 # Commands that live beside their subpackage; each imports torch (if at all) only when it runs.
 from .converters.command import convert  # noqa: E402
 from .evaluate.command import eval_command  # noqa: E402
 from .example.command import example_app  # noqa: E402
 from .loaders.command import materialize  # noqa: E402
 
-for _command in (convert, inspect, verify, materialize):  # the order `ddq --help` lists them in
+for _command in (convert, inspect, verify, repack, materialize):  # the order `ddq --help` lists them in
     app.command(cls=Command)(_command)
 app.command("eval", cls=Command)(eval_command)
 app.add_typer(example_app, name="example")
