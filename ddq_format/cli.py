@@ -22,9 +22,9 @@ def _version(value: bool):
     if value:
         from . import __version__
         from .spec import COMPACT_MAJOR, COMPACT_MINOR, FORMAT_MAJOR, FORMAT_MINOR
+        compact = f"{COMPACT_MAJOR}.0" + (f" to {COMPACT_MAJOR}.{COMPACT_MINOR}" if COMPACT_MINOR else "")
         typer.echo(f"ddq {__version__} (reads and writes .ddq format {FORMAT_MAJOR}.0 to "
-                   f"{FORMAT_MAJOR}.{FORMAT_MINOR} and {COMPACT_MAJOR}.0" + (f" to {COMPACT_MAJOR}.{COMPACT_MINOR}" if COMPACT_MINOR else "")
-                   + ")")
+                   f"{FORMAT_MAJOR}.{FORMAT_MINOR} and {compact})")
         raise typer.Exit()
 
 

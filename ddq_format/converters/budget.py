@@ -3,7 +3,10 @@ error of the deltas subject to the byte budget of the whole file's tensors.
 
 Budget: R is the all-tensor true ratio, sum of every tensor's fp16 delta bytes / every byte the tensors take
 (buffers, alignment padding, header entries, the file's preamble, footer and header records; the copied
-config/tokenizer files are reported beside it, not inside it). Candidates per tensor (`grid`):
+config/tokenizer files are reported beside it, not inside it). The file is format 2.0 by default, its header
+zlib-compressed: every msgpack byte of the header is then charged at the header's compressed share
+(`header_share`, `priced`; about 0.16 on the example, where the entries as msgpack are ~20% of a 512x file).
+Candidates per tensor (`grid`):
   - compressed 2-D deltas: `seeded_rans` at dropout alpha and 4-bit codes on a grid step of 1 standard deviation of
     the kept values, the embedding (and an untied lm_head) also as `lowrank_q` at rank r, and a dense binary16
     delta. Measured and dropped (they lose at equal bytes on the example, benchmarks/results/quality.md): a 2-std
