@@ -9,9 +9,9 @@ from .encodings._common import Ctx
 from .errors import EncodingError, FormatError
 from .header_parse import Parsed, parse  # noqa: F401  (re-exported: the reader's entry point)
 from .layout import Layout, Region, walk
-from .spec import (ALIGNMENT, CHECKSUM, ENCODINGS_BY_KIND, FLOAT_DTYPES, FORMAT_MAJOR, FORMAT_MINOR, KIND_TIED, KINDS,
+from .spec import (CHECKSUM, ENCODINGS_BY_KIND, FLOAT_DTYPES, FORMAT_MAJOR, FORMAT_MINOR, KIND_TIED, KINDS,
                    MAX_ALIGNMENT, MAX_DECODED_BYTES, MAX_DIM, MAX_FILE_NAME_BYTES, MAX_FILES, MAX_NAME_BYTES,
-                   MAX_NDIM, MAX_TENSORS, dtype_max, newest_minor)
+                   MAX_NDIM, MAX_TENSORS, dtype_max, min_alignment, newest_minor)
 
 
 def _safe_file_name(name) -> bool:
@@ -49,9 +49,9 @@ def validate(header: dict, data_length: int, path, minor: int = FORMAT_MINOR, ma
     Raises FormatError/EncodingError."""
     newest = FORMAT_MINOR if major == FORMAT_MAJOR else newest_minor(major)  # the module's, for tests to lower
     newer_minor, unsupported = minor > newest, set()
-    alignment = header.get("alignment")
-    if not _int(alignment) or alignment < ALIGNMENT or alignment & (alignment - 1) or alignment > MAX_ALIGNMENT:
-        raise FormatError(f"must be a power of two >= {ALIGNMENT}, got {alignment!r}", path=path,
+    alignment, low = header.get("alignment"), min_alignment(major)
+    if not _int(alignment) or alignment < low or alignment & (alignment - 1) or alignment > MAX_ALIGNMENT:
+        raise FormatError(f"must be a power of two >= {low} (format {major}.x), got {alignment!r}", path=path,
                           field="alignment")
     if data_length % alignment:
         raise FormatError(f"data section of {data_length} bytes is not a multiple of the alignment {alignment}",

@@ -18,7 +18,11 @@ MAGIC = b"\x89DDQ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and trunc
 FOOTER_MAGIC = b"DDQFOOT\x00"
 PREAMBLE_SIZE = 64  # magic(8) major(u16) minor(u16) then zeros; also the data section's start
 FOOTER_SIZE = 32  # header_offset(u64) header_length(u64) header_crc32(u32) major(u16) minor(u16) magic(8)
-ALIGNMENT = 64  # every buffer's offset is a multiple of this (relative to the data section)
+ALIGNMENT = 64  # 1.x: every buffer's offset is a multiple of this (relative to the data section)
+# 2.x: the smallest alignment a header may declare, and the one writers use: a multiple of every element size
+# (U64, F32, F16...) and of 16-byte vector loads; on a 512x file of a 135M model, 64 puts 3% of the bytes in
+# padding, 16 under 1%
+COMPACT_ALIGNMENT = 16
 
 # Caps applied to untrusted input before anything is allocated (SPEC.md §3.3, §5.1).
 MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -145,6 +149,11 @@ DIGEST_SCHEME = "sha256"
 # Features beyond encodings and the minor version that defines them (writers label files with the lowest
 # minor covering every feature used, SPEC.md §2).
 BASE_DIGEST_SINCE = (1, 2)
+
+
+def min_alignment(major: int) -> int:
+    """The smallest buffer alignment a header of this major may declare (and the one the writer uses)."""
+    return ALIGNMENT if major == FORMAT_MAJOR else COMPACT_ALIGNMENT
 
 
 def newest_minor(major: int) -> int | None:

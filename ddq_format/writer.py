@@ -21,8 +21,9 @@ from .encodings import Encoded
 from .encodings._common import Ctx
 from .errors import UsageError
 from .header import parse, validate
-from .spec import (ALIGNMENT, CHECKSUM, COMPACT_MAJOR, FOOTER_MAGIC, FORMAT_MAJOR, HEADER_ZLIB_LEVEL, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED,
-                   KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up, minor_needed)
+from .spec import (CHECKSUM, COMPACT_MAJOR, FOOTER_MAGIC, FORMAT_MAJOR, HEADER_ZLIB_LEVEL, KIND_COMPRESSED,
+                   KIND_DENSE, KIND_REMOVED, KIND_REPLACE, KIND_SAME, KIND_TIED, KINDS, MAGIC, PREAMBLE_SIZE, align_up,
+                   min_alignment, minor_needed)
 
 
 # Files start as 1.0; close() raises the minor to the lowest one defining every encoding used (SPEC.md §2).
@@ -61,8 +62,8 @@ class Writer:
         if major not in (FORMAT_MAJOR, COMPACT_MAJOR):
             raise UsageError(f"format major version must be {FORMAT_MAJOR} or {COMPACT_MAJOR}, got {major!r}",
                              path=path, field="format")
-        self.path, self.major = Path(path), major
-        self.header = {"alignment": ALIGNMENT, "checksum": CHECKSUM, "metadata": dict(metadata or {}),
+        self.path, self.major, self.alignment = Path(path), major, min_alignment(major)
+        self.header = {"alignment": self.alignment, "checksum": CHECKSUM, "metadata": dict(metadata or {}),
                        "base": dict(base or {}), "algorithm": dict(algorithm or {}), "files": [], "tensors": []}
         self._names: set[str] = set()
         self._pos = 0  # relative to the data section
@@ -80,7 +81,7 @@ class Writer:
     def _append(self, data) -> dict:
         data = memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1)) if isinstance(
             data, np.ndarray) else memoryview(data)
-        start = align_up(self._pos)
+        start = align_up(self._pos, self.alignment)
         if start > self._pos:
             self._f.write(bytes(start - self._pos))
         self._f.write(data)
@@ -140,12 +141,14 @@ class Writer:
         try:
             header = pack_header(self.header)
             # The reader's own checks: caps, layout, every entry. A file the reader rejects is never published.
-            validate(parse(header, self.path).header, align_up(self._pos), self.path)
+            validate(parse(header, self.path).header, align_up(self._pos, self.alignment), self.path,
+                     major=self.major)
         except BaseException:
             self.abort()
             raise
-        header_offset = PREAMBLE_SIZE + align_up(self._pos)
-        self._f.write(bytes(align_up(self._pos) - self._pos))
+        end = align_up(self._pos, self.alignment)
+        header_offset = PREAMBLE_SIZE + end
+        self._f.write(bytes(end - self._pos))
         major, minor = self.major, required_minor(self.header["tensors"], self.major)  # resumed entries count too
         stored = header if major == FORMAT_MAJOR else zlib.compress(header, HEADER_ZLIB_LEVEL)
         self._f.write(stored)

@@ -47,6 +47,14 @@ def write_sample(path: Path) -> Path:
     return path
 
 
+def without_offsets(h):
+    """A header with its layout (buffer offsets, alignment) taken out: what both majors share."""
+    strip = lambda r: {k: v for k, v in r.items() if k != "offset"}  # noqa: E731
+    return dict(h, alignment=None, files=[strip(r) for r in h.get("files", [])],
+                tensors=[dict(e, buffers={k: strip(v) for k, v in e.get("buffers", {}).items()})
+                         for e in h["tensors"]])
+
+
 def split_file(path: Path) -> tuple[dict, bytes]:
     """(header dict, data section bytes) of a well-formed file."""
     with DDQFile(path) as f:

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..encodings import Encoded, dense_q, lowrank_q, raw, seeded_rans, sign_scale
 from ..quantize import Quantizer, fit
-from ..spec import (CONVERT_PLAN_1D_SHARE, ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, HEADER_ZLIB_LEVEL,
+from ..spec import (ALIGNMENT, CONVERT_PLAN_1D_SHARE, ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, HEADER_ZLIB_LEVEL,
                     KIND_COMPRESSED, KIND_DENSE, align_up)
 from .dropout import groupwise_dropout_blocked
 from .methods import ROW_BLOCK, tensor_group_size
@@ -188,9 +188,14 @@ def as_entry(name: str, shape, dtype: str, kind: str, enc: Encoded, base: dict |
     return entry, bufs
 
 
+def buffer_bytes(entry: dict, alignment: int = ALIGNMENT) -> int:
+    """Buffers rounded up to the alignment (the padding the next buffer carries)."""
+    return sum(align_up(b["length"], alignment) for b in entry["buffers"].values())
+
+
 def stored_bytes(entry: dict) -> int:
-    """Buffers rounded up to the alignment (the padding the next buffer carries) plus the msgpack entry."""
-    return sum(align_up(b["length"]) for b in entry["buffers"].values()) + len(msgpack.packb(entry, use_bin_type=True))
+    """Buffers rounded up to the 1.x alignment plus the msgpack entry."""
+    return buffer_bytes(entry) + len(msgpack.packb(entry, use_bin_type=True))
 
 
 def decode(entry: dict, bufs: dict) -> np.ndarray:
@@ -302,12 +307,13 @@ def header_share(top: dict, entries: list[dict]) -> float:
     return len(zlib.compress(plain, HEADER_ZLIB_LEVEL)) / len(plain)
 
 
-def priced(options: dict[str, list[Option]], share: float) -> dict[str, list[Option]]:
-    """The options with each entry's msgpack bytes charged at `share` of their size (format 2.x: the header is
-    stored compressed); share 1 leaves them as they are."""
-    if share == 1.0:
+def priced(options: dict[str, list[Option]], share: float, alignment: int = ALIGNMENT) -> dict[str, list[Option]]:
+    """The options with each entry's msgpack bytes charged at `share` of their size and its buffers padded to
+    `alignment` (format 2.x: the header is stored compressed, buffers aligned to 16); share 1 at the 1.x
+    alignment leaves them as they are."""
+    if share == 1.0 and alignment == ALIGNMENT:
         return options
-    return {n: [replace(o, bytes=o.bytes - o.entry_bytes + math.ceil(share * o.entry_bytes)) for o in opts]
+    return {n: [replace(o, bytes=buffer_bytes(o.entry, alignment) + math.ceil(share * o.entry_bytes)) for o in opts]
             for n, opts in options.items()}
 
 

@@ -114,7 +114,7 @@ def convert(base, finetuned, out, *, method: str = "deltadq", alpha: int | None 
             total=len(tasks), choose_seed=choose_seed, digest=base_digest, encode_hook=_encode_hook)
         writer = _write(out, run_key, ft_ck, base_rec, algorithm, recorded is not None, tasks, write_tensors,
                         major)
-    result = _summarize(out, writer.header["tensors"], opts, algorithm, chosen, search_rec,
+    result = _summarize(out, writer.header["tensors"], writer.alignment, opts, algorithm, chosen, search_rec,
                         time.perf_counter() - t_start, search_seconds, writer.resumed, seed_trials, cal_seconds)
     if print_summary:
         summary_stage.print_summary(console, result)
@@ -228,11 +228,11 @@ def _seed_chooser(tasks, base_ck, ft_ck, cal, opts, seed, seed_trials, note, alg
     return choose_seed, cal.seconds
 
 
-def _summarize(out: Path, entries, opts: Options, algorithm, chosen, search_rec, seconds, search_seconds, resumed,
+def _summarize(out: Path, entries, alignment: int, opts: Options, algorithm, chosen, search_rec, seconds, search_seconds, resumed,
                seed_trials, cal_seconds) -> Summary:
     comp = [e for e in entries if e["kind"] == KIND_COMPRESSED]
     fp16 = sum(2 * math.prod(e["shape"]) for e in comp)
-    stored = sum(stored_bytes(e) for e in comp)
+    stored = sum(stored_bytes(e, alignment) for e in comp)
     all_fp16 = sum(2 * math.prod(e["shape"]) for e in entries if e["kind"] not in (KIND_REMOVED, KIND_TIED))
     file_bytes = out.stat().st_size
     kinds = {}

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..spec import (COMPACT_MAJOR, CONVERT_DENSE_1D_BITS, CONVERT_PLAN_CALIB_MAX_TOKENS, CONVERT_RESCALE_TOKENS,
-                    FORMAT_MAJOR, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_TIED, MAX_ALPHA)
+                    FORMAT_MAJOR, KIND_COMPRESSED, KIND_DENSE, KIND_REMOVED, KIND_TIED, MAX_ALPHA, ALIGNMENT,
+                    min_alignment)
 from . import budget, calibration, groupsize, rescale
 from .checkpoint import Checkpoint
 from .methods import Options
@@ -229,14 +230,14 @@ def header_records(ctx, record: dict) -> tuple[dict, list[dict]]:
     return top, other
 
 
-def fixed_overhead(ctx, record: dict, share: float = 1.0) -> int:
+def fixed_overhead(ctx, record: dict, share: float = 1.0, alignment: int = ALIGNMENT) -> int:
     """Bytes the tensors take outside their own entries: preamble and footer, the header's top-level records
     and the entries without data (header_records; at `share` of their msgpack size in a 2.x file, whose header
     is compressed), and the data section's last padding."""
     import msgpack
     top, other = header_records(ctx, record)
     plain = len(msgpack.packb(dict(top, tensors=[]), use_bin_type=True)) + sum(map(len, map(msgpack.packb, other)))
-    return 64 + 32 + 63 + math.ceil(share * plain)
+    return 64 + 32 + alignment - 1 + math.ceil(share * plain)
 
 
 # -- --target-ratio: the budget allocator ------------------------------------------------------------------------
@@ -296,8 +297,9 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
             share = budget.header_share(top, [chosen[n].entry for n in data_names] + other)
             record["header_share"] = round(share, 6)  # what the allocation charged each msgpack byte
         options = budget.one_d({n: budget.within_fp16(opts, 2 * opts[0].numel)
-                                for n, opts in budget.priced(scored, share).items()}, total_budget)
-        avail = total_budget - fixed_overhead(ctx, full, share)
+                                for n, opts in budget.priced(scored, share, min_alignment(major)).items()},
+                               total_budget)
+        avail = total_budget - fixed_overhead(ctx, full, share, min_alignment(major))
         choice = budget.allocate(options, avail, objective)
         configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
         record["configs"] = [c.label() for c in configs]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..spec import align_up
+from ..spec import ALIGNMENT, align_up
 
 
 @dataclass
@@ -35,8 +35,8 @@ class Summary:
         return asdict(self)
 
 
-def stored_bytes(entry: dict) -> int:
-    return sum(align_up(b["length"]) for b in entry.get("buffers", {}).values())
+def stored_bytes(entry: dict, alignment: int = ALIGNMENT) -> int:
+    return sum(align_up(b["length"], alignment) for b in entry.get("buffers", {}).values())
 
 
 def print_summary(console, s: Summary):

@@ -338,6 +338,11 @@ def _compact_attacks(c: Corpus):
           "truncated")
     c.add("v2_after_stream", assemble(None, c.data, raw_header=z + b"\x00", major=2), "open", "FormatError",
           "header", "after the header's zlib stream")
+    h8 = dict(copy.deepcopy(c.header), alignment=8)
+    c.add("v2_alignment_8", assemble(h8, c.data, major=2), "open", "FormatError", "alignment", ">= 16 (format 2.x)")
+    h16 = dict(copy.deepcopy(c.header), alignment=16)
+    c.add("v1_alignment_16", assemble(h16, c.data, minor=MINOR), "open", "FormatError", "alignment",
+          ">= 64 (format 1.x)", note="16 is a 2.x alignment only")
     bomb = zlib.compress(bytes(MAX_HEADER_BYTES + 1), 9)  # 65 KB inflating past the cap
     c.add("v2_header_bomb", assemble(None, c.data, raw_header=bomb, major=2), "open", "FormatError", "header",
           "inflates past the cap", note="inflation stops one byte past the 64 MiB cap: bounded, never more")

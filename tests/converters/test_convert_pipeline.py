@@ -162,17 +162,19 @@ KILLER = textwrap.dedent("""
         n[0] += 1
         return real(self, *a, **k)
     resume.ResumableWriter.add = add
-    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, embeddings="dense", workers=2, progress=False, quiet=True)
+    major = int(sys.argv[6]) if len(sys.argv) > 6 else None
+    convert(sys.argv[1], sys.argv[2], sys.argv[3], alpha=2, bits=4, parts=4, embeddings="dense", workers=2, progress=False, quiet=True, format_major=major)
 """)
 
 
-def test_kill_9_then_resume_equals_uninterrupted(tmp_path, llama, quiet_convert):
+@pytest.mark.parametrize("major", [1, 2])
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, llama, quiet_convert, major):
     base, ft = llama
     whole = tmp_path / "whole.ddq"
-    quiet_convert(base, ft, whole, alpha=2, bits=4, parts=4)
+    quiet_convert(base, ft, whole, alpha=2, bits=4, parts=4, format_major=major)
     out = tmp_path / "out.ddq"
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    p = subprocess.run([sys.executable, "-c", KILLER, str(base), str(ft), str(out), root, "9"])
+    p = subprocess.run([sys.executable, "-c", KILLER, str(base), str(ft), str(out), root, "9", str(major)])
     assert p.returncode == -9
     assert not out.exists()
     assert (tmp_path / "out.ddq.partial").exists() and (tmp_path / "out.ddq.partial.journal").exists()
@@ -180,9 +182,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, llama, quiet_convert)
     # A torn journal line (the kill hit mid-write) is tolerated: that entry is redone.
     with open(tmp_path / "out.ddq.partial.journal", "a") as j:
         j.write('{"entry": {"name": "trunc')
-    s = quiet_convert(base, ft, out, alpha=2, bits=4, parts=4, resume=True)
+    s = quiet_convert(base, ft, out, alpha=2, bits=4, parts=4, resume=True, format_major=major)
     assert s.resumed_tensors == 9
-    assert out.read_bytes() == whole.read_bytes()
+    assert out.read_bytes() == whole.read_bytes() and open_ddq(out).version[0] == major
     assert not (tmp_path / "out.ddq.partial").exists() and not (tmp_path / "out.ddq.partial.journal").exists()
     assert not (tmp_path / "out.ddq.lock").exists()
 

@@ -51,7 +51,7 @@ def test_target_ratio_is_met_and_recorded(tmp_path, pair, cache, quiet_convert, 
             enc = budget.encode(budget.Config("dense_q", bits=bits), f.decode(e["name"]), 0)
             entry = budget.as_entry(e["name"], e["shape"], e["dtype"], "dense", enc, e["base"])[0]
             plain = len(msgpack.packb(entry, use_bin_type=True))
-            return budget.stored_bytes(entry) - plain + math.ceil(alg.get("header_share", 1.0) * plain)
+            return budget.buffer_bytes(entry, f.header["alignment"]) + math.ceil(alg.get("header_share", 1.0) * plain)
 
         size = {(e["name"], b): stored(e, b) for e in ones for b in (8, 4)}
         small = {e["name"] for e in ones if size[e["name"], 8] > 2 * np.prod(e["shape"])}
