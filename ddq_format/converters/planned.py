@@ -286,25 +286,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
     roles = sorted({rescale.role(t.name) for t in ctx.data_tasks() if len(t.shape) == 2})
     if rescale_ids is not None or skipped:
         record["rescale"] = rescale.placeholder(roles) if rescale_ids is not None else {"skipped": skipped}
-    share, choice = 1.0, None
-    # The record lists the configurations chosen: size it, then allocate again. In a 2.x file the header is
-    # compressed: its share of the msgpack bytes is measured on the entries last chosen (first the smallest).
-    for _ in range(2 if major == FORMAT_MAJOR else 3):
-        full = dict(record, **calibration_record(ctx.stats), target_ratio=ratio)
-        if major != FORMAT_MAJOR:
-            top, other = header_records(ctx, full)
-            chosen = choice or {n: min(opts, key=lambda o: o.bytes) for n, opts in scored.items()}
-            share = budget.header_share(top, [chosen[n].entry for n in data_names] + other)
-            record["header_share"] = round(share, 6)  # what the allocation charged each msgpack byte
-        options = budget.one_d({n: budget.within_fp16(opts, 2 * opts[0].numel)
-                                for n, opts in budget.priced(scored, share, min_alignment(major)).items()},
-                               total_budget)
-        avail = total_budget - fixed_overhead(ctx, full, share, min_alignment(major))
-        choice = budget.allocate(options, avail, objective)
-        configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
-        record["configs"] = [c.label() for c in configs]
-        index = {c: i for i, c in enumerate(configs)}
-        record["choice"] = [index[choice[n].cfg] for n in data_names]
+    choice, configs, avail = allocate_file(ctx, scored, record, total_budget, ratio, objective, major)
     if sum(o.bytes for o in choice.values()) > avail:
         ctx.console.print(f"[yellow]warning: even the smallest configuration of every tensor exceeds the budget; "
                           f"the file will be larger than --target-ratio {ratio:g} asks[/]")
@@ -351,6 +333,31 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         return cfg.kind, budget.encode(cfg, delta * np.float32(t) if t != 1.0 else delta, s)
 
     return hook, record
+
+
+def allocate_file(ctx, scored, record, total_budget, ratio, objective, major):
+    """(choice, configs chosen, bytes available to the entries): the allocation of `scored` (every tensor's
+    candidates) under the whole file's budget. The record lists the configurations chosen: size it, then
+    allocate again. In a 2.x file the header is compressed: its share of the msgpack bytes is measured on the
+    entries last chosen (first every tensor's smallest) and the buffers are aligned to 16."""
+    data_names = [t.name for t in ctx.data_tasks()]
+    share, choice, align = 1.0, None, min_alignment(major)
+    for _ in range(2 if major == FORMAT_MAJOR else 3):
+        full = dict(record, **calibration_record(ctx.stats), target_ratio=ratio)
+        if major != FORMAT_MAJOR:
+            top, other = header_records(ctx, full)
+            chosen = choice or {n: min(opts, key=lambda o: o.bytes) for n, opts in scored.items()}
+            share = budget.header_share(top, [chosen[n].entry for n in data_names] + other)
+            record["header_share"] = round(share, 6)  # what the allocation charged each msgpack byte
+        options = budget.one_d({n: budget.within_fp16(opts, 2 * opts[0].numel)
+                                for n, opts in budget.priced(scored, share, align).items()}, total_budget)
+        avail = total_budget - fixed_overhead(ctx, full, share, align)
+        choice = budget.allocate(options, avail, objective)
+        configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
+        record["configs"] = [c.label() for c in configs]
+        index = {c: i for i, c in enumerate(configs)}
+        record["choice"] = [index[choice[n].cfg] for n in data_names]
+    return choice, configs, avail
 
 
 def run_rescale(ctx, choice, searched, ids, per_role: bool) -> dict:
