@@ -75,7 +75,7 @@ def test_step_quantizer_and_unbiased_sign_scale():
 
 
 def test_grid_has_dense_q_for_vectors_and_lowrank_for_embeddings():
-    assert [(c.family, c.bits) for c in budget.grid((576,), "n", False)] == [("dense_q", 8), ("dense_q", 4)]
+    assert [(c.family, c.bits) for c in budget.grid((576,), "n", False)] == [("dense_q", 8), ("dense_q", 4), ("dense_q", 2)]
     fams = {c.family for c in budget.grid((100, 64), "e", True)}
     assert {"raw16", "rans", "lowrank"} <= fams
     assert all(c.alpha <= 64 for c in budget.grid((100, 64), "x", False))
@@ -210,9 +210,11 @@ def test_vectors_take_8_bits_unless_those_would_crowd_the_budget():
         opts[f"model.layers.{i}.input_layernorm.weight"] = [
             budget.score("n", d, "F32", None, c, 0, None, None)[0] for c in budget.grid(d.shape, "n", False)]
     opts["m"] = _options(rng, 1)["t0"]
-    assert {o.cfg.bits for o in opts["model.layers.0.input_layernorm.weight"]} == {8, 4}
-    wide = sum(next(o.bytes for o in v if o.cfg.bits == 8) for k, v in opts.items() if k != "m")
-    for room, bits in ((wide / budget.CONVERT_PLAN_1D_SHARE, 8), (wide / budget.CONVERT_PLAN_1D_SHARE * 0.9, 4)):
+    assert {o.cfg.bits for o in opts["model.layers.0.input_layernorm.weight"]} == {8, 4, 2}
+    total = {b: sum(next(o.bytes for o in v if o.cfg.bits == b) for k, v in opts.items() if k != "m") for b in (8, 4)}
+    share = budget.CONVERT_PLAN_1D_SHARE
+    for room, bits in ((total[8] / share, 8), (total[8] / share * 0.9, 4), (total[4] / share, 4),
+                       (total[4] / share * 0.9, 2), (total[4], 2)):  # the narrowest when none fits
         got = budget.one_d(opts, room)
         assert got["m"] == opts["m"]
         assert all([o.cfg.bits for o in got[k]] == [bits] for k in got if k != "m")
