@@ -308,13 +308,18 @@ def plot(rows, path: Path):
     except ImportError:
         print("matplotlib not installed: no plot", flush=True)
         return
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 7.5), sharey=True)
     ft = next(r for r in rows if r["method"].startswith("fine-tune"))
     base = next(r for r in rows if r["method"].startswith("base"))
     for ax, x, title in ((axes[0], X, "all tensors (the byte budget)"), (axes[1], XL, "linear layers only")):
         for label, rs in method_rows(rows, x).items():
-            ax.plot([r[x] for r in rs], [100 * r["accuracy"] for r in rs], marker="o", label=label,
-                    lw=2.5 if label == PROJECT else 1.2)
+            # the planner's variants, run seeds and earlier versions: one gray family (the table names each)
+            variant = label.startswith(PROJECT) and label != PROJECT
+            ax.plot([r[x] for r in rs], [100 * r["accuracy"] for r in rs], marker="o", ms=3 if variant else 5,
+                    label=None if variant else label, color="0.78" if variant else None, zorder=1 if variant else 2,
+                    lw=2.5 if label == PROJECT else 0.8 if variant else 1.2)
+        ax.plot([], [], color="0.78", marker="o", ms=3, lw=0.8,
+                label=f"{PROJECT}: its variants, run seeds and earlier versions (the table's rows)")
         ax.axhline(100 * ft["accuracy"], color="k", ls="--", lw=1, label="fine-tune (uncompressed)")
         ax.axhline(100 * base["accuracy"], color="gray", ls=":", lw=1, label="base")
         ax.set_xscale("log", base=2)
@@ -322,9 +327,10 @@ def plot(rows, path: Path):
         ax.set_xlabel(f"true compression ratio, {title}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("exact match (%)")
-    axes[1].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
     fig.suptitle("Example task (memorized facts): accuracy vs true compression")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.02 + 0.028 * math.ceil(len(labels) / 3), 1, 1))
     fig.savefig(path, dpi=120)
 
 

@@ -16,9 +16,9 @@ Candidates per tensor (`grid`):
     exploration runs), 2-bit codes. Tried in exploration runs and not made an encoding: a low-rank part plus dropout
     on the residual (about the same exact match at 128x, lower KL; never chosen at 512x);
   - 1-D deltas (norms, biases): `dense_q` codes (raw binary16 plus its entry would exceed its fp16 size), 8 bits
-    unless at 8 bits they would take more than CONVERT_PLAN_1D_SHARE of the budget, then 4 bits, then 2 where 4 bits
-    would too (`one_d`; on the example at 1024x and above: without 2 bits R=2048 could not be met, the smallest
-    file was 1919x); on the
+    unless at 8 bits they would take more than CONVERT_PLAN_1D_SHARE of the budget, then 4 bits, and 2 bits only
+    where even the smallest file would not fit the budget at 4 (`one_d`; on the example R=2048: the smallest
+    file at 4 bits was 1919x; at 1024x, 2-bit norms measured 8.0% exact match against 11.7% at 4 bits); on the
     example the norms are 10% of the 512x budget at 8 bits, and at 4 bits the linear layers get those bytes
     (quality.md: 41.0/43.4/33.0% against 38.1/39.5/28.9% at seeds 0-2); at 4 bits, 256x (where 8 bits take 5.0%)
     keeps 74.2% against 75.6% and 128x 86.7% against 87.5% (seed 0); at 7B the norms are under 1% of the budget.
@@ -66,7 +66,7 @@ RANS_BITS, RANS_STEPS = 4, (1.0,)  # grid step in std of the kept values; 2.0 me
 RANS_STEP = RANS_STEPS[0]
 FINE_ALPHAS = (1, 2, 4)  # 8-bit candidates: the budgets below the 4-bit ones (true ratio < ~8x)
 LOWRANK_RANKS = (1, 2, 4, 8, 16, 32)
-ONE_D_BITS = (8, 4, 2)  # widest first: the code widths of 1-D deltas (one_d)
+ONE_D_BITS = (8, 4, 2)  # widest first: the code widths of 1-D deltas (one_d; the last only where nothing else fits)
 ROW_SAMPLE = 2048  # rows of a tensor scored (a fixed random sample, scaled up): bounds the error's cost
 
 
@@ -326,17 +326,25 @@ def within_fp16(options: list[Option], fp16_bytes: int) -> list[Option]:
     return ok or [min(options, key=lambda o: o.bytes)]
 
 
-def one_d(options: dict[str, list[Option]], budget: float, share: float = CONVERT_PLAN_1D_SHARE) -> dict:
+def one_d(options: dict[str, list[Option]], budget: float, share: float = CONVERT_PLAN_1D_SHARE,
+          room: float | None = None) -> dict:
     """The options with every 1-D delta (only dense_q candidates) narrowed to one width, the same for all: the
-    widest of ONE_D_BITS whose total stays within `share` of the budget, else the narrowest (module docstring)."""
+    widest of ONE_D_BITS but the last whose total stays within `share` of the budget, else the one before the
+    last; the last (narrowest) only where even every tensor's smallest candidate would not fit `room` (the
+    bytes the entries may take; default the budget) at the width above it (module docstring)."""
     oned = [n for n, opts in options.items() if opts and all(o.cfg.family == "dense_q" for o in opts)]
 
     def at(n, b):
         return [o for o in options[n] if o.cfg.bits == b] or options[n]
 
-    for bits in ONE_D_BITS:
-        if sum(min(o.bytes for o in at(n, bits)) for n in oned) <= share * budget:
+    def smallest(b, names):
+        return sum(min(o.bytes for o in (at(n, b) if n in oned else options[n])) for n in names)
+
+    for bits in ONE_D_BITS[:-1]:
+        if smallest(bits, oned) <= share * budget:
             break
+    if smallest(bits, options) > (budget if room is None else room):
+        bits = ONE_D_BITS[-1]
     return {n: at(n, bits) if n in oned else opts for n, opts in options.items()}
 
 

@@ -349,9 +349,10 @@ def allocate_file(ctx, scored, record, total_budget, ratio, objective, major):
             chosen = choice or {n: min(opts, key=lambda o: o.bytes) for n, opts in scored.items()}
             share = budget.header_share(top, [chosen[n].entry for n in data_names] + other)
             record["header_share"] = round(share, 6)  # what the allocation charged each msgpack byte
-        options = budget.one_d({n: budget.within_fp16(opts, 2 * opts[0].numel)
-                                for n, opts in budget.priced(scored, share, align).items()}, total_budget)
         avail = total_budget - fixed_overhead(ctx, full, share, align)
+        options = budget.one_d({n: budget.within_fp16(opts, 2 * opts[0].numel)
+                                for n, opts in budget.priced(scored, share, align).items()}, total_budget,
+                               room=avail)
         choice = budget.allocate(options, avail, objective)
         configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
         record["configs"] = [c.label() for c in configs]

@@ -213,8 +213,9 @@ def test_vectors_take_8_bits_unless_those_would_crowd_the_budget():
     assert {o.cfg.bits for o in opts["model.layers.0.input_layernorm.weight"]} == {8, 4, 2}
     total = {b: sum(next(o.bytes for o in v if o.cfg.bits == b) for k, v in opts.items() if k != "m") for b in (8, 4)}
     share = budget.CONVERT_PLAN_1D_SHARE
-    for room, bits in ((total[8] / share, 8), (total[8] / share * 0.9, 4), (total[4] / share, 4),
-                       (total[4] / share * 0.9, 2), (total[4], 2)):  # the narrowest when none fits
+    whole = total[4] + min(o.bytes for o in opts["m"])  # the smallest file with 4-bit vectors
+    for room, bits in ((total[8] / share, 8), (total[8] / share * 0.9, 4), (total[4] / share * 0.9, 4),
+                       (whole, 4), (whole - 1, 2)):  # 2 bits only where nothing fits at 4
         got = budget.one_d(opts, room)
         assert got["m"] == opts["m"]
         assert all([o.cfg.bits for o in got[k]] == [bits] for k in got if k != "m")

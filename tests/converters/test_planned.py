@@ -57,7 +57,9 @@ def test_target_ratio_is_met_and_recorded(tmp_path, pair, cache, quiet_convert, 
         size = {(e["name"], b): stored(e, b) for e in ones for b in widths}
         fits = {e["name"]: [b for b in widths if size[e["name"], b] <= 2 * np.prod(e["shape"])]
                 or [min(widths, key=lambda b: size[e["name"], b])] for e in ones}  # within_fp16
-        for want in widths:  # the widest whose total fits the share, else the narrowest (budget.one_d)
+        # the widest but the last whose total fits the share, else the one before the last (budget.one_d; the
+        # last only where nothing fits at the one before: not at these ratios)
+        for want in widths[:-1]:
             total = sum(size[n, want] if want in fits[n] else min(size[n, b] for b in fits[n]) for n in fits)
             if total <= CONVERT_PLAN_1D_SHARE * alg["budget_bytes"]:
                 break
