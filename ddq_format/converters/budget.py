@@ -240,7 +240,8 @@ def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None) -> tuple[O
     """ref: stats.project(delta[rows]) when several candidates of one tensor are scored (computed once)."""
     enc = encode(cfg, delta, seed)
     entry, bufs = as_entry(name, delta.shape, dtype, cfg.kind, enc, base)
-    nbytes, ebytes = stored_bytes(entry), len(msgpack.packb(entry, use_bin_type=True))
+    ebytes = len(msgpack.packb(entry, use_bin_type=True))
+    nbytes = buffer_bytes(entry) + ebytes
     head = {"entry": entry, "entry_bytes": ebytes}
     if delta.ndim != 2:
         return Option(cfg, nbytes, 0.0, 0.0, delta.size, **head), enc
