@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 3  # the newest minor this library reads; writers record the lowest minor a file needs
+FORMAT_MINOR = 4  # the newest minor this library reads; writers record the lowest minor a file needs
 # 2.0 (SPEC.md §2, §3.3): the 1.3 container with its msgpack header stored zlib-compressed (RFC 1950). On a 512x
 # file of a 135M model the header entries are ~20% of the bytes; compressed, ~3%. Major 2 defines every key,
 # kind and encoding of 1.3, so its minors count from 0 again.
 COMPACT_MAJOR = 2
-COMPACT_MINOR = 0  # the newest minor of major 2 this library reads
+COMPACT_MINOR = 1  # the newest minor of major 2 this library reads (2.1 = 2.0 + 1.4's encoding)
 HEADER_ZLIB_LEVEL = 9  # writers' choice; readers accept any valid zlib stream
 
 # File layout: preamble | data section (aligned buffers) | header (msgpack) | footer.
@@ -78,17 +78,21 @@ ENC_SEEDED_RANS = "seeded_rans"
 # 1.3: the seed papers' baselines (SPEC.md §9.6, §9.7): Delta-CoMe/DeltaMix quantized low rank, DeltaZip n:m.
 ENC_LOWRANK_Q = "lowrank_q"
 ENC_NM_Q = "nm_q"
+# 1.4 / 2.1 (SPEC.md §9.8): seeded_rans over two classes of input columns, each with its own alpha: the columns
+# whose inputs carry the most energy kept more often (group-wise dropout's output noise is sum_j D_ij^2 x_j^2).
+ENC_SEEDED_RANS_SPLIT = "seeded_rans_split"
 ENC_DENSE_Q = "dense_q"  # 1.3: small dense deltas (norms, biases) as k-bit codes (SPEC.md §9.8)
 ENCODINGS_BY_KIND = {
     KIND_COMPRESSED: (ENC_CSR_PARTS, ENC_SEEDED, ENC_CSR_F16, ENC_SIGN_SCALE, ENC_LOWRANK, ENC_SEEDED_RANS,
-                      ENC_LOWRANK_Q, ENC_NM_Q),
+                      ENC_LOWRANK_Q, ENC_NM_Q, ENC_SEEDED_RANS_SPLIT),
     KIND_DENSE: (ENC_RAW, ENC_DENSE_Q),
     KIND_REPLACE: (ENC_RAW,),
 }
 # Encodings this version of the library can decode; baselines add theirs (SPEC.md table).
 ENCODING_SINCE = {ENC_RAW: (1, 0), ENC_CSR_PARTS: (1, 0), ENC_SEEDED: (1, 0), ENC_CSR_F16: (1, 0),
                   ENC_SIGN_SCALE: (1, 0), ENC_LOWRANK: (1, 0), ENC_SEEDED_RANS: (1, 1),
-                  ENC_LOWRANK_Q: (1, 3), ENC_NM_Q: (1, 3), ENC_DENSE_Q: (1, 3)}
+                  ENC_LOWRANK_Q: (1, 3), ENC_NM_Q: (1, 3), ENC_DENSE_Q: (1, 3), ENC_SEEDED_RANS_SPLIT: (1, 4)}
+COMPACT_SINCE = {ENC_SEEDED_RANS_SPLIT: 1}  # the 2.x minor of each encoding newer than 1.3 (2.0 defines 1.3's)
 
 # seeded_rans (SPEC.md §9.5): rANS with a 32-bit state renormalised 16 bits at a time.
 RANS_PROB_BITS = 12  # P: the frequency table sums to 2^P
@@ -163,9 +167,12 @@ def newest_minor(major: int) -> int | None:
 
 def minor_needed(tensors, major: int = FORMAT_MAJOR) -> int:
     """The lowest minor version of `major` that defines every encoding and feature these entries use (2.0
-    defines all of 1.3's)."""
+    defines all of 1.3's, 2.1 adds 1.4's)."""
     minor = 0
     if major != FORMAT_MAJOR:
+        for e in tensors:
+            enc = e.get("encoding") if e.get("kind") in ENCODINGS_BY_KIND else None
+            minor = max(minor, COMPACT_SINCE.get(enc, 0) if isinstance(enc, str) else 0)
         return minor
     for e in tensors:
         enc = e.get("encoding") if e.get("kind") in ENCODINGS_BY_KIND else None  # other kinds ignore the key
@@ -190,6 +197,9 @@ CONVERT_FALLBACK_GROUP_SIZE = 256  # h_g for architectures without an adapter (r
 CONVERT_DENSE_1D_BITS = 8  # 1-D dense deltas (norms, biases) as dense_q codes: below their fp16 size (issue 11)
 CONVERT_CALIB_MAX_TOKENS = 512  # calibration tokens used by the group-size search
 ENTRY_PLACEHOLDER_MAX = 2**32 - 1  # size estimates: offsets/CRCs at their widest msgpack uint32 form
+# --target-ratio's seeded_rans_split candidates: this share of a tensor's input columns, those with the most
+# sum_i D_ij^2 E[x_j^2] on the calibration text, form the hot class (benchmarks/results/quality.md)
+CONVERT_SPLIT_HOT_SHARE = 0.1
 CONVERT_PLAN_1D_SHARE = 0.05  # --target-ratio: 1-D deltas take 4-bit codes where 8 bits would take more of the budget
 CONVERT_PLAN_CALIB_MAX_TOKENS = 2048  # --target-ratio and the calibrated baselines (deltacome, deltazip, bitdelta-distill)
 # --target-ratio's rescale (converters/rescale.py): dropout entries store t = 1 / (1 + c (alpha - 1)) x their

@@ -16,6 +16,7 @@ from ddq_testing import assemble, split_file, without_offsets, write_sample
 from ddq_format import DDQFile, Writer
 from ddq_format.accounting import report
 from ddq_format.encodings import dense_q, raw, seeded_rans
+from ddq_format.spec import COMPACT_MINOR
 from ddq_format.errors import EncodingError, UsageError
 from ddq_format.repack import repack
 from ddq_format.converters.dropout import groupwise_dropout
@@ -88,13 +89,13 @@ def test_a_newer_minor_of_major_2_keeps_the_file_readable_but_not_its_unknown_en
     header, data = split_file(write_sample(tmp_path / "s.ddq"))
     header["tensors"][0]["encoding"] = "future_codec"
     p = tmp_path / "n.ddq"
-    p.write_bytes(assemble(header, data, major=2, minor=1))
+    p.write_bytes(assemble(header, data, major=2, minor=COMPACT_MINOR + 1))
     with DDQFile(p) as f:
-        assert f.version == (2, 1)
+        assert f.version == (2, COMPACT_MINOR + 1)
         assert f.decode("c.dense").shape == (5,)
         with pytest.raises(EncodingError, match="newer than this reader"):
             f.decode("a.csr")
-    p.write_bytes(assemble(header, data, major=2, minor=0))  # the same encoding in a 2.0 file: malformed
+    p.write_bytes(assemble(header, data, major=2, minor=COMPACT_MINOR))  # the same in a file this reader knows
     with pytest.raises(EncodingError):
         DDQFile(p)
 

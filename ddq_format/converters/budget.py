@@ -9,7 +9,9 @@ zlib-compressed: every msgpack byte of the header is then charged at the header'
 Candidates per tensor (`grid`):
   - compressed 2-D deltas: `seeded_rans` at dropout alpha and 4-bit codes on a grid step of 1 standard deviation of
     the kept values, the embedding (and an untied lm_head) also as `lowrank_q` at rank r, and a dense binary16
-    delta. Measured and dropped (they lose at equal bytes on the example, benchmarks/results/quality.md): a 2-std
+    delta; where the fine-tune runs under transformers (moments.py), `seeded_rans_split` replaces seeded_rans at
+    alpha >= 4: the 10% of input columns with the most energy E[x_j^2] kept more often, at the same kept count
+    (split_instead). Measured and dropped (they lose at equal bytes on the example, benchmarks/results/quality.md): a 2-std
     step (a dead zone around zero), the reference min-max grid, 1-bit signs behind dropout (even with the unbiased
     scale E[v^2]/E|v|; again with the rescale and 4-bit norms, at alpha >= 128 only: 38.3% against 41.0% exact match
     at 512x, seed 0, though R=2048 then reaches 1564x instead of 1020x, at 1.2% exact match, with 8-bit norms;
@@ -51,10 +53,11 @@ from dataclasses import dataclass, field, replace
 import msgpack
 import numpy as np
 
-from ..encodings import Encoded, dense_q, lowrank_q, raw, seeded_rans, sign_scale
+from ..encodings import Encoded, dense_q, lowrank_q, raw, seeded_rans, seeded_rans_split, sign_scale
 from ..quantize import Quantizer, fit
-from ..spec import (ALIGNMENT, CONVERT_PLAN_1D_SHARE, ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER, HEADER_ZLIB_LEVEL,
-                    KIND_COMPRESSED, KIND_DENSE, align_up)
+from ..spec import (ALIGNMENT, CONVERT_PLAN_1D_SHARE, CONVERT_SPLIT_HOT_SHARE, ENTRY_PLACEHOLDER_MAX as ENTRY_PLACEHOLDER,
+                    HEADER_ZLIB_LEVEL, KIND_COMPRESSED, KIND_DENSE, MAX_SEED, align_up)
+from ..seeded_mask import kept_per_row
 from .dropout import groupwise_dropout_blocked
 from .methods import ROW_BLOCK, tensor_group_size
 
@@ -67,12 +70,14 @@ RANS_STEP = RANS_STEPS[0]
 FINE_ALPHAS = (1, 2, 4)  # 8-bit candidates: the budgets below the 4-bit ones (true ratio < ~8x)
 LOWRANK_RANKS = (1, 2, 4, 8, 16, 32)
 ONE_D_BITS = (8, 4, 2)  # widest first: the code widths of 1-D deltas (one_d; the last only where nothing else fits)
+SPLIT_MIN_ALPHA = 4  # seeded_rans_split candidates from this mean alpha up (below it the classes differ little)
+SPLIT_SEED_XOR = 0x9E3779B9  # the hot class's mask seed: the entry's seed XOR this (its own mask, reproducible)
 ROW_SAMPLE = 2048  # rows of a tensor scored (a fixed random sample, scaled up): bounds the error's cost
 
 
 @dataclass(frozen=True)
 class Config:
-    family: str  # rans | sign | lowrank | raw16 | dense_q
+    family: str  # rans | split | sign | lowrank | raw16 | dense_q
     alpha: int = 1
     bits: int = 4
     step: float = RANS_STEP
@@ -81,6 +86,8 @@ class Config:
     def label(self) -> str:
         if self.family == "rans":
             return f"seeded_rans a={self.alpha} k={self.bits} step={self.step:g}"
+        if self.family == "split":
+            return f"seeded_rans_split a={self.alpha} k={self.bits} step={self.step:g}"
         if self.family == "sign":
             return f"sign_scale a={self.alpha} unbiased"
         if self.family == "lowrank":
@@ -94,12 +101,16 @@ class Config:
         return KIND_DENSE if self.family in ("raw16", "dense_q") else KIND_COMPRESSED
 
 
-def grid(shape, name: str, embedding: bool) -> list[Config]:
+def grid(shape, name: str, embedding: bool, split: bool = False) -> list[Config]:
+    """split: also seeded_rans_split at every alpha (a tensor whose inputs' second moments are known)."""
     if len(shape) != 2:
         return [Config("dense_q", bits=b) for b in ONE_D_BITS]
     cols = shape[1]
     out = [Config("raw16")]
     out += [Config("rans", alpha=a, bits=RANS_BITS, step=st) for a in ALPHAS if a <= cols for st in RANS_STEPS]
+    if split and cols >= 2 * round(1 / CONVERT_SPLIT_HOT_SHARE):
+        out += [Config("split", alpha=a, bits=RANS_BITS, step=st) for a in ALPHAS
+                if SPLIT_MIN_ALPHA <= a <= cols for st in RANS_STEPS]
     # below 8x: fine grids (8-bit codes on a step 16x finer, the same range) and no dropout
     out += [Config("rans", alpha=a, bits=8, step=st / 16) for a in FINE_ALPHAS if a <= cols for st in RANS_STEPS]
     out += [Config("rans", alpha=1, bits=RANS_BITS, step=st) for st in RANS_STEPS]
@@ -112,9 +123,12 @@ def group_size_for(cols: int, alpha: int) -> int | None:
     return tensor_group_size(max(alpha, GROUP // alpha * alpha), cols, alpha)
 
 
-def encode(cfg: Config, delta: np.ndarray, seed: int) -> Encoded:
-    """The entry's encoding of `delta` (float32, not modified) under `cfg`."""
+def encode(cfg: Config, delta: np.ndarray, seed: int, moments: np.ndarray | None = None) -> Encoded:
+    """The entry's encoding of `delta` (float32, not modified) under `cfg`; moments: E[x_j^2] of the tensor's
+    input columns (split only)."""
     shape = delta.shape
+    if cfg.family == "split":
+        return split_encode(cfg, delta, seed, moments)
     if cfg.family == "raw16":
         return raw.encode(delta, "F16")
     if cfg.family == "dense_q":
@@ -129,6 +143,73 @@ def encode(cfg: Config, delta: np.ndarray, seed: int) -> Encoded:
         return sign_scale.encode(shape, vals, alpha=cfg.alpha, group_size=g, seed=seed, scale=scale)
     return seeded_rans.encode(shape, vals, bits=cfg.bits, alpha=cfg.alpha, group_size=g, seed=seed,
                               quantizer=step_quantizer(vals, cfg.bits, cfg.step))
+
+
+def _dropout_rans(delta: np.ndarray, alpha: int, bits: int, step: float, seed: int) -> Encoded:
+    g = group_size_for(delta.shape[1], alpha)
+    _, vals = groupwise_dropout_blocked(delta, alpha, g, seed, ROW_BLOCK)
+    return seeded_rans.encode(delta.shape, vals, bits=bits, alpha=alpha, group_size=g, seed=seed,
+                              quantizer=step_quantizer(vals, bits, step))
+
+
+def split_classes(delta: np.ndarray, moments: np.ndarray, alpha: int) -> tuple[np.ndarray, int, int]:
+    """(hot columns ascending, alpha of the hot class, alpha of the rest) at a mean rate of 1/alpha: the hot
+    columns are the CONVERT_SPLIT_HOT_SHARE with the most input energy E[x_j^2] (so the tensors reading one input
+    share the list, which a compressed header then stores about once), and with e_j = sum_i D_ij^2 E[x_j^2] each
+    class's keep rate
+    is proportional to the root of its mean e_j, which minimises the output noise sum_j e_j (1/p_j - 1) of two
+    rates over these classes. Rates become integer alphas (the hot one at least 1, at most the class's width)."""
+    n = delta.shape[1]
+    m = np.asarray(moments, np.float64)
+    e = np.einsum("ij,ij->j", delta, delta, dtype=np.float64) * m
+    n_hot = min(max(1, round(CONVERT_SPLIT_HOT_SHARE * n)), n - 1)
+    hot = np.sort(np.argsort(-m, kind="stable")[:n_hot])
+    mask = np.zeros(n, bool)
+    mask[hot] = True
+    root = np.sqrt(np.array([e[mask].mean(), e[~mask].mean()]))
+    sizes = np.array([n_hot, n - n_hot])
+    if not np.all(np.isfinite(root)) or root.sum() <= 0:
+        return hot, alpha, alpha
+    p = root * (n / alpha) / float(root @ sizes)
+    a_hot = int(min(max(1, round(1 / p[0])) if p[0] > 0 else alpha, n_hot))
+    a_rest = int(min(max(alpha, round(1 / p[1])) if p[1] > 0 else alpha, n - n_hot))
+    return hot, a_hot, a_rest
+
+
+def split_instead(opts: list[Option]) -> list[Option]:
+    """A tensor's candidates with seeded_rans_split in place of seeded_rans at every alpha >= SPLIT_MIN_ALPHA,
+    each priced as seeded_rans's element-wise noise at the split's own kept count: rel x (1/p' - 1)/(1/p - 1),
+    p' the split's kept share, p seeded_rans's at that alpha. The allocation thus keeps as many elements as it
+    would without classes (pricing the classes' expected output noise on the calibration inputs instead let
+    it trade kept elements for them: 42.6% exact match at 512x against 45.7% without; keeping the count,
+    benchmarks/results/quality.md), and the classes put them where the inputs carry the noise."""
+    one = {o.cfg.alpha: o for o in opts if o.cfg.family == "rans" and o.cfg.bits == RANS_BITS}
+    out = []
+    for o in opts:
+        if o.cfg.family == "rans" and o.cfg.bits == RANS_BITS and o.cfg.alpha >= SPLIT_MIN_ALPHA:
+            continue
+        if o.cfg.family == "split":
+            u = one[o.cfg.alpha]
+            p_u = seeded_rans_kept(u.entry) / u.numel
+            p_s = seeded_rans_split.kept(o.entry) / o.numel
+            o = replace(o, rel=u.rel * (1 / p_s - 1) / (1 / p_u - 1) if 0 < p_s < 1 and 0 < p_u < 1 else u.rel)
+        out.append(o)
+    return out
+
+
+def seeded_rans_kept(entry: dict) -> int:
+    p = entry["params"]
+    return entry["shape"][0] * kept_per_row(entry["shape"][1], p["group_size"], p["alpha"])
+
+
+def split_encode(cfg: Config, delta: np.ndarray, seed: int, moments: np.ndarray) -> Encoded:
+    """seeded_rans_split: the hot columns and the rest as seeded_rans at their own alphas (split_classes), the
+    rest's mask from `seed`, the hot class's from seed XOR SPLIT_SEED_XOR."""
+    hot, a_hot, a_rest = split_classes(delta, moments, cfg.alpha)
+    rest = np.setdiff1d(np.arange(delta.shape[1]), hot, assume_unique=True)
+    parts = [_dropout_rans(np.ascontiguousarray(delta[:, cols]), a, cfg.bits, cfg.step, s) for cols, a, s in
+             ((hot, a_hot, (seed ^ SPLIT_SEED_XOR) & MAX_SEED), (rest, a_rest, seed))]
+    return seeded_rans_split.encode(delta.shape, hot, *parts)
 
 
 def step_quantizer(vals: np.ndarray, bits: int, step: float) -> Quantizer:
@@ -236,9 +317,10 @@ class Option:
 OBJECTIVES = ("snr", "calibrated", "fisher", "shrink")
 
 
-def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None) -> tuple[Option, Encoded]:
-    """ref: stats.project(delta[rows]) when several candidates of one tensor are scored (computed once)."""
-    enc = encode(cfg, delta, seed)
+def score(name, delta, dtype, base, cfg, seed, stats, rows, ref=None, moments=None) -> tuple[Option, Encoded]:
+    """ref: stats.project(delta[rows]) when several candidates of one tensor are scored (computed once).
+    moments: E[x_j^2] of the tensor's input columns (what a split candidate's classes are chosen by)."""
+    enc = encode(cfg, delta, seed, moments)
     entry, bufs = as_entry(name, delta.shape, dtype, cfg.kind, enc, base)
     ebytes = len(msgpack.packb(entry, use_bin_type=True))
     nbytes = buffer_bytes(entry) + ebytes

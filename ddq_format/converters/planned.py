@@ -14,6 +14,7 @@ import hashlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from .tensor_work import delta_blocks
 from .seeds import tensor_seed
 
 METHODS = ("deltacome", "deltazip", "bitdelta-distill")
+EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "lm_head.weight", "embed_out.weight")  # priced as lookups
 DEFAULT_SEED_TRIALS = 8  # --target-ratio: seeds tried per chosen dropout tensor (benchmarks/results/seed_search.md)
 DZ_LADDER = ((2, 4, 4), (1, 4, 4), (1, 8, 4), (1, 16, 4), (1, 32, 4), (1, 32, 2), (1, 64, 2), (1, 128, 2),
              (1, 256, 2))  # (n, m, bits): the paper's 2:4 4-bit first, then sparser
@@ -91,9 +93,6 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
                                         "--target-ratio" if target_ratio is not None else f"--method {method}")
     else:
         stats = NO_STATS
-        if calib is not None and not rescaling:
-            console.print("note: --target-ratio prices noise element-wise and --no-rescale reads no calibration "
-                          "text; --calib is not used")
     rescale_ids = skipped = None
     if rescaling:
         try:
@@ -114,11 +113,14 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
         if cache is not None:
             cache["stats"] = stats
     ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console, cache if cache is not None else {}, progress)
+    moments_record = None
+    if method == "deltadq":
+        ctx.moments, moments_record = input_moments(ctx, cal, ids if needs_stats else rescale_ids, names)
     if format_major is None:  # where the header's bytes count against the user's budget: compressed
         format_major = COMPACT_MAJOR if method == "deltadq" else FORMAT_MAJOR
     if method == "deltadq":
         hook, record = plan_budget(ctx, float(target_ratio), seed_trials if seed_trials > 1 else DEFAULT_SEED_TRIALS,
-                                   options.get("objective", "snr"), rescale_ids, skipped, format_major)
+                                   options.get("objective", "snr"), rescale_ids, skipped, format_major, moments_record)
     elif method == "deltacome":
         hook, record = plan_deltacome(ctx, float(target_ratio or 16), options.get("allocation", "paper"))
     elif method == "deltazip":
@@ -179,6 +181,7 @@ class Context:
     def __init__(self, base, ft, tasks, stats, seed, workers, console, cache, progress=True):
         self.base, self.ft, self.tasks, self.stats = base, ft, tasks, stats
         self.seed, self.workers, self.console, self.cache, self.progress = seed, workers, console, cache, progress
+        self.moments: dict = {}  # tensor name -> E[x_j^2] of its input columns (input_moments)
 
     def delta(self, name: str) -> np.ndarray:
         b, f = self.base.tensors[name], self.ft.tensors[name]
@@ -207,6 +210,27 @@ class Context:
                 out.append(r)
                 bar.update(job, advance=1)
         return out
+
+
+def input_moments(ctx, cal, ids, names) -> tuple[dict, dict]:
+    """({tensor name: E[x_j^2]}, the header's `input_moments` record) over the calibration tokens `ids` (the
+    first CONVERT_RESCALE_TOKENS of the text when None), computed once per sweep. Where transformers cannot load
+    the fine-tune, or no text tokenizes, nothing (the planner then offers no seeded_rans_split candidate)."""
+    from . import moments
+    hit = ctx.cache.get("moments")
+    if hit is not None:
+        return hit
+    try:
+        if ids is None:
+            ids = groupsize.calibration_ids(cal, ctx.ft, ctx.base, CONVERT_RESCALE_TOKENS, "--target-ratio")
+        ids = ids[:CONVERT_RESCALE_TOKENS]
+        m = moments.collect(ctx.ft.folder, ids, names)
+        out = (m, {"tokens": int(len(ids)), "tensors": len(m)})
+    except UsageError as e:
+        ctx.console.print(f"[yellow]warning: no seeded_rans_split candidates (input moments: {e})[/]")
+        out = ({}, {"skipped": str(e)})
+    ctx.cache["moments"] = out
+    return out
 
 
 def small(name, delta):
@@ -241,11 +265,11 @@ def fixed_overhead(ctx, record: dict, share: float = 1.0, alignment: int = ALIGN
 
 
 # -- --target-ratio: the budget allocator ------------------------------------------------------------------------
-DROPOUT = ("rans", "sign")  # the configuration families behind group-wise dropout (the rescale's entries)
+DROPOUT = ("rans", "sign", "split")  # the configuration families behind group-wise dropout (the rescale's entries)
 
 
 def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_ids=None, skipped=None,
-                major: int = FORMAT_MAJOR):
+                major: int = FORMAT_MAJOR, moments_record: dict | None = None):
     """rescale_ids: calibration token ids for the rescale (None: no rescale; `skipped` says why, if it was
     wanted). major: the file's format major version (2: the header's bytes are charged compressed)."""
     total_budget = ctx.all_fp16() / ratio
@@ -257,12 +281,16 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         bind = ctx.binding(task.name)
         st = ctx.stats.get(task.name)
         rows = budget.sample_rows(d.shape[0]) if d.ndim == 2 else None
-        emb = task.name.endswith(("embed_tokens.weight", "wte.weight", "lm_head.weight", "embed_out.weight"))
+        emb = task.name.endswith(EMBEDDINGS)
         opts = []
         ref = st.project(d[rows]) if st is not None and d.ndim == 2 else None
-        for cfg in budget.grid(d.shape, task.name, emb):
-            o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows, ref)
+        m = None if emb else ctx.moments.get(task.name)
+        for cfg in budget.grid(d.shape, task.name, emb, split=m is not None):
+            o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows, ref,
+                                m)
             opts.append(o)
+        if m is not None:
+            opts = budget.split_instead(opts)
         return task.name, opts
 
     t0 = time.perf_counter()
@@ -283,6 +311,8 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
               "budget_bytes": int(total_budget), "seed": int(ctx.seed), "seed_trials": int(trials),
               "configs": sorted({o.cfg.label() for opts in options.values() for o in opts}),
               "choice": [0] * len(data_names)}  # choice[i]: index in configs of the i-th entry with data
+    if moments_record is not None:
+        record["input_moments"] = moments_record
     roles = sorted({rescale.role(t.name) for t in ctx.data_tasks() if len(t.shape) == 2})
     if rescale_ids is not None or skipped:
         record["rescale"] = rescale.placeholder(roles) if rescale_ids is not None else {"skipped": skipped}
@@ -308,7 +338,8 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         best = None
         for i in range(trials):
             s = trial_seed(ctx.seed, name, i)
-            o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows, ref)
+            o, enc = budget.score(name, delta, ctx.ft.tensors[name].dtype, None, cfg, s, st, rows, ref,
+                                  moments_of(ctx, name))
             if best is None or o.cost(objective) < best[0]:
                 best = (o.cost(objective), enc, s, o)
         seeds[name, cfg, trials, objective] = best[2], best[3]
@@ -322,7 +353,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         if objective == "shrink":
             return o.shrink
         cfg, c = choice[name].cfg, rescale.c_for(record.get("rescale"), name)
-        return rescale.factor(cfg.alpha, c) if c > 0 and cfg.family in DROPOUT else 1.0
+        return rescale.factor(noise_alpha(choice[name]), c) if c > 0 and cfg.family in DROPOUT else 1.0
 
     def hook(name, delta):
         cfg = choice[name].cfg
@@ -330,7 +361,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         t = scale_of(name, o)
         if enc is not None and t == 1.0:
             return cfg.kind, enc
-        return cfg.kind, budget.encode(cfg, delta * np.float32(t) if t != 1.0 else delta, s)
+        return cfg.kind, budget.encode(cfg, delta * np.float32(t) if t != 1.0 else delta, s, moments_of(ctx, name))
 
     return hook, record
 
@@ -361,10 +392,23 @@ def allocate_file(ctx, scored, record, total_budget, ratio, objective, major):
     return choice, configs, avail
 
 
+def moments_of(ctx, name):
+    """The input moments the planner prices `name` with (none for embeddings: a lookup has no input columns)."""
+    if name.endswith(EMBEDDINGS):
+        return None
+    return ctx.moments.get(name)
+
+
+def noise_alpha(o) -> float:
+    """The alpha of the rescale's rule t = 1 / (1 + c (alpha - 1)) for a dropout entry: its alpha, and for
+    seeded_rans_split (two alphas) 1 + its priced noise-to-signal ratio, which is alpha - 1 for one alpha."""
+    return 1.0 + o.rel if o.cfg.family == "split" else o.cfg.alpha
+
+
 def run_rescale(ctx, choice, searched, ids, per_role: bool) -> dict:
     """The header's rescale record (rescale.c_for reads it): rescale.search over the decoded deltas. A model
     transformers cannot load, or too little memory for it in float32, skips it (with a warning)."""
-    dropout = {n: o.cfg.alpha for n, o in choice.items() if o.cfg.family in DROPOUT and o.cfg.alpha > 1}
+    dropout = {n: noise_alpha(o) for n, o in choice.items() if o.cfg.family in DROPOUT and o.cfg.alpha > 1}
     if not dropout:
         return {"skipped": "no dropout entry chosen"}
     why = rescale.memory_shortfall(4 * sum(t.numel for t in ctx.tasks))
@@ -384,7 +428,7 @@ def decoded_deltas(ctx, choice, searched, dropout) -> dict:
         delta = ctx.delta(task.name)
         s, _, enc = searched(task.name, delta)
         cfg = choice[task.name].cfg
-        enc = enc or budget.encode(cfg, delta, s)
+        enc = enc or budget.encode(cfg, delta, s, moments_of(ctx, task.name))
         entry, bufs = budget.as_entry(task.name, delta.shape, task.dtype, cfg.kind, enc)
         d = budget.decode(entry, bufs)
         return task.name, rescale.kept(d) if task.name in dropout else d

@@ -94,7 +94,7 @@ class Encoding:
 
 # Implementation modules, in spec table order (SPEC.md §9).
 _MODULES = ("raw", "csr_parts", "seeded", "csr_f16", "sign_scale", "lowrank", "seeded_rans", "lowrank_q", "nm_q",
-            "dense_q")
+            "dense_q", "seeded_rans_split")
 
 
 @functools.cache

@@ -242,7 +242,7 @@ def test_both_containers_land_on_the_ratio_and_2_0_spends_the_header_it_saves_on
                       method_options={"cache": cache, "rescale": False})
         assert abs(tensors_ratio(out) / ratio - 1) <= 0.05, (major, tensors_ratio(out))
         with open_ddq(out) as f:
-            assert f.version == ((1, 3) if major == 1 else (2, 0))
+            assert f.version == ((1, 4) if major == 1 else (2, 1))  # the minors defining seeded_rans_split
             reps[major] = report(f)["totals"]["components"]
     head = {m: c["header"] + c["scalars"] for m, c in reps.items()}
     data = {m: c["values"] + c["dense"] + c["row_offsets"] + c["col_indices"] for m, c in reps.items()}
@@ -255,3 +255,39 @@ def test_an_unknown_format_is_refused_before_any_work(tmp_path, pair, quiet_conv
     with pytest.raises(UsageError, match="--format"):
         quiet_convert(base, ft, tmp_path / "x.ddq", target_ratio=8, format_major=3)
     assert not (tmp_path / "x.ddq").exists()
+
+
+def test_split_replaces_seeded_rans_where_the_inputs_are_known(tmp_path, pair, cache, quiet_convert):
+    """The input moments are measured and recorded; every linear delta at alpha >= 4 is seeded_rans_split, its
+    hot columns the inputs with the most energy, kept more often than the rest."""
+    base, ft = pair
+    out = tmp_path / "s.ddq"
+    quiet_convert(base, ft, out, target_ratio=40, method_options={"cache": cache})
+    with open_ddq(out) as f:
+        alg = f.header["algorithm"]
+        assert alg["input_moments"]["tokens"] > 0 and alg["input_moments"]["tensors"] > 0
+        lin = [e for e in f.header["tensors"] if e["kind"] == "compressed" and "embed" not in e["name"]
+               and "lm_head" not in e["name"]]
+        assert lin and not [e for e in lin if e["encoding"] == "seeded_rans" and e["params"]["alpha"] >= 4]
+        split = [e for e in lin if e["encoding"] == "seeded_rans_split"]
+        assert split and all(e["params"]["hot"]["alpha"] <= e["params"]["rest"]["alpha"] for e in split)
+        assert f.version[1] == 1  # 2.1: the minor that defines seeded_rans_split
+        for e in split:
+            assert np.isfinite(f.decode(e["name"])).all()
+
+
+def test_no_split_without_moments(tmp_path, pair, quiet_convert, monkeypatch):
+    """Where the fine-tune cannot run under transformers the planner warns and offers seeded_rans as before."""
+    from ddq_format.converters import moments
+
+    def refuse(*a, **k):
+        raise UsageError("transformers cannot load this model", field="calib")
+
+    monkeypatch.setattr(moments, "collect", refuse)
+    base, ft = pair
+    out = tmp_path / "n.ddq"
+    quiet_convert(base, ft, out, target_ratio=40, method_options={"cache": {}})
+    with open_ddq(out) as f:
+        assert "skipped" in f.header["algorithm"]["input_moments"]
+        assert not [e for e in f.header["tensors"] if e.get("encoding") == "seeded_rans_split"]
+        assert f.version == (2, 0)
