@@ -77,7 +77,12 @@ def convert(
         "name across layers) (loads the fine-tune, then the base, with transformers in float32: the model's "
         "float32 size in RAM beside the dropout deltas' kept elements, skipped with a warning where that is not "
         "available; some 20-40 passes over 1024 tokens). "
-        "--no-rescale keeps the unbiased scale alpha and reads no calibration text."),
+        "--no-rescale keeps the unbiased scale alpha."),
+    split: bool = typer.Option(
+        True, "--split/--no-split", help="--target-ratio: store linear deltas at alpha >= 4 as seeded_rans_split "
+        "(the 10% of input columns with the most energy on the calibration text kept more often; one forward "
+        "pass of the fine-tune). The loaders merge such entries or hold them decoded: --no-split keeps "
+        "seeded_rans, which the delta kernels serve compressed (many deltas on one GPU)."),
     allocation: Allocation = typer.Option("paper", help="deltacome: bits per singular-vector band as the "
                                           "Delta-CoMe paper (paper) or DeltaMix's 0/1 integer program (ilp)."),
     encoding: Optional[Encoding] = typer.Option(
@@ -147,7 +152,7 @@ def convert(
                       progress=not quiet, console=log, quiet=quiet, seed_trials=seed_trials, print_summary=False,
                       base_digest=base_digest, target_ratio=target_ratio, format_major=format_major,
                       method_options={"allocation": allocation} if method == "deltacome" else
-                      {"rescale": rescale} if target_ratio is not None else None)
+                      {"rescale": rescale, "split": split} if target_ratio is not None else None)
     except DDQError as e:
         fail(e)
     _report_written(output, summary, quiet)

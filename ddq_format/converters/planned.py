@@ -114,7 +114,7 @@ def convert(base, finetuned, out, *, method: str, target_ratio, calib, seed: int
             cache["stats"] = stats
     ctx = Context(base_ck, ft_ck, tasks, stats, seed, workers, console, cache if cache is not None else {}, progress)
     moments_record = None
-    if method == "deltadq":
+    if method == "deltadq" and options.get("split", True):
         ctx.moments, moments_record = input_moments(ctx, cal, ids if needs_stats else rescale_ids, names)
     if format_major is None:  # where the header's bytes count against the user's budget: compressed
         format_major = COMPACT_MAJOR if method == "deltadq" else FORMAT_MAJOR
@@ -294,7 +294,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         return task.name, opts
 
     t0 = time.perf_counter()
-    cached = ("options", ctx.stats is NO_STATS)  # scored with or without the calibration metric
+    cached = ("options", ctx.stats is NO_STATS, bool(ctx.moments))  # with or without the calibration metric, split
     options = ctx.cache.get(cached)
     if options is None:
         options = dict(ctx.map(options_of, ctx.data_tasks(), "scoring candidates"))

@@ -144,12 +144,14 @@ def test_cli_target_ratio_and_inspect_show_the_choices(tmp_path, pair):
     from ddq_format.cli import app
     base, ft = pair
     out = tmp_path / "c.ddq"
-    res = CliRunner().invoke(app, ["convert", str(base), str(ft), "-o", str(out), "--target-ratio", "10", "-q"])
+    res = CliRunner().invoke(app, ["convert", str(base), str(ft), "-o", str(out), "--target-ratio", "10", "-q",
+                                   "--no-split"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["inspect", str(out), "--json"])
     rep = json.loads(res.stdout)
     assert abs(rep["totals"]["tensors_true_ratio"] / 10 - 1) <= 0.05
-    assert rep["algorithm"]["planner"] == "budget" and rep["format_version"] == "2.0"  # the compact default
+    assert rep["algorithm"]["planner"] == "budget" and rep["format_version"] == "2.0"  # compact; no split: 2.0
+    assert not [t for t in rep["tensors"] if t.get("encoding") == "seeded_rans_split"]
     res = CliRunner().invoke(app, ["inspect", str(out)])
     assert res.exit_code == 0 and "chosen" in res.stdout
     configs, choice = rep["algorithm"]["configs"], rep["algorithm"]["choice"]
@@ -291,3 +293,14 @@ def test_no_split_without_moments(tmp_path, pair, quiet_convert, monkeypatch):
         assert "skipped" in f.header["algorithm"]["input_moments"]
         assert not [e for e in f.header["tensors"] if e.get("encoding") == "seeded_rans_split"]
         assert f.version == (2, 0)
+
+
+def test_no_split_keeps_seeded_rans(tmp_path, pair, cache, quiet_convert):
+    """--no-split (method_options split=False): the kernels' seeded_rans, no forward pass for the moments."""
+    base, ft = pair
+    out = tmp_path / "k.ddq"
+    quiet_convert(base, ft, out, target_ratio=40, method_options={"cache": cache, "split": False})
+    with open_ddq(out) as f:
+        assert "input_moments" not in f.header["algorithm"]
+        encs = {e.get("encoding") for e in f.header["tensors"]}
+        assert "seeded_rans" in encs and "seeded_rans_split" not in encs
