@@ -348,12 +348,46 @@ def _compact_attacks(c: Corpus):
           "inflates past the cap", note="inflation stops one byte past the 64 MiB cap: bounded, never more")
 
 
+def _split_attacks(c: Corpus):
+    """seeded_rans_split (1.4): a sound file of one such entry, and its column list and classes corrupted."""
+    from ddq_format.converters import budget
+    d = det_matrix(4, 20, 13)
+    enc = budget.split_encode(budget.Config("split", alpha=4), d, 1, np.arange(1, 21, dtype=np.float64) ** 2)
+    tmp = c.out / "_split.ddq"
+    with Writer(tmp, algorithm={"method": "deltadq"}) as w:
+        w.add("q", "compressed", [4, 20], "F16", enc)
+    header, data = split_file(tmp)
+    tmp.unlink()
+
+    def edit(path, value):
+        h = copy.deepcopy(header)
+        node = h["tensors"][0]
+        for k in path[:-1]:
+            node = node[k]
+        if value is KeyError:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+        return assemble(h, data, minor=4)
+
+    c.add("split_sound", assemble(header, data, minor=4), "ok")
+    for label, path, value, field in [
+            ("descending", ("params", "hot_columns"), [19, 18], "params.hot_columns"),
+            ("past_cols", ("params", "hot_columns"), [3, 20], "params.hot_columns"),
+            ("bool", ("params", "hot_columns"), [True], "params.hot_columns"),
+            ("every_column", ("params", "hot_columns"), list(range(20)), "params.hot_columns"),
+            ("rest_missing", ("params", "rest"), KeyError, "params.rest"),
+            ("hot_freqs", ("params", "hot", "freqs"), [4096, 0], "params.hot.freqs"),
+            ("rest_streams_odd", ("buffers", "rest_streams", "length"), 9, "buffers.rest_streams.length")]:
+        c.add(f"split_{label}", edit(path, value), "open", "EncodingError", field, tensor="q")
+
+
 def build(out: Path = HERE) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     c = Corpus(out)
     for fn in (_layout_attacks, _msgpack_attacks, _key_attacks, _param_attacks, _rans_stream_cap,
-               _content_attacks, _resource_attacks, _accepted, _compact_attacks):
+               _content_attacks, _resource_attacks, _accepted, _compact_attacks, _split_attacks):
         fn(c)
     (out / "manifest.json").write_text(json.dumps(c.manifest, indent=1) + "\n")
     return c.manifest
