@@ -221,6 +221,9 @@ def input_moments(ctx, cal, ids, names) -> tuple[dict, dict]:
     if hit is not None:
         return hit
     try:
+        why = rescale.memory_shortfall(4 * sum(t.numel for t in ctx.tasks))  # it loads the fine-tune in float32
+        if why is not None:
+            raise UsageError(why, field="calib")
         if ids is None:
             ids = groupsize.calibration_ids(cal, ctx.ft, ctx.base, CONVERT_RESCALE_TOKENS, "--target-ratio")
         ids = ids[:CONVERT_RESCALE_TOKENS]

@@ -304,3 +304,16 @@ def test_no_split_keeps_seeded_rans(tmp_path, pair, cache, quiet_convert):
         assert "input_moments" not in f.header["algorithm"]
         encs = {e.get("encoding") for e in f.header["tensors"]}
         assert "seeded_rans" in encs and "seeded_rans_split" not in encs
+
+
+def test_no_split_where_the_model_does_not_fit_in_memory(tmp_path, pair, quiet_convert, monkeypatch):
+    """The moments load the fine-tune in float32: too little memory skips them (and the rescale) with the reason,
+    instead of an out-of-memory kill of the whole conversion."""
+    from ddq_format.converters import rescale
+    monkeypatch.setattr(rescale, "available_memory", lambda: 2**20)
+    base, ft = pair
+    out = tmp_path / "m.ddq"
+    quiet_convert(base, ft, out, target_ratio=40, method_options={"cache": {}})
+    with open_ddq(out) as f:
+        assert "memory" in f.header["algorithm"]["input_moments"]["skipped"]
+        assert not [e for e in f.header["tensors"] if e.get("encoding") == "seeded_rans_split"]
