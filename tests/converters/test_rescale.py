@@ -48,11 +48,11 @@ def test_dropout_entries_store_the_rescaled_delta_and_the_choice_is_recorded(tmp
     base, ft = pair
     cache = {}
     off = tmp_path / "off.ddq"
-    quiet_convert(base, ft, off, target_ratio=40, method_options={"rescale": False, "cache": cache})
+    quiet_convert(base, ft, off, target_ratio=40, method_options={"rescale": False, "cache": cache, "split": False})
     real = rescale.choose
     monkeypatch.setattr(rescale, "choose", lambda crit: (0.02, {0.0: crit(0.0), 0.02: crit(0.02)}))
     on = tmp_path / "on.ddq"
-    quiet_convert(base, ft, on, target_ratio=40, method_options={"cache": cache})
+    quiet_convert(base, ft, on, target_ratio=40, method_options={"cache": cache, "split": False})
     monkeypatch.setattr(rescale, "choose", real)
     a, b = _decoded(off), _decoded(on)
     assert a.keys() == b.keys()
@@ -161,7 +161,7 @@ def test_an_interrupted_run_resumes_though_the_criterion_moves_in_its_last_digit
 def _unrescaled(tmp_path, pair, quiet_convert):
     """A --no-rescale file of the tiny pair, its decoded deltas and the alphas of its dropout entries."""
     out = tmp_path / "r.ddq"
-    quiet_convert(*pair, out, target_ratio=40, method_options={"rescale": False})
+    quiet_convert(*pair, out, target_ratio=40, method_options={"rescale": False, "split": False})
     with open_ddq(out) as f:
         deltas = {e["name"]: f.decode(e["name"]) for e in f.header["tensors"] if e["kind"] in ("compressed", "dense")}
         alphas = {e["name"]: e["params"]["alpha"] for e in f.header["tensors"]
@@ -267,3 +267,29 @@ def test_a_model_with_more_roles_than_the_cap_keeps_one_c():
     many = [f"r{i}" for i in range(CONVERT_RESCALE_ROLES_MAX + 1)]
     assert set(rescale.placeholder(few)["roles"]) == set(few)
     assert "roles" not in rescale.placeholder(many) and "roles" not in rescale.placeholder()
+
+
+def test_split_entries_are_rescaled_too(tmp_path, pair, quiet_convert, monkeypatch):
+    """seeded_rans_split entries are dropout entries: with c forced, each decodes to one t < 1 times the
+    --no-rescale file's decode of the same classes (a code off by one at most)."""
+    base, ft = pair
+    cache = {}
+    off, on = tmp_path / "off.ddq", tmp_path / "on.ddq"
+    quiet_convert(base, ft, off, target_ratio=40, method_options={"rescale": False, "cache": cache})
+    monkeypatch.setattr(rescale, "choose", lambda crit: (0.02, {0.0: crit(0.0), 0.02: crit(0.02)}))
+    quiet_convert(base, ft, on, target_ratio=40, method_options={"cache": cache})
+    a, b = _decoded(off), _decoded(on)
+    checked = 0
+    for name, (e, d_on) in b.items():
+        e_off, d_off = a[name]
+        if e["encoding"] != "seeded_rans_split" or e_off["encoding"] != e["encoding"]:
+            continue
+        key = lambda p: (p["hot_columns"], *((p[c]["alpha"], p[c]["seed"]) for c in ("hot", "rest")))  # noqa: E731
+        if key(e["params"]) != key(e_off["params"]):
+            continue
+        nz = (d_off != 0) & (d_on != 0)
+        t = float(np.median(d_on[nz] / d_off[nz]))
+        assert 0 < t < 1, name
+        assert np.mean(np.isclose(d_on[nz], t * d_off[nz], rtol=0.02)) > 0.9, name
+        checked += 1
+    assert checked
