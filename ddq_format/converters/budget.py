@@ -11,7 +11,8 @@ Candidates per tensor (`grid`):
     the kept values, the embedding (and an untied lm_head) also as `lowrank_q` at rank r, and a dense binary16
     delta; where the fine-tune runs under transformers (moments.py), `seeded_rans_split` replaces seeded_rans at
     alpha >= 4: the 10% of input columns with the most energy E[x_j^2] kept more often, at the same kept count
-    (split_instead). Measured and dropped (they lose at equal bytes on the example, benchmarks/results/quality.md): a 2-std
+    (price_split, split_instead; both are offered where even the smallest file would not fit with split only).
+    Measured and dropped (they lose at equal bytes on the example, benchmarks/results/quality.md): a 2-std
     step (a dead zone around zero), the reference min-max grid, 1-bit signs behind dropout (even with the unbiased
     scale E[v^2]/E|v|; again with the rescale and 4-bit norms, at alpha >= 128 only: 38.3% against 41.0% exact match
     at 512x, seed 0, though R=2048 then reaches 1564x instead of 1020x, at 1.2% exact match, with 8-bit norms;
@@ -176,18 +177,16 @@ def split_classes(delta: np.ndarray, moments: np.ndarray, alpha: int) -> tuple[n
     return hot, a_hot, a_rest
 
 
-def split_instead(opts: list[Option]) -> list[Option]:
-    """A tensor's candidates with seeded_rans_split in place of seeded_rans at every alpha >= SPLIT_MIN_ALPHA,
-    each priced as seeded_rans's element-wise noise at the split's own kept count: rel x (1/p' - 1)/(1/p - 1),
-    p' the split's kept share, p seeded_rans's at that alpha. The allocation thus keeps as many elements as it
-    would without classes (pricing the classes' expected output noise on the calibration inputs instead let
-    it trade kept elements for them: 42.6% exact match at 512x against 45.7% without; keeping the count,
-    benchmarks/results/quality.md), and the classes put them where the inputs carry the noise."""
+def price_split(opts: list[Option]) -> list[Option]:
+    """A tensor's candidates with each seeded_rans_split priced as seeded_rans's element-wise noise at the split's
+    own kept count: rel x (1/p' - 1)/(1/p - 1), p' the split's kept share, p seeded_rans's at that alpha. The
+    allocation thus keeps as many elements as it would without classes (pricing the classes' expected output
+    noise on the calibration inputs instead let it trade kept elements for them: 42.6% exact match at 512x
+    against 45.7% without; keeping the count, benchmarks/results/quality.md), and the classes put them where
+    the inputs carry the noise."""
     one = {o.cfg.alpha: o for o in opts if o.cfg.family == "rans" and o.cfg.bits == RANS_BITS}
     out = []
     for o in opts:
-        if o.cfg.family == "rans" and o.cfg.bits == RANS_BITS and o.cfg.alpha >= SPLIT_MIN_ALPHA:
-            continue
         if o.cfg.family == "split":
             u = one[o.cfg.alpha]
             p_u = seeded_rans_kept(u.entry) / u.numel
@@ -195,6 +194,21 @@ def split_instead(opts: list[Option]) -> list[Option]:
             o = replace(o, rel=u.rel * (1 / p_s - 1) / (1 / p_u - 1) if 0 < p_s < 1 and 0 < p_u < 1 else u.rel)
         out.append(o)
     return out
+
+
+def split_instead(options: dict[str, list[Option]], room: float) -> dict[str, list[Option]]:
+    """Every tensor with split candidates without its seeded_rans at alpha >= SPLIT_MIN_ALPHA (at an equal price
+    the allocator would take seeded_rans's fewer bytes and never the classes), unless the file of every tensor's
+    smallest candidate would then not fit `room`: the split's second stream and column list cost bytes that the
+    tightest budgets lack (R=2048 on the example reached 1538x with split only), and both stay offered."""
+    def narrow(opts):
+        if not any(o.cfg.family == "split" for o in opts):
+            return opts
+        return [o for o in opts if not (o.cfg.family == "rans" and o.cfg.bits == RANS_BITS
+                                        and o.cfg.alpha >= SPLIT_MIN_ALPHA)]
+
+    out = {n: narrow(opts) for n, opts in options.items()}
+    return out if sum(min(o.bytes for o in opts) for opts in out.values()) <= room else options
 
 
 def seeded_rans_kept(entry: dict) -> int:

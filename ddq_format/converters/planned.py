@@ -293,7 +293,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
                                 m)
             opts.append(o)
         if m is not None:
-            opts = budget.split_instead(opts)
+            opts = budget.price_split(opts)
         return task.name, opts
 
     t0 = time.perf_counter()
@@ -387,6 +387,7 @@ def allocate_file(ctx, scored, record, total_budget, ratio, objective, major):
         options = budget.one_d({n: budget.within_fp16(opts, 2 * opts[0].numel)
                                 for n, opts in budget.priced(scored, share, align).items()}, total_budget,
                                room=avail)
+        options = budget.split_instead(options, avail)
         choice = budget.allocate(options, avail, objective)
         configs = sorted({o.cfg for o in choice.values()}, key=lambda c: c.label())
         record["configs"] = [c.label() for c in configs]

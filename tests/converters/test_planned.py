@@ -317,3 +317,16 @@ def test_no_split_where_the_model_does_not_fit_in_memory(tmp_path, pair, quiet_c
     with open_ddq(out) as f:
         assert "memory" in f.header["algorithm"]["input_moments"]["skipped"]
         assert not [e for e in f.header["tensors"] if e.get("encoding") == "seeded_rans_split"]
+
+
+def test_split_only_where_the_smallest_file_fits():
+    """split_instead drops seeded_rans at alpha >= 4 beside split candidates, unless the smallest file of the
+    split-only candidates would exceed the room: then both stay (the tightest budgets need seeded_rans's bytes)."""
+    def opt(family, alpha, nbytes):
+        return budget.Option(budget.Config(family, alpha=alpha), nbytes, 0.0, float(alpha), 100)
+
+    opts = {"w": [opt("raw16", 1, 200), opt("rans", 2, 90), opt("rans", 8, 30), opt("split", 8, 36)],
+            "v": [opt("dense_q", 1, 5)]}
+    narrow = budget.split_instead(opts, room=100)
+    assert [o.cfg.family for o in narrow["w"]] == ["raw16", "rans", "split"] and narrow["v"] == opts["v"]
+    assert budget.split_instead(opts, room=40) is opts  # 36 + 5 > 40: seeded_rans's 30 bytes stay offered
