@@ -22,7 +22,7 @@ def collect(ft_folder, ids, names) -> dict[str, np.ndarray]:
     model = load_finetune(ft_folder, why="the input moments of --target-ratio", field="calib")
     owners = {p: n for n, ps in param_names(model, set(names)).items() for p in ps}
     sums: dict[str, np.ndarray] = {}
-    count = [0]
+    count = 0
     hooks = []
 
     def hook(name):
@@ -42,9 +42,9 @@ def collect(ft_folder, ids, names) -> dict[str, np.ndarray]:
         with torch.no_grad():
             for seq in sequences(ids, min(SEQ, limit)):
                 model(seq[None])
-                count[0] += seq.numel()
+                count += seq.numel()
     finally:
         for h in hooks:
             h.remove()
         del model
-    return {n: s / max(count[0], 1) for n, s in sums.items()}
+    return {n: s / max(count, 1) for n, s in sums.items()}
