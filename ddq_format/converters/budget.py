@@ -136,14 +136,13 @@ def encode(cfg: Config, delta: np.ndarray, seed: int, moments: np.ndarray | None
         return dense_q.encode(delta, cfg.bits)
     if cfg.family == "lowrank":
         return lowrank_rtn(delta, cfg.rank, cfg.bits)
+    if cfg.family != "sign":
+        return _dropout_rans(delta, cfg.alpha, cfg.bits, cfg.step, seed)
     g = group_size_for(shape[1], cfg.alpha)
     _, vals = groupwise_dropout_blocked(delta, cfg.alpha, g, seed, ROW_BLOCK)
-    if cfg.family == "sign":
-        a = np.abs(vals, dtype=np.float64)
-        scale = float((a * a).mean() / a.mean()) if a.size and a.mean() > 0 else 0.0
-        return sign_scale.encode(shape, vals, alpha=cfg.alpha, group_size=g, seed=seed, scale=scale)
-    return seeded_rans.encode(shape, vals, bits=cfg.bits, alpha=cfg.alpha, group_size=g, seed=seed,
-                              quantizer=step_quantizer(vals, cfg.bits, cfg.step))
+    a = np.abs(vals, dtype=np.float64)
+    scale = float((a * a).mean() / a.mean()) if a.size and a.mean() > 0 else 0.0
+    return sign_scale.encode(shape, vals, alpha=cfg.alpha, group_size=g, seed=seed, scale=scale)
 
 
 def _dropout_rans(delta: np.ndarray, alpha: int, bits: int, step: float, seed: int) -> Encoded:

@@ -28,14 +28,13 @@ def collect(ft_folder, ids, names) -> dict[str, np.ndarray]:
     def hook(name):
         def f(mod, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            s = (x * x).sum(0).numpy()
-            sums[name] = s if name not in sums else sums[name] + s
+            sums[name] += (x * x).sum(0).numpy()
         return f
 
     for mname, mod in model.named_modules():
         owner = owners.get(f"{mname}.weight" if mname else "weight")
         if isinstance(mod, torch.nn.Linear) and owner is not None and owner not in sums:
-            sums.setdefault(owner, np.zeros(mod.in_features))
+            sums[owner] = np.zeros(mod.in_features)
             hooks.append(mod.register_forward_pre_hook(hook(owner)))
     limit = getattr(model.config, "max_position_embeddings", None) or SEQ
     try:

@@ -286,7 +286,7 @@ def plan_budget(ctx, ratio: float, trials: int, objective: str = "snr", rescale_
         emb = task.name.endswith(EMBEDDINGS)
         opts = []
         ref = st.project(d[rows]) if st is not None and d.ndim == 2 else None
-        m = None if emb else ctx.moments.get(task.name)
+        m = moments_of(ctx, task.name)
         for cfg in budget.grid(d.shape, task.name, emb, split=m is not None):
             o, _ = budget.score(task.name, d, task.dtype, bind, cfg, tensor_seed(ctx.seed, task.name), st, rows, ref,
                                 m)
