@@ -108,15 +108,25 @@ def columns(entry, bufs=None) -> tuple[np.ndarray, np.ndarray]:
     return hot, rest
 
 
+def classes(entry, bufs):
+    """(class, its columns ascending, its sub-matrix as a seeded_rans entry, that entry's buffers) per class:
+    what a reader (or a kernel's loader) decodes and puts back."""
+    for cls, cols in zip(CLASSES, columns(entry, bufs)):
+        yield (cls, cols, *_sub(entry, cls, cols.size, bufs))
+
+
+def class_error(entry, cls: str, err: EncodingError) -> EncodingError:
+    """A sub-matrix's error named as this entry's field (buffers.streams -> buffers.hot_streams)."""
+    return _Within(_Named(entry), cls).fail(err.reason, err.field)
+
+
 def decode(entry, bufs) -> np.ndarray:
-    hot, rest = columns(entry, bufs)
     out = np.zeros(entry["shape"], np.float32)
-    for cls, cols in (("hot", hot), ("rest", rest)):
-        e, b = _sub(entry, cls, cols.size, bufs)
+    for cls, cols, e, b in classes(entry, bufs):
         try:
             out[:, cols] = seeded_rans.decode(e, b)
-        except EncodingError as err:  # named as this entry's field
-            raise _Within(_Named(entry), cls).fail(err.reason, err.field) from None
+        except EncodingError as err:
+            raise class_error(entry, cls, err) from None
     return out
 
 

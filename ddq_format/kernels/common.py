@@ -9,6 +9,9 @@ KIND_FIELD = 15  # table field holding the resident layout's kind (0: no delta i
 ROW_OFFSET_FIELD = 13  # global row of local row 0
 GROUP_OFFSET_FIELD = 14  # global group of local group 0
 COL_OFFSET_FIELD = 16  # columns of local group 0 before the shard's first column (0 <= . < h_g)
+# a column class of seeded_rans_split: the products read x through its column list
+COLMAP_FIELD = 17  # address of the int32 column list (global input column of each local column); 0: none
+LOCAL_COLS_FIELD = 18  # the class's own width (its local columns)
 
 
 def f32_bits(v: float) -> int:

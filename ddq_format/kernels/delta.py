@@ -15,10 +15,11 @@ class CompressedDelta:
 
     `encoding` is the file's encoding id; `layout` the resident layout its kernels read (registry.LAYOUTS):
     seeded and csr_parts keep their buffers exactly as stored, seeded_rans is re-laid once at load as
-    seeded's packed codes. `nbytes` counts the resident bytes, `encoded_nbytes` the bytes in the file."""
+    seeded's packed codes, seeded_rans_split as one such seeded delta per column class (`parts`, each with
+    its column list). `nbytes` counts the resident bytes, `encoded_nbytes` the bytes in the file."""
 
     def __init__(self, encoding: str, shape, params: dict, buffers: dict, dtypes: dict, name=None, *,
-                 encoded_nbytes: int | None = None):
+                 encoded_nbytes: int | None = None, columns: torch.Tensor | None = None):
         if encoding not in registry.ENCODINGS:
             raise UsageError(f"no kernels for encoding {encoding!r}", tensor=name, field="encoding")
         self.encoding = encoding
@@ -28,6 +29,8 @@ class CompressedDelta:
         self.buffers = buffers  # role -> torch tensor of the resident layout (typed views, registry.upload)
         self.dtypes = dtypes  # role -> dtype name of the resident buffer
         self.name = name
+        self.columns = columns  # int32 [shape[1]]: a split delta's column class reads x at these columns
+        self.parts = (self,)  # what the kernels run: this delta, or a split delta's column classes
         self.encoded_nbytes = self.nbytes if encoded_nbytes is None else int(encoded_nbytes)
         self._table = None  # the Triton kernels' parameter row, built on first use
         self.layout.setup(self)
@@ -71,7 +74,8 @@ class CompressedDelta:
         """A copy with every buffer passed through fn (device moves; nn.Module._apply functions leave integer
         buffers' dtypes alone)."""
         return CompressedDelta(self.encoding, self.shape, self.params, {k: fn(v) for k, v in self.buffers.items()},
-                               self.dtypes, self.name, encoded_nbytes=self.encoded_nbytes)
+                               self.dtypes, self.name, encoded_nbytes=self.encoded_nbytes,
+                               columns=None if self.columns is None else fn(self.columns))
 
     def to(self, device) -> "CompressedDelta":
         return self.map_buffers(lambda t: t.to(device))

@@ -26,9 +26,11 @@ FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 SEEDED_ENCODINGS = tuple(e for e, k in registry.ENCODINGS.items() if k.layout is registry.SEEDED)
 CSR_ENCODINGS = tuple(e for e, k in registry.ENCODINGS.items() if k.layout is registry.CSR)
+SPLIT_ENCODINGS = tuple(e for e, k in registry.ENCODINGS.items() if k.layout is registry.SPLIT)
 ALL = registry.KERNEL_ENCODINGS
 STORED = tuple(e for e, k in registry.ENCODINGS.items() if type(k) is registry.StoredAsIs)
-RELAID = tuple(e for e in ALL if e not in STORED)
+RELAID = tuple(e for e, k in registry.ENCODINGS.items() if type(k) is registry.RansToSeeded)
+PER_CLASS = "each column class by its seeded rule, columns put back"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ RULES = (
     Rule("load", STORED, "any", None, "upload as stored"),
     Rule("load", RELAID, "triton", None, "triton rans_lanes -> packed seeded codes"),
     Rule("load", RELAID, "any", None, "numpy rANS decode -> packed seeded codes"),
+    Rule("load", SPLIT_ENCODINGS, "any", None, "each column class as seeded_rans, + its int32 column list"),
+    Rule("decode", SPLIT_ENCODINGS, "any", None, PER_CLASS),
     Rule("decode", SEEDED_ENCODINGS, "triton", None, "triton seeded_rows"),
     Rule("decode", CSR_ENCODINGS, "triton", None, "triton csr_scatter"),
     Rule("decode", ALL, "numpy", None, "numpy reader decode"),  # seeded: the reader's hash, batched
@@ -51,6 +55,7 @@ RULES = (
     Rule("decode_entry", ALL, "numpy", None, "numpy reader decode"),
     Rule("decode_entry", RELAID, "triton", None, "triton rans_lanes -> seeded_rows (8-bit codes)"),
     Rule("decode_entry", ALL, "any", None, "load, then decode"),
+    Rule("rows", SPLIT_ENCODINGS, "any", None, PER_CLASS),
     Rule("rows", ALL, "numpy", None, "numpy mask of those rows"),
     Rule("rows", ALL, "any", None, "torch reference rows"),
     Rule("matmul", ALL, "triton", DELTA_MAX_BATCH, "triton delta_matmul"),
@@ -63,6 +68,11 @@ RULES = (
     Rule("multi", ALL, "numpy", None, "numpy decode (one hash pass per mask geometry), dense matmul per delta"),
     Rule("multi", ALL, "torch", None, "torch reference multi"),
 )
+
+
+# A split delta's column classes (CompressedDelta.parts) are seeded deltas that read x through their column
+# lists: every product rule below runs once per class on the same x and output; the numpy and torch rules
+# decode the whole delta (each class put back at its columns).
 
 
 def select(op: str, encoding: str, backend: str, batch: int | None = None) -> str:
@@ -168,6 +178,8 @@ DECODERS = {
 
 def decode(d, dtype, backend, kernel: str | None = None):
     name = kernel or select("decode", d.encoding, choose(d.device, backend))
+    if name == PER_CLASS:
+        return registry.SPLIT.assemble(d, lambda p: decode(p, dtype, backend), d.shape[0], dtype)
     return DECODERS[name](d, dtype)
 
 
@@ -179,7 +191,10 @@ def decode_entry_kernel(entry, device, backend) -> str:
 def rows(d, index, dtype, backend):
     """Dense rows `index` (int64, the delta's device) of a delta: only their mask and codes are read."""
     _same_device(d, index)
-    if select("rows", d.encoding, choose(d.device, backend)) == "numpy mask of those rows":
+    name = select("rows", d.encoding, choose(d.device, backend))
+    if name == PER_CLASS:
+        return registry.SPLIT.assemble(d, lambda p: rows(p, index, dtype, backend), index.numel(), dtype)
+    if name == "numpy mask of those rows":
         return host.rows(d, index).to(dtype)
     return reference.decode_rows(d, index).to(dtype)
 
@@ -188,14 +203,22 @@ def matmul(d, x, backend):
     _same_device(d, x)
     name = select("matmul", d.encoding, choose(d.device, backend), x.shape[0])
     if name == "triton delta_matmul":
-        from . import triton_linear
-        return triton_linear.delta_matmul(x, d.layout.kind, table(d), d.layout.consts([d]), d.shape[0])
+        return _class_products(d.parts, x, d.shape[0])
     if name == "decode, then dense matmul":  # prefill: one decode, then the library matmul
         w = decode(d, torch.float32 if x.dtype == torch.float32 else x.dtype, backend)
         return (x @ w.T).to(x.dtype)
     if name == "numpy decode, then dense matmul":
         return host.matmul(d, x)
     return reference.matmul(d, x)
+
+
+def _class_products(parts, x, rows: int, out=None):
+    """x · ΔŴᵀ [B, rows] by the delta-only kernel, one launch per class (a delta's parts), the products summed
+    in `out` (allocated when None)."""
+    from . import triton_linear
+    for p in parts:
+        out = triton_linear.delta_matmul(x, p.layout.kind, table(p), p.layout.consts([p]), rows, out=out)
+    return out if out is not None else x.new_zeros((x.shape[0], rows))
 
 
 def fused_ok(x, weight, bias) -> bool:
@@ -208,10 +231,12 @@ def linear(x, weight, bias, d, backend):
     _same_device(d, x)
     be = choose(d.device, backend)
     name = select("linear", d.encoding, be, x.shape[0])
-    if name == "triton fused_linear" and fused_ok(x, weight, bias):
+    if name == "triton fused_linear" and fused_ok(x, weight, bias) and d.parts:
         from . import triton_linear
-        return triton_linear.fused_linear(x.contiguous(), weight, bias, d.layout.kind, table(d),
-                                          d.layout.consts([d]))
+        first, *others = d.parts  # a split delta: its first class fused with the base, the other added
+        y = triton_linear.fused_linear(x.contiguous(), weight, bias, first.layout.kind, table(first),
+                                       first.layout.consts([first]))
+        return _class_products(others, x.contiguous(), d.shape[0], y)
     return F.linear(x, weight, bias) + matmul(d, x, backend).to(x.dtype)
 
 
@@ -230,9 +255,20 @@ def multi(x, deltas, index, segments, add_to, backend):
     if name != "triton sgmv":
         return host.multi(x, deltas, seg, out)
     from . import triton_linear
-    tab, launches = multi_tables(deltas)
-    triton_linear.multi_matmul(x.contiguous(), out, [(k, tab, c) for k, c in launches], seg)
+    launches = []
+    for level in class_levels(deltas):
+        tab, kinds = multi_tables(level)
+        launches += [(k, tab, c) for k, c in kinds]
+    triton_linear.multi_matmul(x.contiguous(), out, launches, seg)
     return out
+
+
+def class_levels(deltas) -> list[list]:
+    """Slot lists the grouped kernel runs over: level i holds class i of every slot's delta (a whole delta
+    is its own class 0; None where a slot has no class i), so a split delta's classes add to the same rows."""
+    depth = max((len(d.parts) for d in deltas if d is not None), default=0)
+    levels = [[d.parts[i] if d is not None and i < len(d.parts) else None for d in deltas] for i in range(depth)]
+    return [lv for lv in levels if any(p is not None for p in lv)]
 
 
 def load(entry, buffers, device, backend):

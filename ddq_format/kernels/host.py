@@ -50,7 +50,12 @@ def batched(d) -> bool:
 
 
 def dense(d) -> np.ndarray:
-    """float32 [out, in] of one delta."""
+    """float32 [out, in] of one delta (a split delta: each column class put back at its columns)."""
+    if d.layout is registry.SPLIT:
+        out = np.zeros(d.shape, np.float32)
+        for p in d.parts:
+            out[:, p.columns.numpy()] = dense(p)
+        return out
     if batched(d):
         return seeded_dense([d])[0]
     entry, bufs = _entry(d)

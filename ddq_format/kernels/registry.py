@@ -7,6 +7,9 @@ Two registries, keyed by id:
   their buffers as stored; `seeded_rans` decodes its rANS streams once at load (on the device when it is a
   GPU) into the `seeded` layout (its codes are identical), so every seeded kernel serves it. Its resident
   bytes are seeded's, about 1.3-1.7x the encoded bytes; `CompressedDelta.encoded_nbytes` keeps the latter.
+  `seeded_rans_split` decodes each column class the same way, kept as a seeded delta with its column list
+  (layout `split`, no kernel of its own: the dispatch runs each class's seeded kernels, reading x through the
+  list).
 
 Every use of the encodings package (header checks, numpy decoders) goes through the small adapter below, so
 a change to that package's interface touches one place here.
@@ -21,10 +24,11 @@ from ..encodings._common import Ctx
 from ..errors import EncodingError, UsageError
 from ..quantize import check_parts
 from ..seeded_mask import group_layout, kept_per_row, width_for
-from ..spec import ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, KIND_COMPRESSED, RANS_STATE_LOW
+from ..spec import (ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SEEDED_RANS_SPLIT, KIND_COMPRESSED,
+                    RANS_STATE_LOW)
 from . import reference
-from .common import (COL_OFFSET_FIELD, GROUP_OFFSET_FIELD, KIND_FIELD, NF, ROW_OFFSET_FIELD, f32_bits, is_pow2,
-                     next_pow2)
+from .common import (COL_OFFSET_FIELD, COLMAP_FIELD, GROUP_OFFSET_FIELD, KIND_FIELD, LOCAL_COLS_FIELD, NF,
+                     ROW_OFFSET_FIELD, f32_bits, is_pow2, next_pow2)
 
 # Buffers travel as bit-identical signed views (Triton and older torch lack unsigned 16/32-bit types);
 # readers mask them back to unsigned.
@@ -52,6 +56,11 @@ def host_decode(entry, bufs) -> np.ndarray:
 
 def _rans_codes(entry, bufs) -> np.ndarray:
     return _encoding(ENC_SEEDED_RANS).parts(entry, bufs, None)  # the code matrix, as seeded stores it
+
+
+def _split():
+    """The seeded_rans_split module: its column classes and their sub-entries."""
+    return _encoding(ENC_SEEDED_RANS_SPLIT).module
 
 
 def _csr_validate(entry, bufs, ctx) -> None:
@@ -104,6 +113,8 @@ class SeededLayout:
                width_for(tail) if tail else 1, d.kept_per_row]
         row += [0] * (NF - len(row))
         row[ROW_OFFSET_FIELD], row[GROUP_OFFSET_FIELD], row[COL_OFFSET_FIELD] = d.row0, d.g0, d.col0
+        if d.columns is not None:  # a column class of a split delta: x is read through its column list
+            row[COLMAP_FIELD], row[LOCAL_COLS_FIELD] = d.columns.data_ptr(), d.shape[1]
         return row
 
     def consts(self, deltas) -> dict:
@@ -123,7 +134,7 @@ class SeededLayout:
         groups = max(d.groups[0] + (d.groups[2] > 0) for d in deltas)
         return {"KP": kp, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
                 "GROUPS": next_pow2(groups), "G": G, "CLIP": any(d.clip for d in deltas),
-                "SHARD": any(d.sharded for d in deltas),
+                "SHARD": any(d.sharded for d in deltas), "COLMAP": any(d.columns is not None for d in deltas),
                 "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 
     def reference_decode(self, d) -> torch.Tensor:
@@ -168,9 +179,44 @@ class CsrLayout:
         return reference.csr_rows(d, rows)
 
 
+class SplitLayout:
+    """seeded_rans_split: its column classes, each a seeded-layout delta [rows, class width] (`d.parts`, in the
+    file's class order, empty classes left out) with its int32 column list (`columns`: the input column of
+    each of its columns). Buffers `<class>_codes` and `<class>_columns`. No kernel reads this layout: the
+    dispatch runs each class's own kernels, the products reading x through the class's column list
+    (COLMAP_FIELD), and puts decoded columns back (`assemble`)."""
+    name = "split"
+    encoding = ENC_SEEDED_RANS_SPLIT
+    kind = None
+
+    def setup(self, d) -> None:
+        parts = []
+        for cls in _split().CLASSES:
+            cols = d.buffers[f"{cls}_columns"]
+            if cols.numel():
+                parts.append(type(d)(ENC_SEEDED_RANS, (d.shape[0], cols.numel()), d.params[cls],
+                                     {"codes": d.buffers[f"{cls}_codes"]}, {"codes": "PACKED"},
+                                     f"{d.name} ({cls} columns)", columns=cols))
+        d.parts = tuple(parts)
+
+    def assemble(self, d, part_fn, n_rows: int, dtype) -> torch.Tensor:
+        """[n_rows, in] from each class's [n_rows, class width] (part_fn(part)) put back at its columns."""
+        out = torch.zeros((n_rows, d.shape[1]), dtype=dtype, device=d.device)
+        for p in d.parts:
+            out.index_copy_(1, p.columns.to(torch.int64), part_fn(p).to(dtype))
+        return out
+
+    def reference_decode(self, d) -> torch.Tensor:
+        return self.assemble(d, reference.decode, d.shape[0], torch.float32)
+
+    def reference_rows(self, d, rows) -> torch.Tensor:
+        return self.assemble(d, lambda p: reference.decode_rows(p, rows), rows.numel(), torch.float32)
+
+
 SEEDED = SeededLayout()
 CSR = CsrLayout()
-LAYOUTS = {SEEDED.name: SEEDED, CSR.name: CSR}
+SPLIT = SplitLayout()
+LAYOUTS = {SEEDED.name: SEEDED, CSR.name: CSR}  # the layouts a kernel reads (a table row's kind)
 
 
 def table_row(d) -> list[int]:
@@ -189,10 +235,7 @@ class StoredAsIs:
 
     def validate(self, entry, buffers, ctx) -> None:
         _encoding(self.encoding).check(entry, ctx)
-        for role, b in entry["buffers"].items():
-            if role not in buffers or len(buffers[role]) != b["length"]:
-                raise EncodingError(f"buffer has {len(buffers.get(role, ()))} bytes, entry says {b['length']}",
-                                    path=ctx.path, tensor=ctx.name, field=f"buffers.{role}")
+        _check_lengths(entry, buffers, ctx)
         if self.layout is CSR:
             _csr_validate(entry, buffers, ctx)  # kernels index memory by these offsets and columns
 
@@ -232,6 +275,61 @@ class RansToSeeded(StoredAsIs):
         codes = rans_codes(entry, buffers, device, backend)
         params = dict(entry["params"])
         return params, {"codes": reference.pack_codes(codes, params["bits"])}, {"codes": "PACKED"}
+
+
+def _check_lengths(entry, buffers, ctx) -> None:
+    for role, b in entry["buffers"].items():
+        if role not in buffers or len(buffers[role]) != b["length"]:
+            raise EncodingError(f"buffer has {len(buffers.get(role, ()))} bytes, entry says {b['length']}",
+                                path=ctx.path, tensor=ctx.name, field=f"buffers.{role}")
+
+
+class SplitToSeeded:
+    """seeded_rans_split: each column class's streams decoded once at load into seeded packed codes (as
+    RansToSeeded does), its column list beside them (SplitLayout). Resident bytes: the classes' seeded
+    codes plus 4 bytes per input column."""
+
+    def __init__(self, encoding: str, layout):
+        self.encoding, self.layout = encoding, layout
+
+    def validate(self, entry, buffers, ctx) -> None:
+        _encoding(self.encoding).check(entry, ctx)
+        _check_lengths(entry, buffers, ctx)
+
+    def _classes(self, entry, buffers, codes_fn):
+        """(class, columns, sub-entry, its codes) per class; a class's stream error named as this entry's."""
+        split = _split()
+        for cls, cols, e, b in split.classes(entry, buffers):
+            try:
+                yield cls, cols, e, codes_fn(e, b)
+            except EncodingError as err:
+                raise split.class_error(entry, cls, err) from None
+
+    def resident(self, entry, buffers, device, backend):
+        params, bufs, dtypes = dict(entry["params"]), {}, {}
+        for cls, cols, e, codes in self._classes(entry, buffers,
+                                                 lambda e, b: rans_codes(e, b, device, backend)):
+            bufs[f"{cls}_codes"] = reference.pack_codes(codes, e["params"]["bits"])
+            bufs[f"{cls}_columns"] = torch.from_numpy(cols.astype(np.int32)).to(device)
+            dtypes.update({f"{cls}_codes": "PACKED", f"{cls}_columns": "I32"})
+        return params, bufs, dtypes
+
+    def shard(self, entry, buffers, rows: tuple, cols: tuple, device, path=None):
+        """Rows [r0, r1) x columns [c0, c1): in each class, the run of its (ascending) columns inside
+        [c0, c1) as a seeded shard of its sub-matrix, its column list shifted by c0."""
+        from . import shards
+        (r0, r1), (c0, c1) = rows, cols
+        params, bufs, dtypes, kept, total = dict(entry["params"]), {}, {}, 0, 0
+        for cls, cl, e, codes in self._classes(entry, buffers, lambda e, b: _rans_codes(e, as_numpy(b))):
+            a, z = (int(v) for v in np.searchsorted(cl, [c0, c1]))
+            params[cls], sub = shards.seeded_shard(e, codes, rows, (a, z))
+            if cls == "hot":
+                params["hot_columns"] = (cl[a:z] - c0).tolist()
+            bufs[f"{cls}_codes"] = reference.pack_codes(torch.from_numpy(sub).to(device), e["params"]["bits"])
+            bufs[f"{cls}_columns"] = torch.from_numpy((cl[a:z] - c0).astype(np.int32)).to(device)
+            dtypes.update({f"{cls}_codes": "PACKED", f"{cls}_columns": "I32"})
+            kept, total = kept + sub.size, total + codes.size
+        return params, bufs, dtypes, [r1 - r0, c1 - c0], kept / max(total, 1)
 
 
 def rans_codes(entry, buffers, device, backend) -> torch.Tensor:
@@ -283,7 +381,8 @@ def as_numpy(buffers) -> dict:
 
 
 ENCODINGS = {ENC_SEEDED: StoredAsIs(ENC_SEEDED, SEEDED), ENC_CSR_PARTS: StoredAsIs(ENC_CSR_PARTS, CSR),
-             ENC_SEEDED_RANS: RansToSeeded(ENC_SEEDED_RANS, SEEDED)}
+             ENC_SEEDED_RANS: RansToSeeded(ENC_SEEDED_RANS, SEEDED),
+             ENC_SEEDED_RANS_SPLIT: SplitToSeeded(ENC_SEEDED_RANS_SPLIT, SPLIT)}
 KERNEL_ENCODINGS = tuple(ENCODINGS)
 
 

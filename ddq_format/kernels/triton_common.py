@@ -40,6 +40,8 @@ KIND_FIELD = tl.constexpr(common.KIND_FIELD)
 ROW_OFFSET_FIELD = tl.constexpr(common.ROW_OFFSET_FIELD)
 GROUP_OFFSET_FIELD = tl.constexpr(common.GROUP_OFFSET_FIELD)
 COL_OFFSET_FIELD = tl.constexpr(common.COL_OFFSET_FIELD)
+COLMAP_FIELD = tl.constexpr(common.COLMAP_FIELD)
+LOCAL_COLS_FIELD = tl.constexpr(common.LOCAL_COLS_FIELD)
 
 # -- hashing ----------------------------------------------------------------------------------------
 @device
@@ -163,6 +165,21 @@ def shard_fields(tp, SHARD: tl.constexpr):
         g0 = tl.load(tp + GROUP_OFFSET_FIELD).to(tl.int32)
         col0 = tl.load(tp + COL_OFFSET_FIELD).to(tl.int32)
     return row0, g0, col0
+
+
+@device
+def colmap_fields(tp, cols, COLMAP: tl.constexpr):
+    """A split delta's column class: its column list (int32 pointer), whether this row has one, and its own
+    width (else the launch's `cols`); constants when no delta of the launch is a class (COLMAP False)."""
+    cmap = tp.to(tl.pointer_type(tl.int32))  # never read without a list
+    has_map = cols < 0
+    dcols = cols
+    if COLMAP:
+        addr = tl.load(tp + COLMAP_FIELD)
+        has_map = addr != 0
+        cmap = addr.to(tl.pointer_type(tl.int32))
+        dcols = tl.where(has_map, tl.load(tp + LOCAL_COLS_FIELD).to(tl.int32), cols)
+    return cmap, has_map, dcols
 
 
 @device

@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (INTERPRETED, KIND_FIELD, NF, csr_cols, csr_fields, csr_segment, device, row_codes,
-                            row_hash, seeded_fields, shard_fields, unpack, unpack_in_row)
+from .triton_common import (INTERPRETED, KIND_FIELD, NF, colmap_fields, csr_cols, csr_fields, csr_segment, device,
+                            row_codes, row_hash, seeded_fields, shard_fields, unpack, unpack_in_row)
 from .triton_seeded import pair_columns, pair_keys
 
 FUSED_MAX_BATCH = 16  # tokens one fused launch serves (one batch tile); above: cuBLAS base + delta kernel
@@ -98,15 +98,18 @@ def _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, c0, cols, BLOCK
 
 @device
 def _seeded_step(acc, rowptr, rowsh, bits, zero, h1, pmask, g, il, g0, col0, cols, full, keep, tail, keep_tail,
-                 w_full, w_tail, G, ngroups, gbase, bok, g_sc, KP: tl.constexpr, WALK: tl.constexpr,
-                 XT: tl.constexpr, CLIP: tl.constexpr):
-    """acc [BLOCK_B, P] += the products of the pairs (h1, g) for every token of the tile (gbase, bok)."""
+                 w_full, w_tail, G, ngroups, gbase, bok, g_sc, cmap, has_map, KP: tl.constexpr, WALK: tl.constexpr,
+                 XT: tl.constexpr, CLIP: tl.constexpr, COLMAP: tl.constexpr):
+    """acc [BLOCK_B, P] += the products of the pairs (h1, g) for every token of the tile (gbase, bok); a
+    column class (COLMAP, has_map) reads x at cmap[column]."""
     L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = pair_keys(h1, pmask, g, g0, full, keep, tail, keep_tail, w_full,
                                                            w_tail, G, ngroups)
     for i0 in range(0, tl.maximum(keep, keep_tail), KP):
         col, kidx, valid = pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, i0 + il, G, keep, col0, cols,
                                         WALK, CLIP)
         v = (unpack_in_row(rowptr[None, :], rowsh[None, :], kidx, bits, valid) - zero).to(tl.float32)
+        if COLMAP:
+            col = tl.where(has_map, tl.load(cmap + col, mask=tl.where(has_map, valid, False), other=0), col)
         if XT:
             col = col * g_sc  # cols * tokens < 2^31 (host)
         xv = tl.load(gbase[:, None, None] + col[None, :, :], mask=valid[None, :, :] & bok[:, None, None],
@@ -148,7 +151,8 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                   ACCUM: tl.constexpr, XT: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GPC: tl.constexpr,
                   KP: tl.constexpr, WALK: tl.constexpr, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
-                  BLOCK_E: tl.constexpr, DSTEP: tl.constexpr, CLIP: tl.constexpr, SHARD: tl.constexpr):
+                  BLOCK_E: tl.constexpr, DSTEP: tl.constexpr, CLIP: tl.constexpr, SHARD: tl.constexpr,
+                  COLMAP: tl.constexpr):
     """DELTA: 0 none (base only), 1 seeded codes, 2 csr_parts. x gathers for the delta read g_ptr +
     token * g_sb + column * g_sc, token = position in the sorted order when XT (xᵀ), else the token id.
     Seeded: BLOCK_R x GPC pairs per step, KP kept per pass, one step every DSTEP iterations."""
@@ -181,6 +185,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
         if DELTA == 1:
             codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tp)
             row0, g0, col0 = shard_fields(tp, SHARD)
+            cmap, has_map, dcols = colmap_fields(tp, cols, COLMAP)
             ngroups = full + (tail > 0).to(tl.int32)
             if SEGMENTS:
                 ngroups = tl.where(active, ngroups, 0)
@@ -206,8 +211,8 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
             if DELTA == 1:
                 if it % DSTEP == 0:  # fused: one seeded step (GPC groups) per DSTEP column chunks
                     dacc = _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, pmask, (it // DSTEP) * GPC + gl, il,
-                                        g0, col0, cols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
-                                        gbase, bok, g_sc, KP, WALK, XT, CLIP)
+                                        g0, col0, dcols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
+                                        gbase, bok, g_sc, cmap, has_map, KP, WALK, XT, CLIP, COLMAP)
         y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
         if DELTA == 1:  # per row: the sum over the step's groups
             y = tl.trans(tl.sum(tl.reshape(dacc, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale
@@ -242,22 +247,26 @@ def _launch(grid, x, out, tab, consts, *, kind, block_b, block_r, num_warps, xt=
         ACCUM=accumulate, XT=xt is not None, DOT=dot, BLOCK_B=block_b, BLOCK_R=block_r, BLOCK_C=block_c,
         GPC=gpc, KP=kept_chunk(block_b, consts), WALK=consts.get("WALK", False),
         RO64=consts.get("RO64", False), CI_BYTES=consts.get("CI_BYTES", 2), BLOCK_E=CSR_BLOCK_E,
-        DSTEP=dstep, CLIP=consts.get("CLIP", False), SHARD=consts.get("SHARD", False), num_warps=num_warps)
+        DSTEP=dstep, CLIP=consts.get("CLIP", False), SHARD=consts.get("SHARD", False),
+        COLMAP=consts.get("COLMAP", False), num_warps=num_warps)
 
 
-def delta_matmul(x, kind, tab, consts, rows) -> torch.Tensor:
-    """x [B, in] (B <= a few dozen) -> x · ΔŴᵀ [B, rows] in x.dtype, float32 accumulation."""
+def delta_matmul(x, kind, tab, consts, rows, out=None) -> torch.Tensor:
+    """x [B, in] (B <= a few dozen) -> x · ΔŴᵀ [B, rows] in x.dtype, float32 accumulation; added to `out`
+    [B, rows] (contiguous rows) in place when given."""
     B = x.shape[0]
-    out = torch.empty((B, rows), dtype=x.dtype, device=x.device)
+    accumulate = out is not None
+    if out is None:
+        out = torch.empty((B, rows), dtype=x.dtype, device=x.device)
     if B == 0 or rows == 0:
-        return out.zero_()
+        return out if accumulate else out.zero_()
     for s in range(0, B, DELTA_CHUNK):
         xs = x[s:s + DELTA_CHUNK]
         bb = 1 << (xs.shape[0] - 1).bit_length()
         br, nw, gpc = _tiles(kind, bb, consts)
         xt = xs.t().contiguous() if xs.shape[0] > 1 else None
         _launch((triton.cdiv(rows, br), 1), xs, out[s:s + DELTA_CHUNK], tab, consts, kind=kind, block_b=bb,
-                block_r=br, num_warps=nw, xt=xt, gpc=gpc)
+                block_r=br, num_warps=nw, xt=xt, gpc=gpc, accumulate=accumulate)
     return out
 
 

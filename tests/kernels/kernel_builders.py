@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddq_format.converters.dropout import groupwise_dropout
-from ddq_format.encodings import csr_parts, seeded, seeded_rans
+from ddq_format.encodings import csr_parts, seeded, seeded_rans, seeded_rans_split
 from ddq_format.reader import DDQFile
 from ddq_format.writer import Writer
 from seeding import stable_rng  # noqa: F401  (re-exported)
@@ -13,9 +13,18 @@ MATMUL_TOL = 1e-5  # relative Frobenius error of a float32 product vs float64
 HALF_TOL = 2e-3  # the same for float16 inputs and outputs (one fp16 rounding of x and of the result)
 
 
-def make_delta(rng, rows, cols, *, encoding, alpha, group_size, bits, parts=1, seed=None, rows_per_stream=None):
-    """The Encoded entry of a random Gaussian delta with group-wise dropout."""
+def make_delta(rng, rows, cols, *, encoding, alpha, group_size, bits, parts=1, seed=None, rows_per_stream=None,
+               hot=None):
+    """The Encoded entry of a random Gaussian delta with group-wise dropout. seeded_rans_split: `hot` =
+    (n hot columns, their alpha, their group size), the hot columns drawn at random, the rest at alpha."""
     seed = int(rng.integers(0, 2**32)) if seed is None else seed
+    if encoding == "seeded_rans_split":
+        n_hot, a_hot, g_hot = hot
+        cols_hot = np.sort(rng.choice(cols, n_hot, replace=False))
+        kw = dict(encoding="seeded_rans", bits=bits, rows_per_stream=rows_per_stream)
+        return seeded_rans_split.encode(
+            (rows, cols), cols_hot, make_delta(rng, rows, n_hot, alpha=a_hot, group_size=g_hot, seed=seed ^ 1, **kw),
+            make_delta(rng, rows, cols - n_hot, alpha=alpha, group_size=group_size, seed=seed, **kw))
     delta = (rng.standard_normal((rows, cols)) * rng.uniform(0.001, 0.1)).astype(np.float32)
     kept, values = groupwise_dropout(delta, alpha, group_size, seed)
     if encoding == "seeded":

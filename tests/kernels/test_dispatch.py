@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from ddq_format.kernels import KERNEL_ENCODINGS, describe, dispatch, supports
-from ddq_format.spec import ENC_CSR_F16, ENC_CSR_PARTS, ENC_LOWRANK, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SIGN_SCALE
+from ddq_format.spec import (ENC_CSR_F16, ENC_CSR_PARTS, ENC_LOWRANK, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SEEDED_RANS_SPLIT,
+                             ENC_SIGN_SCALE)
 
 KERNELS_DIR = Path(dispatch.__file__).parent
 
 
 def test_supports_exactly_the_kernel_encodings():
-    assert set(KERNEL_ENCODINGS) == {ENC_SEEDED, ENC_SEEDED_RANS, ENC_CSR_PARTS}
+    assert set(KERNEL_ENCODINGS) == {ENC_SEEDED, ENC_SEEDED_RANS, ENC_CSR_PARTS, ENC_SEEDED_RANS_SPLIT}
     for enc in KERNEL_ENCODINGS:
         assert supports({"kind": "compressed", "encoding": enc})
         assert not supports({"kind": "dense", "encoding": enc})
@@ -48,6 +49,18 @@ EXPECTED = [
     ("linear", ENC_SEEDED, "torch", 1, "F.linear + delta matmul"),
     ("multi", ENC_SEEDED_RANS, "triton", None, "triton sgmv"),
     ("multi", ENC_SEEDED, "torch", None, "torch reference multi"),
+    # seeded_rans_split: each column class a seeded delta; products run per class, decodes put columns back
+    ("load", ENC_SEEDED_RANS_SPLIT, "triton", None, "each column class as seeded_rans, + its int32 column list"),
+    ("decode", ENC_SEEDED_RANS_SPLIT, "triton", None, dispatch.PER_CLASS),
+    ("decode", ENC_SEEDED_RANS_SPLIT, "numpy", None, dispatch.PER_CLASS),
+    ("rows", ENC_SEEDED_RANS_SPLIT, "numpy", None, dispatch.PER_CLASS),
+    ("decode_entry", ENC_SEEDED_RANS_SPLIT, "numpy", None, "numpy reader decode"),
+    ("decode_entry", ENC_SEEDED_RANS_SPLIT, "triton", None, "load, then decode"),
+    ("matmul", ENC_SEEDED_RANS_SPLIT, "triton", 1, "triton delta_matmul"),
+    ("linear", ENC_SEEDED_RANS_SPLIT, "triton", 16, "triton fused_linear"),
+    ("multi", ENC_SEEDED_RANS_SPLIT, "triton", None, "triton sgmv"),
+    ("multi", ENC_SEEDED_RANS_SPLIT, "numpy", None,
+     "numpy decode (one hash pass per mask geometry), dense matmul per delta"),
 ]
 
 
@@ -62,7 +75,7 @@ def test_every_encoding_has_a_kernel_for_every_operation_and_backend():
             for backend in dispatch.BACKENDS:
                 assert dispatch.select(op, enc, backend, 1)
     decoders = {r.kernel for r in dispatch.RULES if r.op == "decode"}
-    assert decoders <= set(dispatch.DECODERS)
+    assert decoders <= set(dispatch.DECODERS) | {dispatch.PER_CLASS}  # per class: the classes' own rules
     rows = describe()
     assert len(rows) == len(dispatch.RULES) and {"op", "encodings", "device", "batch", "kernel"} <= set(rows[0])
     with pytest.raises(Exception, match="no kernel"):

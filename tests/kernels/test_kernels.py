@@ -33,6 +33,10 @@ CASES = [
     (6, 300, dict(encoding="seeded_rans", alpha=4, group_size=24, bits=3, rows_per_stream=1)),  # walks, tails
     (5, 576, dict(encoding="seeded_rans", alpha=24, group_size=504, bits=4, rows_per_stream=2)),  # --target-ratio's
     # ladder: alpha between powers of two, h_g 504 and a tail of 72
+    (11, 96, dict(encoding="seeded_rans_split", alpha=8, group_size=32, bits=4, rows_per_stream=3,
+                  hot=(10, 2, 10))),  # 10 hot columns at alpha 2 in one walking group, the rest at 8
+    (6, 300, dict(encoding="seeded_rans_split", alpha=16, group_size=64, bits=3, rows_per_stream=1,
+                  hot=(30, 3, 12))),  # tails in both classes
 ]
 IDS = [f"{kw['encoding']}-{r}x{c}-k{kw['bits']}-a{kw['alpha']}-g{kw['group_size']}" for r, c, kw in CASES]
 
@@ -98,7 +102,7 @@ def test_decode_dense_is_the_readers_decode(tmp_path, rng, case, backend, monkey
 
 def test_decode_overwrites_poisoned_memory(tmp_path, rng, triton_kernels, monkeypatch):
     """The kernels write every element (zeros included): poison the allocator's memory first."""
-    f, names = write_cases(tmp_path, rng, [CASES[1], CASES[9], CASES[13]])
+    f, names = write_cases(tmp_path, rng, [CASES[1], CASES[9], CASES[13], CASES[17]])
     real_empty = torch.empty
 
     def poisoned(*a, **kw):
@@ -110,8 +114,8 @@ def test_decode_overwrites_poisoned_memory(tmp_path, rng, triton_kernels, monkey
         assert torch.equal(d.to_dense(backend="triton").cpu(), torch.from_numpy(f.decode(n)))
 
 
-MM_CASES = [CASES[i] for i in (0, 1, 2, 6, 8, 9, 10, 13)]
-MM_IDS = [IDS[i] for i in (0, 1, 2, 6, 8, 9, 10, 13)]
+MM_CASES = [CASES[i] for i in (0, 1, 2, 6, 8, 9, 10, 13, 16, 17)]
+MM_IDS = [IDS[i] for i in (0, 1, 2, 6, 8, 9, 10, 13, 16, 17)]
 
 
 @pytest.mark.parametrize("case", MM_CASES, ids=MM_IDS)
@@ -142,9 +146,10 @@ def test_matmul_batch_chunks_and_half(tmp_path, rng, triton_kernels):
 
 
 def test_properties_and_resident_bytes(tmp_path, rng):
-    """Stored encodings are resident as stored; seeded_rans is resident as seeded's packed codes and keeps
-    its file bytes in encoded_nbytes; both move between devices and through Module._apply functions."""
-    f, names = write_cases(tmp_path, rng, [CASES[0], CASES[8], CASES[13]])
+    """Stored encodings are resident as stored; seeded_rans is resident as seeded's packed codes,
+    seeded_rans_split as each class's packed codes and int32 column list, and both keep their file bytes in
+    encoded_nbytes; all move between devices and through Module._apply functions."""
+    f, names = write_cases(tmp_path, rng, [CASES[0], CASES[8], CASES[13], CASES[16]])
     for n in names:
         e = f.entry(n)
         d = CompressedDelta.from_entry(e, f.buffers(n))
@@ -153,10 +158,18 @@ def test_properties_and_resident_bytes(tmp_path, rng):
         if e["encoding"] == "seeded_rans":
             assert set(d.buffers) == {"codes"} and d.layout.name == "seeded"
             assert d.nbytes == -(-d.shape[0] * d.kept_per_row * e["params"]["bits"] // 8)
+        elif e["encoding"] == "seeded_rans_split":
+            assert d.layout.name == "split" and [p.shape[1] for p in d.parts] == [10, 86]
+            assert [p.columns.tolist() for p in d.parts] == [e["params"]["hot_columns"], sorted(
+                set(range(96)) - set(e["params"]["hot_columns"]))]
+            codes = sum(-(-p.shape[0] * p.kept_per_row * p.params["bits"] // 8) for p in d.parts)
+            assert d.nbytes == codes + 4 * d.shape[1]
         else:
             assert d.nbytes == stored
         moved = d.map_buffers(lambda t: t.clone())
         assert moved.nbytes == d.nbytes and moved.encoded_nbytes == d.encoded_nbytes
+        assert all(p.columns is None or p.columns.data_ptr() != q.columns.data_ptr()
+                   for p, q in zip(moved.parts, d.parts))  # the classes' lists moved too
         assert torch.equal(moved.to_dense(), d.to_dense()) and torch.equal(d.to("cpu").to_dense(), d.to_dense())
         assert n in repr(d)
 

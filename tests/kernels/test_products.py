@@ -18,6 +18,8 @@ LIN_CASES = [
     (6, 300, dict(encoding="seeded", alpha=2, group_size=300, bits=2)),  # 150 kept > 64: several passes
     (13, 300, dict(encoding="csr_parts", alpha=4, group_size=24, bits=4, parts=2)),
     (11, 96, dict(encoding="seeded_rans", alpha=4, group_size=32, bits=4, rows_per_stream=3)),
+    (11, 96, dict(encoding="seeded_rans_split", alpha=8, group_size=32, bits=4, rows_per_stream=3,
+                  hot=(10, 2, 10))),  # the hot class fused with the base, the rest added by the delta kernel
 ]
 LIN_IDS = [f"{kw['encoding']}-{r}x{c}-g{kw['group_size']}" for r, c, kw in LIN_CASES]
 
@@ -101,17 +103,20 @@ def test_segments_default_block():
 MULTI = [(16, 96, dict(encoding="seeded", alpha=4, group_size=32, bits=4)),
          (16, 96, dict(encoding="csr_parts", alpha=4, group_size=32, bits=4, parts=4)),
          (16, 96, dict(encoding="seeded_rans", alpha=2, group_size=24, bits=3, rows_per_stream=5)),
-         (16, 96, dict(encoding="csr_parts", alpha=8, group_size=96, bits=4, parts=8))]
+         (16, 96, dict(encoding="csr_parts", alpha=8, group_size=96, bits=4, parts=8)),
+         (16, 96, dict(encoding="seeded_rans_split", alpha=8, group_size=32, bits=4, rows_per_stream=5,
+                       hot=(12, 2, 12)))]
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton", "numpy"])
 def test_multi_delta_matmul(tmp_path, rng, backend, triton_kernels):
-    """Mixed encodings and group sizes in one batch; rows without a delta (-1) or whose slot is None get
-    none; products added to add_to (a column slice of a wider output, as a packed layer's); segments built
-    once and reused give the same result."""
+    """Mixed encodings and group sizes in one batch (a split delta's classes in launches of their own, adding
+    to the same rows); rows without a delta (-1) or whose slot is None get none; products added to add_to (a
+    column slice of a wider output, as a packed layer's); segments built once and reused give the same
+    result."""
     dev = "cpu" if backend == "numpy" else DEVICE
     deltas, dense = _deltas(tmp_path, rng, MULTI, dev)
-    index = torch.tensor([2, -1, 0, 3, 1, 1, 2, -1, 0, 2, 2, 2])
+    index = torch.tensor([2, -1, 0, 3, 1, 4, 1, 2, -1, 4, 0, 2, 2, 2, 4])
     x = torch.from_numpy(rng.standard_normal((len(index), 96)))
     ref = torch.stack([x[b] @ dense[i].T if i >= 0 else torch.zeros(16, dtype=torch.float64)
                        for b, i in enumerate(index.tolist())])
@@ -128,9 +133,9 @@ def test_multi_delta_matmul(tmp_path, rng, backend, triton_kernels):
         got = multi_delta_matmul(xd, deltas, idx, backend=backend, segments=seg, add_to=y, check_index=False)
         assert got is y and _rel(y, base + ref) <= MATMUL_TOL, bb
         assert not wide[:, :5].any() and not wide[:, 21:].any()
-    slots = [deltas[0], None, deltas[2], None]  # slots 1 and 3 leave these rows alone
+    slots = [deltas[0], None, deltas[2], None, deltas[4]]  # slots 1 and 3 leave these rows alone
     out2 = multi_delta_matmul(xd, slots, idx, backend=backend)
-    keep = (index == 0) | (index == 2)
+    keep = (index == 0) | (index == 2) | (index == 4)
     assert torch.all(out2[~keep] == 0) and _rel(out2[keep], ref[keep]) <= MATMUL_TOL
     xh = multi_delta_matmul(x.half().to(dev), deltas, idx, backend=backend)
     assert xh.dtype == torch.float16 and _rel(xh, ref) <= HALF_TOL

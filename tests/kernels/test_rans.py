@@ -15,8 +15,8 @@ from ddq_format.kernels import CompressedDelta, registry, triton_rans
 from ddq_format.kernels.reference import pack_codes
 
 
-def _entry(rng, rows, cols, **kw):
-    enc = make_delta(rng, rows, cols, encoding="seeded_rans", **kw)
+def _entry(rng, rows, cols, encoding="seeded_rans", **kw):
+    enc = make_delta(rng, rows, cols, encoding=encoding, **kw)
     entry = {"name": "t", "kind": "compressed", "shape": [rows, cols], "dtype": "F16", "encoding": enc.encoding,
              "params": enc.params, "buffers": {k: {"dtype": dt, "length": int(a.nbytes)}
                                                for k, (dt, a) in enc.buffers.items()}}
@@ -64,6 +64,23 @@ def test_corrupt_streams_rejected(rng, backend, triton_kernels):
     bad = {**bufs, "stream_offsets": off.view(np.uint8)}
     with pytest.raises(EncodingError, match="stream"):
         CompressedDelta.from_entry(entry, bad, DEVICE, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("cls", ["hot", "rest"])
+def test_corrupt_split_class_named_as_its_buffer(rng, backend, cls, triton_kernels):
+    """seeded_rans_split: a class's corrupt stream fails the load with the entry's own field name
+    (buffers.hot_streams / buffers.rest_streams), on the device as in the reader."""
+    entry, bufs = _entry(rng, 8, 64, "seeded_rans_split", alpha=4, group_size=32, bits=4, rows_per_stream=2,
+                         hot=(8, 2, 8))
+    bad = {**bufs, f"{cls}_streams": bufs[f"{cls}_streams"].copy()}
+    bad[f"{cls}_streams"][5] ^= 0x5A
+    with pytest.raises(EncodingError, match=f"{cls} columns: stream") as err:
+        CompressedDelta.from_entry(entry, bad, DEVICE, backend=backend)
+    assert err.value.field == f"buffers.{cls}_streams" and err.value.tensor == "t"
+    d = CompressedDelta.from_entry(entry, bufs, DEVICE, backend=backend)
+    assert np.array_equal(d.to_dense(backend=backend).cpu().numpy(),
+                          registry.host_decode(entry, bufs))
 
 
 def test_decoder_table_is_the_readers_lookup(rng):

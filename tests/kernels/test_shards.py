@@ -19,6 +19,8 @@ CASES = [
     (10, 48, dict(encoding="seeded", alpha=4, group_size=12, bits=3)),
     (9, 32, dict(encoding="seeded_rans", alpha=2, group_size=32, bits=4, rows_per_stream=2)),
     (12, 40, dict(encoding="csr_parts", alpha=4, group_size=16, bits=4, parts=2)),
+    (12, 40, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=2,
+                  hot=(6, 2, 6))),  # per class: the run of its columns inside the shard (none, at some cuts)
 ]
 IDS = [f"{kw['encoding']}-{r}x{c}-g{kw['group_size']}" for r, c, kw in CASES]
 # (rows, cols) as fractions of the shape: whole-group splits, cuts inside groups, the tail alone, rows
@@ -56,12 +58,13 @@ def test_shard_decodes_to_its_slice_on_every_backend(files, i, triton_kernels):
         pick = torch.tensor([s.shape[0] - 1, 0], device=DEVICE)
         for backend in ((None, "torch") if DEVICE == "cpu" else ("torch",)):
             assert np.array_equal(s.rows(pick, backend=backend).cpu().numpy(), want[[s.shape[0] - 1, 0]])
-        if e["encoding"] != "csr_parts":  # the codes of the shard's rows and groups only
-            assert s.nbytes <= -(-s.shape[0] * s.kept_per_row * e["params"]["bits"] // 8)
-            assert s.kept_per_row <= full.shape[1]
+        for p in s.parts if e["encoding"] != "csr_parts" else ():  # the codes of the shard's rows and groups only
+            assert p.nbytes <= -(-p.shape[0] * p.kept_per_row * p.params["bits"] // 8)
+            assert p.kept_per_row <= full.shape[1]
+            assert p.columns is None or (p.columns.min() >= 0 and p.columns.max() < s.shape[1])
 
 
-@pytest.mark.parametrize("i", [0, 1, 3], ids=[IDS[j] for j in (0, 1, 3)])
+@pytest.mark.parametrize("i", [0, 1, 3, 4], ids=[IDS[j] for j in (0, 1, 3, 4)])
 def test_tp2_ranks_recombine_to_the_whole_product(files, i, triton_kernels):
     """Column-parallel ranks concatenate their outputs; row-parallel ranks' partial sums add up (the
     all-reduce); on the delta-only, fused and grouped kernels alike."""
@@ -107,3 +110,22 @@ def test_shard_bounds_and_bytes(files):
     # the group cut at column 20 is kept by both ranks: at most one group per row more than the whole
     assert sum(h.nbytes for h in halves) <= whole.nbytes + 12 * 4 * 4 // 8 + 2
     assert all(0 < h.encoded_nbytes < whole.encoded_nbytes for h in halves)
+
+
+def test_split_shard_without_hot_columns(files, triton_kernels):
+    """A row-parallel rank whose columns hold no hot column keeps the rest class alone, and still decodes to
+    its slice and multiplies on every backend."""
+    f, names = files
+    e, b = f.entry(names[4]), f.buffers(names[4])
+    hot = e["params"]["hot_columns"]
+    gaps = [(a + 1, z) for a, z in zip([-1] + hot, hot + [40]) if z - a > 2]  # runs of rest columns
+    c0, c1 = max(gaps, key=lambda g: g[1] - g[0])
+    s = CompressedDelta.from_entry(e, b, DEVICE, cols=(c0, c1))
+    assert len(s.parts) == 1 and s.parts[0].shape == (12, c1 - c0) and s.params["hot_columns"] == []
+    want = f.decode(names[4])[:, c0:c1]
+    x = torch.randn(2, c1 - c0)
+    for backend in ("torch", "triton", None):
+        assert np.array_equal(s.to_dense(backend=backend).cpu().numpy(), want), backend
+        y = s.matmul(x.to(DEVICE), backend=backend).cpu().double()
+        ref = x.double() @ torch.from_numpy(want).double().T
+        assert float((y - ref).norm() / ref.norm()) <= MATMUL_TOL, backend
