@@ -36,7 +36,8 @@ DELTAS = {
           ["model.norm.weight", L1 + "post_attention_layernorm.weight"]),
     "c": (dict(encoding="seeded_rans", alpha=2, bits=8, group_size=8, embeddings="compressed"),
           [L1 + "input_layernorm.weight"]),
-    "d": (dict(encoding="seeded", alpha=4, bits=8, group_size=8, embeddings="dense"), []),
+    # the --target-ratio planner: linear deltas as seeded_rans_split (served per column class)
+    "d": (dict(target_ratio=24), []),
     "e": (dict(encoding="csr_parts", alpha=2, bits=6, parts=2, group_size=8, embeddings="dense"), [L0 + "post_attention_layernorm.weight"]),
     # lowrank_q everywhere (Delta-CoMe; the --target-ratio planner stores embeddings so): served as factors
     "f": (dict(method="deltacome", target_ratio=3), []),
@@ -103,6 +104,8 @@ def models(tmp_path_factory, vllm_env):
     assert kinds[L0 + "input_layernorm.weight"] == "dense" and kinds[L1 + "input_layernorm.weight"] == "same"
     with DDQFile(ddq["c"]) as f:
         assert {f.entries[n]["kind"] for n in ("model.embed_tokens.weight", "lm_head.weight")} == {"compressed"}
+    with DDQFile(ddq["d"]) as f:
+        assert sum(e.get("encoding") == "seeded_rans_split" for e in f.entries.values()) >= 4
     # a flipped byte inside one buffer (CRC-32 mismatch), and a truncated file
     corrupt = bytearray(ddq["a"].read_bytes())
     from ddq_format.spec import PREAMBLE_SIZE

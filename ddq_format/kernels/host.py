@@ -54,7 +54,7 @@ def dense(d) -> np.ndarray:
     if d.layout is registry.SPLIT:
         out = np.zeros(d.shape, np.float32)
         for p in d.parts:
-            out[:, p.columns.numpy()] = dense(p)
+            out[:, registry.SEEDED.column_index(p).numpy()] = dense(p)
         return out
     if batched(d):
         return seeded_dense([d])[0]

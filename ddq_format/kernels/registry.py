@@ -134,11 +134,15 @@ class SeededLayout:
         groups = max(d.groups[0] + (d.groups[2] > 0) for d in deltas)
         return {"KP": kp, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
                 "GROUPS": next_pow2(groups), "G": G, "CLIP": any(d.clip for d in deltas),
-                "SHARD": any(d.sharded for d in deltas), "COLMAP": any(d.columns is not None for d in deltas),
+                "SHARD": any(d.sharded for d in deltas), "COLMAP": _colmap_bytes(deltas),
                 "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 
     def reference_decode(self, d) -> torch.Tensor:
         return reference.decode_seeded(d)
+
+    def column_index(self, d) -> torch.Tensor:
+        """int64 input column of each of a column class's columns (its list read as unsigned)."""
+        return d.columns.to(torch.int64) & UMASK[COLUMN_DTYPES[d.columns.element_size()]]
 
     def reference_rows(self, d, rows) -> torch.Tensor:
         return reference.decode_seeded(d, rows)
@@ -179,10 +183,30 @@ class CsrLayout:
         return reference.csr_rows(d, rows)
 
 
+def _colmap_bytes(deltas) -> int:
+    """The column lists' element size in a launch (0: no column class; one size per launch)."""
+    sizes = {d.columns.element_size() for d in deltas if d.columns is not None}
+    if len(sizes) > 1:
+        raise UsageError("column classes of one batch must share a column-list dtype", tensor=deltas[0].name,
+                         field="columns")
+    return sizes.pop() if sizes else 0
+
+
+COLUMN_DTYPES = {2: "U16", 4: "U32"}  # a column list's element size -> its dtype (inputs up to 2^16 wide: U16)
+
+
+def column_list(cols: np.ndarray, n_cols: int, device) -> tuple[torch.Tensor, str]:
+    """(device tensor, dtype) of a column class's input columns: U16 (as int16 bits) when every column of
+    the tensor fits, else U32."""
+    dtype = "U16" if n_cols <= 1 << 16 else "U32"
+    return upload(np.ascontiguousarray(cols, "<u2" if dtype == "U16" else "<u4").view(np.uint8), dtype,
+                  device), dtype
+
+
 class SplitLayout:
     """seeded_rans_split: its column classes, each a seeded-layout delta [rows, class width] (`d.parts`, in the
-    file's class order, empty classes left out) with its int32 column list (`columns`: the input column of
-    each of its columns). Buffers `<class>_codes` and `<class>_columns`. No kernel reads this layout: the
+    file's class order, empty classes left out) with its column list (`columns`, U16 or U32: the input
+    column of each of its columns). Buffers `<class>_codes` and `<class>_columns`. No kernel reads this layout: the
     dispatch runs each class's own kernels, the products reading x through the class's column list
     (COLMAP_FIELD), and puts decoded columns back (`assemble`)."""
     name = "split"
@@ -203,7 +227,7 @@ class SplitLayout:
         """[n_rows, in] from each class's [n_rows, class width] (part_fn(part)) put back at its columns."""
         out = torch.zeros((n_rows, d.shape[1]), dtype=dtype, device=d.device)
         for p in d.parts:
-            out.index_copy_(1, p.columns.to(torch.int64), part_fn(p).to(dtype))
+            out.index_copy_(1, SEEDED.column_index(p), part_fn(p).to(dtype))
         return out
 
     def reference_decode(self, d) -> torch.Tensor:
@@ -287,7 +311,7 @@ def _check_lengths(entry, buffers, ctx) -> None:
 class SplitToSeeded:
     """seeded_rans_split: each column class's streams decoded once at load into seeded packed codes (as
     RansToSeeded does), its column list beside them (SplitLayout). Resident bytes: the classes' seeded
-    codes plus 4 bytes per input column."""
+    codes plus 2 bytes per input column (4 past 2^16 columns)."""
 
     def __init__(self, encoding: str, layout):
         self.encoding, self.layout = encoding, layout
@@ -310,8 +334,8 @@ class SplitToSeeded:
         for cls, cols, e, codes in self._classes(entry, buffers,
                                                  lambda e, b: rans_codes(e, b, device, backend)):
             bufs[f"{cls}_codes"] = reference.pack_codes(codes, e["params"]["bits"])
-            bufs[f"{cls}_columns"] = torch.from_numpy(cols.astype(np.int32)).to(device)
-            dtypes.update({f"{cls}_codes": "PACKED", f"{cls}_columns": "I32"})
+            bufs[f"{cls}_columns"], dtypes[f"{cls}_columns"] = column_list(cols, entry["shape"][1], device)
+            dtypes[f"{cls}_codes"] = "PACKED"
         return params, bufs, dtypes
 
     def shard(self, entry, buffers, rows: tuple, cols: tuple, device, path=None):
@@ -326,8 +350,8 @@ class SplitToSeeded:
             if cls == "hot":
                 params["hot_columns"] = (cl[a:z] - c0).tolist()
             bufs[f"{cls}_codes"] = reference.pack_codes(torch.from_numpy(sub).to(device), e["params"]["bits"])
-            bufs[f"{cls}_columns"] = torch.from_numpy((cl[a:z] - c0).astype(np.int32)).to(device)
-            dtypes.update({f"{cls}_codes": "PACKED", f"{cls}_columns": "I32"})
+            bufs[f"{cls}_columns"], dtypes[f"{cls}_columns"] = column_list(cl[a:z] - c0, c1 - c0, device)
+            dtypes[f"{cls}_codes"] = "PACKED"
             kept, total = kept + sub.size, total + codes.size
         return params, bufs, dtypes, [r1 - r0, c1 - c0], kept / max(total, 1)
 

@@ -169,17 +169,31 @@ def shard_fields(tp, SHARD: tl.constexpr):
 
 @device
 def colmap_fields(tp, cols, COLMAP: tl.constexpr):
-    """A split delta's column class: its column list (int32 pointer), whether this row has one, and its own
-    width (else the launch's `cols`); constants when no delta of the launch is a class (COLMAP False)."""
+    """A split delta's column class: its column list (a pointer to COLMAP-byte elements), whether this row
+    has one, and its own width (else the launch's `cols`); constants when no delta of the launch is a
+    class (COLMAP 0)."""
     cmap = tp.to(tl.pointer_type(tl.int32))  # never read without a list
     has_map = cols < 0
     dcols = cols
     if COLMAP:
         addr = tl.load(tp + COLMAP_FIELD)
         has_map = addr != 0
-        cmap = addr.to(tl.pointer_type(tl.int32))
+        if COLMAP == 2:
+            cmap = addr.to(tl.pointer_type(tl.int16))
+        else:
+            cmap = addr.to(tl.pointer_type(tl.int32))
         dcols = tl.where(has_map, tl.load(tp + LOCAL_COLS_FIELD).to(tl.int32), cols)
     return cmap, has_map, dcols
+
+
+@device
+def mapped_column(cmap, has_map, col, valid, COLMAP: tl.constexpr):
+    """The input column of local columns `col` of a column class (unchanged without a list)."""
+    # the mask is a where, not valid & has_map: the interpreter mistypes (tensor & scalar) masks
+    m = tl.load(cmap + col, mask=tl.where(has_map, valid, False), other=0).to(tl.int32)
+    if COLMAP == 2:  # U16 lists travel as int16 bits
+        m = m & 0xFFFF
+    return tl.where(has_map, m, col)
 
 
 @device

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import (INTERPRETED, KIND_FIELD, NF, colmap_fields, csr_cols, csr_fields, csr_segment, device,
-                            row_codes, row_hash, seeded_fields, shard_fields, unpack, unpack_in_row)
+                            mapped_column, row_codes, row_hash, seeded_fields, shard_fields, unpack, unpack_in_row)
 from .triton_seeded import pair_columns, pair_keys
 
 FUSED_MAX_BATCH = 16  # tokens one fused launch serves (one batch tile); above: cuBLAS base + delta kernel
@@ -101,7 +101,7 @@ def _seeded_step(acc, rowptr, rowsh, bits, zero, h1, pmask, g, il, g0, col0, col
                  w_full, w_tail, G, ngroups, gbase, bok, g_sc, cmap, has_map, KP: tl.constexpr, WALK: tl.constexpr,
                  XT: tl.constexpr, CLIP: tl.constexpr, COLMAP: tl.constexpr):
     """acc [BLOCK_B, P] += the products of the pairs (h1, g) for every token of the tile (gbase, bok); a
-    column class (COLMAP, has_map) reads x at cmap[column]."""
+    column class (COLMAP bytes per list element, has_map) reads x at cmap[column]."""
     L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = pair_keys(h1, pmask, g, g0, full, keep, tail, keep_tail, w_full,
                                                            w_tail, G, ngroups)
     for i0 in range(0, tl.maximum(keep, keep_tail), KP):
@@ -109,7 +109,7 @@ def _seeded_step(acc, rowptr, rowsh, bits, zero, h1, pmask, g, il, g0, col0, col
                                         WALK, CLIP)
         v = (unpack_in_row(rowptr[None, :], rowsh[None, :], kidx, bits, valid) - zero).to(tl.float32)
         if COLMAP:
-            col = tl.where(has_map, tl.load(cmap + col, mask=tl.where(has_map, valid, False), other=0), col)
+            col = mapped_column(cmap, has_map, col, valid, COLMAP)
         if XT:
             col = col * g_sc  # cols * tokens < 2^31 (host)
         xv = tl.load(gbase[:, None, None] + col[None, :, :], mask=valid[None, :, :] & bok[:, None, None],

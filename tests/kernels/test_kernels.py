@@ -160,10 +160,10 @@ def test_properties_and_resident_bytes(tmp_path, rng):
             assert d.nbytes == -(-d.shape[0] * d.kept_per_row * e["params"]["bits"] // 8)
         elif e["encoding"] == "seeded_rans_split":
             assert d.layout.name == "split" and [p.shape[1] for p in d.parts] == [10, 86]
-            assert [p.columns.tolist() for p in d.parts] == [e["params"]["hot_columns"], sorted(
+            assert [p.layout.column_index(p).tolist() for p in d.parts] == [e["params"]["hot_columns"], sorted(
                 set(range(96)) - set(e["params"]["hot_columns"]))]
             codes = sum(-(-p.shape[0] * p.kept_per_row * p.params["bits"] // 8) for p in d.parts)
-            assert d.nbytes == codes + 4 * d.shape[1]
+            assert d.nbytes == codes + 2 * d.shape[1]  # U16 column lists
         else:
             assert d.nbytes == stored
         moved = d.map_buffers(lambda t: t.clone())
@@ -172,6 +172,30 @@ def test_properties_and_resident_bytes(tmp_path, rng):
                    for p, q in zip(moved.parts, d.parts))  # the classes' lists moved too
         assert torch.equal(moved.to_dense(), d.to_dense()) and torch.equal(d.to("cpu").to_dense(), d.to_dense())
         assert n in repr(d)
+
+
+@pytest.mark.parametrize("backend", ["triton", "numpy", "torch"])
+def test_split_column_lists_u16_and_u32(tmp_path, rng, backend, triton_kernels):
+    """Column lists are U16 up to 2^16 input columns (column 40000 reads back unsigned) and U32 past them;
+    both serve the same products and decodes."""
+    from ddq_format.kernels import registry
+    t, dt = registry.column_list(np.array([3, 40000, 65535]), 1 << 16, "cpu")
+    assert dt == "U16" and t.dtype == torch.int16 and t.numel() == 3
+    assert registry.column_list(np.array([70000]), 70001, "cpu")[1] == "U32"
+    f, (name,) = write_cases(tmp_path, rng, [CASES[17]])
+    d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), _device(backend))
+    wide = dict(d.buffers)
+    for p, cls in zip(d.parts, ("hot", "rest")):
+        wide[f"{cls}_columns"] = p.layout.column_index(p).to(torch.int32)
+    d32 = CompressedDelta(d.encoding, d.shape, d.params, wide, {**d.dtypes, "hot_columns": "U32",
+                                                                "rest_columns": "U32"}, name)
+    assert {p.columns.element_size() for p in d32.parts} == {4} and d32.nbytes == d.nbytes + 2 * d.shape[1]
+    x = torch.from_numpy(rng.standard_normal((3, d.shape[1]))).float().to(d.device)
+    ref = torch.from_numpy(f.decode(name))
+    assert torch.equal(d32.to_dense(backend=backend).cpu(), ref)
+    assert _rel(d32.matmul(x, backend=backend), x.double().cpu() @ ref.double().T) <= MATMUL_TOL
+    with pytest.raises(UsageError, match="column-list dtype"):
+        multi_delta_matmul(x, [d, d32], torch.tensor([0, 1, 0], device=d.device), backend="triton")
 
 
 def test_seeded_rans_resident_within_twice_its_bytes(tmp_path, rng):

@@ -61,7 +61,7 @@ def test_shard_decodes_to_its_slice_on_every_backend(files, i, triton_kernels):
         for p in s.parts if e["encoding"] != "csr_parts" else ():  # the codes of the shard's rows and groups only
             assert p.nbytes <= -(-p.shape[0] * p.kept_per_row * p.params["bits"] // 8)
             assert p.kept_per_row <= full.shape[1]
-            assert p.columns is None or (p.columns.min() >= 0 and p.columns.max() < s.shape[1])
+            assert p.columns is None or (p.layout.column_index(p).min() >= 0 and p.layout.column_index(p).max() < s.shape[1])
 
 
 @pytest.mark.parametrize("i", [0, 1, 3, 4], ids=[IDS[j] for j in (0, 1, 3, 4)])

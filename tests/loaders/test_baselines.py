@@ -21,9 +21,10 @@ def pair(tmp_path_factory):
     return make_pair(tmp_path_factory.mktemp("pair"), "llama", dtype="float32", steps=2)
 
 
-def check_every_loader(base, out, names):
+def check_every_loader(base, out, names, *, kept_compressed=False):
     """apply_delta merges each of `names` as the numpy decode says; patch_model and attach_deltas give the
-    merged model's logits (and the base's for a row without delta)."""
+    merged model's logits (and the base's for a row without delta); kept_compressed: patch_model serves
+    every one of `names` from its compressed delta (a DeltaLinear), not merged in place."""
     from transformers import AutoModelForCausalLM
 
     load = lambda: AutoModelForCausalLM.from_pretrained(base).eval()  # noqa: E731
@@ -36,7 +37,8 @@ def check_every_loader(base, out, names):
             assert torch.allclose(merged.state_dict()[n], expected[n], rtol=0, atol=1e-6)
         ref = merged(ids).logits
         patched = load()
-        patch_model(patched, out)
+        info = patch_model(patched, out)
+        assert not kept_compressed or set(names) <= set(info["separate"])
         assert torch.allclose(patched(ids).logits, ref, rtol=1e-4, atol=1e-4)
         multi = load()
         attach_deltas(multi, [out])
@@ -58,11 +60,12 @@ def test_every_loader_path_accepts_baseline_encodings(pair, tmp_path, method, op
 
 
 def test_every_loader_path_accepts_seeded_rans_split(pair, tmp_path):
-    """--target-ratio stores linear deltas as seeded_rans_split (no kernel: merged from the numpy decode)."""
+    """--target-ratio stores linear deltas as seeded_rans_split: kept compressed by patch_model and
+    attach_deltas (each column class a seeded delta with its column list)."""
     base, ft = pair
     out = tmp_path / "s.ddq"
     convert(base, ft, out, target_ratio=40, quiet=True, progress=False)
     with DDQFile(out) as f:
         split = [n for n, e in f.entries.items() if e.get("encoding") == "seeded_rans_split"]
     assert split
-    check_every_loader(base, out, split)
+    check_every_loader(base, out, split, kept_compressed=True)
