@@ -13,7 +13,9 @@ HBM, not L2. CPU section: decode_dense (numpy), the numpy backend and the torch 
 the grouped product of 16 deltas on both CPU backends against the base F.linear.
 
 Setting: alpha=8, k=4, h_g=128; csr_parts m=8 (1-bit part codes, U16 columns); seeded_rans = seeded's codes
-rANS-coded (its resident layout is seeded's packed codes). Not a test: nothing here asserts speed.
+rANS-coded (its resident layout is seeded's packed codes); seeded_rans_split = the converter's split at a
+mean alpha of 8 over heavy-tailed input moments (10% hot columns kept more often; resident as one seeded
+delta per column class with a U16 column list). Not a test: nothing here asserts speed.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
+from ddq_format.converters import budget  # noqa: E402
 from ddq_format.encodings import csr_parts, seeded, seeded_rans  # noqa: E402
 from ddq_format.kernels import (CompressedDelta, decode_dense, delta_linear, delta_segments, describe,  # noqa: E402
                                 dispatch, multi_delta_matmul)
@@ -47,6 +50,7 @@ L2_ROTATE_BYTES = 160 * 2**20  # operands rotate over copies totalling this (H10
 SHAPES = [(4096, 4096), (11008, 4096)]
 LAYER = [("q", 4096, 4096), ("k", 4096, 4096), ("v", 4096, 4096), ("o", 4096, 4096), ("gate", 11008, 4096),
          ("up", 11008, 4096), ("down", 4096, 11008)]
+ENCODINGS = ("seeded", "seeded_rans", "csr_parts", "seeded_rans_split")
 FUSED_SWEEP = [(8, 256, 4), (4, 256, 4), (16, 256, 4), (8, 512, 4), (16, 256, 8), (32, 128, 8)]
 
 
@@ -60,6 +64,9 @@ def build_entry(rows, cols, encoding, seed=1234):
         enc = seeded.encode((rows, cols), values, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=seed)
     elif encoding == "seeded_rans":
         enc = seeded_rans.encode((rows, cols), values, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=seed)
+    elif encoding == "seeded_rans_split":  # a few input channels carry most of the energy, as in real models
+        moments = np.exp(2 * rng.standard_normal(cols))
+        enc = budget.split_encode(budget.Config("split", alpha=ALPHA, bits=BITS), delta, seed, moments)
     else:
         r = np.repeat(np.arange(rows), kept.shape[1])
         enc = csr_parts.encode((rows, cols), r, kept.reshape(-1), values.reshape(-1), bits=BITS, parts=PARTS,
@@ -74,7 +81,11 @@ def build_entry(rows, cols, encoding, seed=1234):
 
 def clone(d, seed=None):
     """A copy in its own memory; a new seed makes a seeded delta a different (equally valid) delta."""
-    params = d.params if seed is None or d.layout.name != "seeded" else {**d.params, "seed": seed}
+    params = d.params
+    if seed is not None and d.layout.name == "seeded":
+        params = {**d.params, "seed": seed}
+    elif seed is not None and d.layout.name == "split":
+        params = {**d.params, "hot": {**d.params["hot"], "seed": seed ^ 1}, "rest": {**d.params["rest"], "seed": seed}}
     return CompressedDelta(d.encoding, d.shape, params, {k: v.clone() for k, v in d.buffers.items()}, d.dtypes,
                            d.name, encoded_nbytes=d.encoded_nbytes)
 
@@ -164,7 +175,8 @@ def bench_decode(built, dev, clock, lines):
               "| delta | kernel | out | decode ms | copy ms | decode / copy |", "|---|---|---|---|---|---|"]
     res = {}
     for name, (entry, bufs, d) in built.items():
-        variants = {"seeded": ["triton seeded_rows", "triton seeded_scatter"], "csr_parts": ["triton csr_scatter"]}
+        variants = {"seeded": ["triton seeded_rows", "triton seeded_scatter"], "csr_parts": ["triton csr_scatter"],
+                    "split": [dispatch.PER_CLASS]}
         relay = direct = None
         if entry["encoding"] == "seeded_rans":
             relay, direct = rans_device_decoders(entry, bufs, dev)
@@ -181,6 +193,10 @@ def bench_decode(built, dev, clock, lines):
             ms = clock.ms(relay)
             lines.append(f"| {name} | load-time re-lay: rans lanes + pack to {BITS}-bit codes | - | {ms:.4f} | "
                          f"| resident {d.nbytes / 1e6:.2f} MB = {d.nbytes / d.encoded_nbytes:.2f}x encoded |")
+        if d.layout.name == "split":
+            lists = sum(p.columns.numel() * p.columns.element_size() for p in d.parts)
+            lines.append(f"| {name} | resident: each class's {BITS}-bit codes + column lists ({lists / 1e3:.1f} kB) "
+                         f"| - | - | | {d.nbytes / 1e6:.3f} MB = {d.nbytes / d.encoded_nbytes:.2f}x encoded |")
     return res
 
 
@@ -204,7 +220,7 @@ def bench_fused(built, dev, clock, lines, sweep=True):
         k = copies_for(rows * cols * 2) if clock.cuda else 1
         ws = [torch.randn(rows, cols, device=dev, dtype=torch.float16) * 0.02 for _ in range(k)]
         ds = [d] + [clone(d, seed=i) for i in range(1, k)]
-        tab0 = dispatch.table(d)
+        tab0 = dispatch.table(d.parts[0])  # the base-only variant reads no delta: any seeded table
         for batch in (1, 16):
             x = torch.randn(batch, cols, device=dev, dtype=torch.float16)
             t_cub = clock.ms(lambda: [F.linear(x, w) for w in ws], per=k)
@@ -312,7 +328,7 @@ def bench_cpu(lines, quick):
     src = torch.randn(rows, cols)
     dst = torch.empty_like(src)
     cms = median_seconds(lambda: dst.copy_(src), 5) * 1e3
-    for enc in ("seeded", "seeded_rans", "csr_parts"):
+    for enc in ENCODINGS:
         entry, bufs = build_entry(rows, cols, enc)
         d = CompressedDelta.from_entry(entry, bufs, "cpu")
         for path, fn in (("decode_dense (numpy reader)", lambda: decode_dense(entry, bufs, "cpu")),
@@ -400,7 +416,7 @@ def main():
         shapes = [(64, 256), (96, 256)] if a.smoke else SHAPES[:1] if a.quick else SHAPES
         built = {}
         for r, c in shapes:
-            for enc in ("seeded", "seeded_rans", "csr_parts"):
+            for enc in ENCODINGS:
                 entry, bufs = build_entry(r, c, enc)
                 built[f"{enc}-{r}x{c}"] = (entry, bufs, CompressedDelta.from_entry(entry, bufs, dev))
         dec = fused = multi = {}

@@ -46,7 +46,7 @@ RULES = (
     Rule("load", STORED, "any", None, "upload as stored"),
     Rule("load", RELAID, "triton", None, "triton rans_lanes -> packed seeded codes"),
     Rule("load", RELAID, "any", None, "numpy rANS decode -> packed seeded codes"),
-    Rule("load", SPLIT_ENCODINGS, "any", None, "each column class as seeded_rans, + its int32 column list"),
+    Rule("load", SPLIT_ENCODINGS, "any", None, "each column class as seeded_rans, + its U16 (U32) column list"),
     Rule("decode", SPLIT_ENCODINGS, "any", None, PER_CLASS),
     Rule("decode", SEEDED_ENCODINGS, "triton", None, "triton seeded_rows"),
     Rule("decode", CSR_ENCODINGS, "triton", None, "triton csr_scatter"),

@@ -50,12 +50,7 @@ def batched(d) -> bool:
 
 
 def dense(d) -> np.ndarray:
-    """float32 [out, in] of one delta (a split delta: each column class put back at its columns)."""
-    if d.layout is registry.SPLIT:
-        out = np.zeros(d.shape, np.float32)
-        for p in d.parts:
-            out[:, registry.SEEDED.column_index(p).numpy()] = dense(p)
-        return out
+    """float32 [out, in] of one delta of a kernel layout (a split delta's classes are multiplied apart)."""
     if batched(d):
         return seeded_dense([d])[0]
     entry, bufs = _entry(d)
@@ -143,14 +138,31 @@ def product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (torch.from_numpy(x) @ torch.from_numpy(w).T).numpy()
 
 
+def _columns(p):
+    """A column class's input columns (numpy int64), or None for a whole delta."""
+    return None if p.columns is None else registry.SEEDED.column_index(p).numpy()
+
+
+def _products(x: np.ndarray, parts, ws, rows: int) -> np.ndarray:
+    """x [B, in] times a delta given as its classes (parts, their dense ws): the sum of each class's
+    product with x's columns of that class (no dense [out, in] assembled)."""
+    if len(parts) == 1 and parts[0].columns is None:
+        return product(x, ws[0])
+    y = np.zeros((x.shape[0], rows), np.float32)
+    for p, w in zip(parts, ws):
+        cols = _columns(p)
+        y += product(x if cols is None else np.ascontiguousarray(x[:, cols]), w)
+    return y
+
+
 def matmul(d, x: torch.Tensor) -> torch.Tensor:
     """x [B, in] @ dense.T with float32 accumulation, in x.dtype."""
-    return torch.from_numpy(product(_f32(x), dense(d))).to(x.dtype)
+    return torch.from_numpy(_products(_f32(x), d.parts, dense_all(list(d.parts)), d.shape[0])).to(x.dtype)
 
 
 def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
-    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses decoded once, for all its tokens; the
-    products go back in one scatter, each sum rounded once to out's dtype."""
+    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses decoded once (a split delta class by class),
+    for all its tokens; the products go back in one scatter, each sum rounded once to out's dtype."""
     runs = [(s, start, count) for s, start, count in segments.runs() if deltas[s] is not None]
     if not runs:
         return out
@@ -158,9 +170,11 @@ def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
     xn = _f32(x)
     pick = np.concatenate([order[start:start + count] for _, start, count in runs])
     ys = np.empty((pick.size, out.shape[1]), np.float32)
+    parts = [deltas[s].parts for s, _, _ in runs]
+    ws = iter(dense_all([p for ps in parts for p in ps]))
     at = 0
-    for (s, start, count), w in zip(runs, dense_all([deltas[s] for s, _, _ in runs])):
-        ys[at:at + count] = product(xn[order[start:start + count]], w)
+    for (s, start, count), ps in zip(runs, parts):
+        ys[at:at + count] = _products(xn[order[start:start + count]], ps, [next(ws) for _ in ps], out.shape[1])
         at += count
     if out.dtype == torch.float32:
         view = out.numpy()  # out's memory (a column slice of a wider output included)
