@@ -1,6 +1,7 @@
 """Resident bytes of a file's kernel-served entries against their bytes in the file, per encoding.
 
     python benchmarks/resident_bytes.py FILE.ddq [FILE.ddq ...]
+    python benchmarks/resident_bytes.py --synthetic    # bench_kernels.py's entries, 7B shapes, every encoding
 
 Loads every entry the kernels keep compressed (kernels.supports) as a CompressedDelta on the CPU (the
 resident layout is the same on every device) and prints, per encoding: entries, entry bytes in the file,
@@ -31,16 +32,32 @@ def tally(path) -> dict:
     return out
 
 
-def main(paths) -> None:
+def synthetic() -> dict:
+    """{(shape, encoding): counts} of bench_kernels.py's entries (alpha 8, k 4, h_g 128) at 7B shapes."""
+    from bench_kernels import ENCODINGS, SHAPES, build_entry
+    out = {}
+    for r, c in SHAPES:
+        for enc in ENCODINGS:
+            e, b = build_entry(r, c, enc)
+            d = CompressedDelta.from_entry(e, b)
+            lists = sum(p.columns.numel() * p.columns.element_size() for p in d.parts if p.columns is not None)
+            out[(f"{r}x{c}", enc)] = [1, d.encoded_nbytes, d.nbytes, lists]
+    return out
+
+
+def main(args) -> None:
     print("| file | encoding | entries | file bytes | resident bytes | of which column lists | resident / file |")
     print("|---|---|---|---|---|---|---|")
-    for path in paths:
-        for enc, (n, enc_b, res_b, lists) in tally(path).items():
-            print(f"| {Path(path).name} | {enc} | {n} | {enc_b} | {res_b} | {lists} ({lists / res_b:.0%}) | "
+    tables = [("synthetic " + k[0], {k[1]: v}) for k, v in synthetic().items()] if args == ["--synthetic"] else \
+        [(Path(p).name, tally(p)) for p in args]
+    for label, rows in tables:
+        for enc, (n, enc_b, res_b, lists) in rows.items():
+            print(f"| {label} | {enc} | {n} | {enc_b} | {res_b} | {lists} ({lists / res_b:.0%}) | "
                   f"{res_b / enc_b:.2f} |")
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main(sys.argv[1:])

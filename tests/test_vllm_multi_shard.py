@@ -11,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
-from ddq_format.encodings import csr_parts, seeded  # noqa: E402
+from ddq_format import encodings  # noqa: E402
+from ddq_format.encodings import csr_parts, seeded, seeded_rans, seeded_rans_split  # noqa: E402
 from ddq_format.kernels import CompressedDelta  # noqa: E402
 from ddq_format.loaders.vllm_multi.deltas import DenseDelta, LinearSlots, NormSlots, RowSlots, StepIndex  # noqa: E402
 from ddq_format.loaders.vllm_multi.shard import RowRuns, row_runs, shard_compressed, shard_dense  # noqa: E402
@@ -29,6 +30,15 @@ def entry(shape, enc, name="w") -> tuple[dict, dict]:
 
 def encoded(encoding, shape, alpha, group, seed=3):
     d = small_delta(*shape, seed=seed)
+    if encoding == "seeded_rans_split":  # 4 hot columns at alpha 2, the rest as the other cases
+        hot = np.array([1, 9, 10, shape[1] - 2])
+        rest = np.setdiff1d(np.arange(shape[1]), hot)
+        classes = []
+        for cols_c, a, g, sd in ((hot, 2, 4, seed ^ 1), (rest, alpha, min(group, rest.size), seed)):
+            vals = groupwise_dropout(np.ascontiguousarray(d[:, cols_c]), a, g, seed=sd)[1]
+            classes.append(seeded_rans.encode((shape[0], cols_c.size), vals, bits=4, alpha=a, group_size=g,
+                                              seed=sd, rows_per_stream=2))
+        return entry(shape, seeded_rans_split.encode(shape, hot, *classes))
     cols, vals = groupwise_dropout(d, alpha, group, seed=seed)
     if encoding == "seeded":
         return entry(shape, seeded.encode(shape, vals, bits=4, alpha=alpha, group_size=group, seed=seed))
@@ -38,7 +48,7 @@ def encoded(encoding, shape, alpha, group, seed=3):
 
 
 def full_dense(e, bufs) -> np.ndarray:
-    return (csr_parts if e["encoding"] == "csr_parts" else seeded).decode(e, bufs)
+    return encodings.get(e["encoding"]).decode(e, bufs)
 
 
 # shapes with a tail group (40 = 2*16 + 8), one group per row (group = cols), cuts inside groups
@@ -51,7 +61,7 @@ SHARDS = [
 ]
 
 
-@pytest.mark.parametrize("encoding", ["csr_parts", "seeded"])
+@pytest.mark.parametrize("encoding", ["csr_parts", "seeded", "seeded_rans_split"])
 @pytest.mark.parametrize("shape, alpha, group", CASES)
 @pytest.mark.parametrize("rows, cols", SHARDS)
 def test_a_shard_decodes_to_exactly_its_slice_of_the_delta(encoding, shape, alpha, group, rows, cols):
@@ -67,7 +77,9 @@ def test_a_shard_decodes_to_exactly_its_slice_of_the_delta(encoding, shape, alph
     # rows and groups; csr_parts: re-encoded); several runs: one such shard per run
     runs = row_runs(rows) if rows is not None else [(0, shape[0])]
     assert isinstance(s, CompressedDelta if len(runs) == 1 else RowRuns)
-    assert s.nbytes <= sum(b.size for b in bufs.values()) + 4 * (len(runs) - 1)  # byte padding per run
+    whole = CompressedDelta.from_entry(e, bufs).nbytes  # the entry's own bytes, but split: seeded codes + lists
+    lists = 2 * want.shape[1] if encoding == "seeded_rans_split" else 0  # repeated in each run
+    assert s.nbytes <= whole + (4 + lists) * (len(runs) - 1)  # byte padding per run (and class)
     x = torch.randn(3, want.shape[1])
     torch.testing.assert_close(s.matmul(x), x @ torch.from_numpy(want).T, rtol=1e-5, atol=1e-6)
 

@@ -71,8 +71,9 @@ RULES = (
 
 
 # A split delta's column classes (CompressedDelta.parts) are seeded deltas that read x through their column
-# lists: every product rule below runs once per class on the same x and output; the numpy and torch rules
-# decode the whole delta (each class put back at its columns).
+# lists: the delta-only and fused kernels run both classes in one launch (two table rows), the grouped
+# kernel one launch per class (dispatch.class_levels); the numpy rules multiply class by class and the torch
+# reference decodes the whole delta (each class put back at its columns).
 
 
 def select(op: str, encoding: str, backend: str, batch: int | None = None) -> str:
@@ -127,10 +128,20 @@ def _same_device(d, x):
 
 # -- parameter tables for the Triton kernels ----------------------------------------------------------------
 def table(d) -> torch.Tensor:
-    """The delta's one-row parameter table (built once; it holds the buffers' addresses)."""
+    """The delta's parameter table, one row per class it runs as (d.parts; built once; it holds the buffers'
+    addresses)."""
     if d._table is None:
-        d._table = torch.tensor([registry.table_row(d)], dtype=torch.int64, device=d.device)
+        d._table = torch.tensor([registry.table_row(p) for p in d.parts] or [[0] * NF], dtype=torch.int64,
+                                device=d.device)
     return d._table
+
+
+def launch_args(d) -> tuple[int, torch.Tensor, dict]:
+    """(layout kind, table, Triton constants) of one delta's products: a split delta's column classes run in
+    the same launch, one table row each (CLASSES)."""
+    if d.layout is registry.SPLIT:
+        return registry.SEEDED.kind, table(d), {**registry.SEEDED.consts(list(d.parts)), "CLASSES": len(d.parts)}
+    return d.layout.kind, table(d), d.layout.consts([d])
 
 
 _MULTI_CACHE: dict = {}
@@ -203,22 +214,16 @@ def matmul(d, x, backend):
     _same_device(d, x)
     name = select("matmul", d.encoding, choose(d.device, backend), x.shape[0])
     if name == "triton delta_matmul":
-        return _class_products(d.parts, x, d.shape[0])
+        from . import triton_linear
+        if not d.parts:  # a split shard holding no column
+            return x.new_zeros((x.shape[0], d.shape[0]))
+        return triton_linear.delta_matmul(x, *launch_args(d), d.shape[0])
     if name == "decode, then dense matmul":  # prefill: one decode, then the library matmul
         w = decode(d, torch.float32 if x.dtype == torch.float32 else x.dtype, backend)
         return (x @ w.T).to(x.dtype)
     if name == "numpy decode, then dense matmul":
         return host.matmul(d, x)
     return reference.matmul(d, x)
-
-
-def _class_products(parts, x, rows: int, out=None):
-    """x · ΔŴᵀ [B, rows] by the delta-only kernel, one launch per class (a delta's parts), the products summed
-    in `out` (allocated when None)."""
-    from . import triton_linear
-    for p in parts:
-        out = triton_linear.delta_matmul(x, p.layout.kind, table(p), p.layout.consts([p]), rows, out=out)
-    return out if out is not None else x.new_zeros((x.shape[0], rows))
 
 
 def fused_ok(x, weight, bias) -> bool:
@@ -233,10 +238,7 @@ def linear(x, weight, bias, d, backend):
     name = select("linear", d.encoding, be, x.shape[0])
     if name == "triton fused_linear" and fused_ok(x, weight, bias) and d.parts:
         from . import triton_linear
-        first, *others = d.parts  # a split delta: its first class fused with the base, the other added
-        y = triton_linear.fused_linear(x.contiguous(), weight, bias, first.layout.kind, table(first),
-                                       first.layout.consts([first]))
-        return _class_products(others, x.contiguous(), d.shape[0], y)
+        return triton_linear.fused_linear(x.contiguous(), weight, bias, *launch_args(d))
     return F.linear(x, weight, bias) + matmul(d, x, backend).to(x.dtype)
 
 

@@ -188,12 +188,12 @@ def colmap_fields(tp, cols, COLMAP: tl.constexpr):
 
 @device
 def mapped_column(cmap, has_map, col, valid, COLMAP: tl.constexpr):
-    """The input column of local columns `col` of a column class (unchanged without a list)."""
+    """The input column of local columns `col` of a column class (unchanged without a list: `other`)."""
     # the mask is a where, not valid & has_map: the interpreter mistypes (tensor & scalar) masks
-    m = tl.load(cmap + col, mask=tl.where(has_map, valid, False), other=0).to(tl.int32)
-    if COLMAP == 2:  # U16 lists travel as int16 bits
+    m = tl.load(cmap + col, mask=tl.where(has_map, valid, False), other=col).to(tl.int32)
+    if COLMAP == 2:  # U16 lists travel as int16 bits (and every column of such a launch is below 2^16)
         m = m & 0xFFFF
-    return tl.where(has_map, m, col)
+    return m
 
 
 @device

@@ -97,11 +97,28 @@ def _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, c0, cols, BLOCK
 
 
 @device
-def _seeded_step(acc, rowptr, rowsh, bits, zero, h1, pmask, g, il, g0, col0, cols, full, keep, tail, keep_tail,
-                 w_full, w_tail, G, ngroups, gbase, bok, g_sc, cmap, has_map, KP: tl.constexpr, WALK: tl.constexpr,
-                 XT: tl.constexpr, CLIP: tl.constexpr, COLMAP: tl.constexpr):
-    """acc [BLOCK_B, P] += the products of the pairs (h1, g) for every token of the tile (gbase, bok); a
-    column class (COLMAP bytes per list element, has_map) reads x at cmap[column]."""
+def _seeded_setup(tp, rp, pmask, cols, active, SEGMENTS: tl.constexpr, SHARD: tl.constexpr, COLMAP: tl.constexpr):
+    """(state for _seeded_step, group count (0 for another layout's tile), scale) of one seeded delta (or
+    column class) for the pairs of rows rp: its fields, the pairs' row hashes and code pointers."""
+    codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tp)
+    row0, g0, col0 = shard_fields(tp, SHARD)
+    cmap, has_map, dcols = colmap_fields(tp, cols, COLMAP)
+    ngroups = full + (tail > 0).to(tl.int32)
+    if SEGMENTS:
+        ngroups = tl.where(active, ngroups, 0)
+    h1 = row_hash(seed, rp + row0)
+    rowptr, rowsh = row_codes(codes, rp, per_row, bits)
+    return (rowptr, rowsh, bits, zero, h1, g0, col0, dcols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
+            cmap, has_map), ngroups, scale
+
+
+@device
+def _seeded_step(acc, cls, pmask, g, il, gbase, bok, g_sc, KP: tl.constexpr, WALK: tl.constexpr, XT: tl.constexpr,
+                 CLIP: tl.constexpr, COLMAP: tl.constexpr):
+    """acc [BLOCK_B, P] += the products of the pairs (h1, g) of a seeded delta (cls: _seeded_setup) for every
+    token of the tile (gbase, bok); a column class (COLMAP bytes per list element) reads x at cmap[column]."""
+    rowptr, rowsh, bits, zero, h1, g0, col0, cols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, cmap, \
+        has_map = cls
     L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = pair_keys(h1, pmask, g, g0, full, keep, tail, keep_tail, w_full,
                                                            w_tail, G, ngroups)
     for i0 in range(0, tl.maximum(keep, keep_tail), KP):
@@ -152,8 +169,9 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                   BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GPC: tl.constexpr,
                   KP: tl.constexpr, WALK: tl.constexpr, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
                   BLOCK_E: tl.constexpr, DSTEP: tl.constexpr, CLIP: tl.constexpr, SHARD: tl.constexpr,
-                  COLMAP: tl.constexpr):
-    """DELTA: 0 none (base only), 1 seeded codes, 2 csr_parts. x gathers for the delta read g_ptr +
+                  COLMAP: tl.constexpr, CLASSES: tl.constexpr):
+    """DELTA: 0 none (base only), 1 seeded codes (CLASSES 2: both column classes of a split delta, table rows
+    d and d + 1), 2 csr_parts. x gathers for the delta read g_ptr +
     token * g_sb + column * g_sc, token = position in the sorted order when XT (xᵀ), else the token id.
     Seeded: BLOCK_R x GPC pairs per step, KP kept per pass, one step every DSTEP iterations."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -182,22 +200,19 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
         else:
             gbase = g_ptr + tok.to(tl.int64) * g_sb
         n_it = 0
-        if DELTA == 1:
-            codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tp)
-            row0, g0, col0 = shard_fields(tp, SHARD)
-            cmap, has_map, dcols = colmap_fields(tp, cols, COLMAP)
-            ngroups = full + (tail > 0).to(tl.int32)
-            if SEGMENTS:
-                ngroups = tl.where(active, ngroups, 0)
-            pp = tl.arange(0, BLOCK_R * GPC)  # (row, group) pairs of a step, one per thread
+        if DELTA == 1:  # (row, group) pairs of a step, one per thread; CLASSES 2: a split delta's two column
+            pp = tl.arange(0, BLOCK_R * GPC)  # classes, table rows tp and tp + NF, in the same steps
             rp = tl.program_id(0) * BLOCK_R + pp // GPC
             gl = pp % GPC
             pmask = rp < rows
-            h1 = row_hash(seed, rp + row0)
-            rowptr, rowsh = row_codes(codes, rp, per_row, bits)
             il = tl.arange(0, KP)
+            ca, ng_a, scale_a = _seeded_setup(tp, rp, pmask, cols, active, SEGMENTS, SHARD, COLMAP)
             dacc = tl.zeros([BLOCK_B, BLOCK_R * GPC], tl.float32)
-            n_it = tl.cdiv(ngroups, GPC) * DSTEP
+            n_it = tl.cdiv(ng_a, GPC) * DSTEP
+            if CLASSES == 2:
+                cb, ng_b, scale_b = _seeded_setup(tp + NF, rp, pmask, cols, active, SEGMENTS, SHARD, COLMAP)
+                dacc2 = tl.zeros([BLOCK_B, BLOCK_R * GPC], tl.float32)
+                n_it = tl.maximum(n_it, tl.cdiv(ng_b, GPC) * DSTEP)
         if HAS_BASE:
             n_it = tl.maximum(n_it, tl.cdiv(cols, BLOCK_C))
             if DOT:
@@ -210,12 +225,15 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                                   x_ptr.dtype.element_ty == tl.float32)
             if DELTA == 1:
                 if it % DSTEP == 0:  # fused: one seeded step (GPC groups) per DSTEP column chunks
-                    dacc = _seeded_step(dacc, rowptr, rowsh, bits, zero, h1, pmask, (it // DSTEP) * GPC + gl, il,
-                                        g0, col0, dcols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
-                                        gbase, bok, g_sc, cmap, has_map, KP, WALK, XT, CLIP, COLMAP)
+                    g = (it // DSTEP) * GPC + gl
+                    dacc = _seeded_step(dacc, ca, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP, COLMAP)
+                    if CLASSES == 2:
+                        dacc2 = _seeded_step(dacc2, cb, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP, COLMAP)
         y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
         if DELTA == 1:  # per row: the sum over the step's groups
-            y = tl.trans(tl.sum(tl.reshape(dacc, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale
+            y = tl.trans(tl.sum(tl.reshape(dacc, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale_a
+            if CLASSES == 2:
+                y += tl.trans(tl.sum(tl.reshape(dacc2, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale_b
         if DELTA == 2:
             y = _csr_product(tp, gbase, g_sc, bok, r, rmask, rows, active, RO64, CI_BYTES, BLOCK_R, BLOCK_E, BLOCK_B,
                              SEGMENTS, XT)
@@ -248,25 +266,22 @@ def _launch(grid, x, out, tab, consts, *, kind, block_b, block_r, num_warps, xt=
         GPC=gpc, KP=kept_chunk(block_b, consts), WALK=consts.get("WALK", False),
         RO64=consts.get("RO64", False), CI_BYTES=consts.get("CI_BYTES", 2), BLOCK_E=CSR_BLOCK_E,
         DSTEP=dstep, CLIP=consts.get("CLIP", False), SHARD=consts.get("SHARD", False),
-        COLMAP=consts.get("COLMAP", False), num_warps=num_warps)
+        COLMAP=consts.get("COLMAP", 0), CLASSES=consts.get("CLASSES", 1), num_warps=num_warps)
 
 
-def delta_matmul(x, kind, tab, consts, rows, out=None) -> torch.Tensor:
-    """x [B, in] (B <= a few dozen) -> x · ΔŴᵀ [B, rows] in x.dtype, float32 accumulation; added to `out`
-    [B, rows] (contiguous rows) in place when given."""
+def delta_matmul(x, kind, tab, consts, rows) -> torch.Tensor:
+    """x [B, in] (B <= a few dozen) -> x · ΔŴᵀ [B, rows] in x.dtype, float32 accumulation."""
     B = x.shape[0]
-    accumulate = out is not None
-    if out is None:
-        out = torch.empty((B, rows), dtype=x.dtype, device=x.device)
+    out = torch.empty((B, rows), dtype=x.dtype, device=x.device)
     if B == 0 or rows == 0:
-        return out if accumulate else out.zero_()
+        return out.zero_()
     for s in range(0, B, DELTA_CHUNK):
         xs = x[s:s + DELTA_CHUNK]
         bb = 1 << (xs.shape[0] - 1).bit_length()
         br, nw, gpc = _tiles(kind, bb, consts)
         xt = xs.t().contiguous() if xs.shape[0] > 1 else None
         _launch((triton.cdiv(rows, br), 1), xs, out[s:s + DELTA_CHUNK], tab, consts, kind=kind, block_b=bb,
-                block_r=br, num_warps=nw, xt=xt, gpc=gpc, accumulate=accumulate)
+                block_r=br, num_warps=nw, xt=xt, gpc=gpc)
     return out
 
 

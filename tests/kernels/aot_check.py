@@ -99,7 +99,7 @@ def compile_calls(calls, arch: int):
         k = triton.compile(src, target=target, options=opts)
         res = resources(k.asm["cubin"])
         keys = ("HAS_BASE", "DELTA", "SEGMENTS", "DOT", "BLOCK_B", "BLOCK_R", "BLOCK_C", "GPC", "KP", "NQ", "LANES", "TB",
-                "WALK", "BLOCK_S", "CLIP", "SHARD")
+                "WALK", "BLOCK_S", "CLIP", "SHARD", "COLMAP", "CLASSES")
         out.append({"kernel": fn.__name__, "config": {k_: v for k_, v in consts.items() if k_ in keys},
                     "num_warps": opts.get("num_warps", 4), **res})
     return out
@@ -129,6 +129,8 @@ def scenarios(quick: bool = False):
     walk = delta(64, 480, encoding="seeded", alpha=4, group_size=48, bits=3)[2]
     csr = delta(64, 512, encoding="csr_parts", alpha=8, group_size=128, bits=4, parts=8)[2]
     rans_entry, rans_bufs, _ = delta(64, 512, encoding="seeded_rans", alpha=8, group_size=128, bits=4)
+    # the planner's split at a mean alpha of 8: 410 hot columns at alpha 2, the rest at 12
+    split = delta(64, 4096, encoding="seeded_rans_split", alpha=12, group_size=120, bits=4, hot=(410, 2, 128))[2]
     w = torch.randn(64, 512, dtype=torch.float16)
     w4k = torch.randn(64, 4096, dtype=torch.float16)
     b = torch.randn(64, dtype=torch.float16)
@@ -151,6 +153,16 @@ def scenarios(quick: bool = False):
             triton_decode.run(triton_decode.seeded_scatter, dispatch.table(seeded), seeded.shape, torch.float16,
                               "cpu", seeded.layout.consts([seeded]))
             triton_linear.fused_linear(torch.randn(1, 4096, dtype=torch.float16), w4k, b, 0, dispatch.table(seeded), {})
+        for B in (1, 16):  # split: both column classes in one fused (or delta-only) launch
+            x = torch.randn(B, 4096, dtype=torch.float16)
+            triton_linear.fused_linear(x, w4k, b, *dispatch.launch_args(split))
+            triton_linear.delta_matmul(x, *dispatch.launch_args(split), 64)
+        x = torch.randn(16, 4096, dtype=torch.float16)  # SGMV: one launch per column class
+        seg = delta_segments(torch.arange(16) % 4, 4)
+        for level in dispatch.class_levels([split] * 4):
+            tab, launches = dispatch.multi_tables(level)
+            triton_linear.multi_matmul(x, torch.zeros(16, 64, dtype=torch.float16),
+                                       [(k, tab, c) for k, c in launches], seg)
         for B, n in ((16, 16),) if quick else ((16, 16), (64, 16)):
             x = torch.randn(B, 512, dtype=torch.float16)
             seg = delta_segments(torch.arange(B) % n, n)
