@@ -1,8 +1,10 @@
 """Tensor-parallel shards of a file entry: rows [r0, r1) x columns [c0, c1), resident as deltas the normal
 kernels serve (CompressedDelta.from_entry(..., rows=, cols=)). Host-side numpy, once at load.
 
-- seeded layouts (seeded, seeded_rans): the codes of the shard's rows and of the groups its columns
-  overlap, with the shard's offsets in its params (registry.SeededLayout): the mask keys take the GLOBAL
+- seeded layouts (seeded, seeded_rans; seeded_rans_split per column class, the run of the class's columns
+  inside [c0, c1) with its column list shifted by c0: registry.SplitToSeeded.shard): the codes of the shard's
+  rows and of the groups its columns overlap, with the shard's offsets in its params
+  (registry.SeededLayout): the mask keys take the GLOBAL
   row and group index, so the shard's mask is exactly the tensor's. A group an edge cuts is kept whole (at
   most two per row) and its elements outside the shard are skipped.
 - csr_parts: re-encoded as a csr_parts entry of the shard (same quantizer, codes repacked).

@@ -3,8 +3,9 @@
 `DeltaLinear` is an nn.Linear that shares the base layer's weight and bias Parameters (state-dict names do
 not change) and holds one `kernels.CompressedDelta`; W_base + ΔŴ is never formed. Its forward is
 `kernels.delta_linear`: one fused base + delta kernel for small batches on a GPU, where the dispatch says so.
-Every entry `kernels.supports` (seeded, seeded_rans, csr_parts) stays compressed; seeded_rans is re-laid at
-load as seeded codes (resident bytes in `delta_nbytes`, file bytes in `delta.encoded_nbytes`).
+Every entry `kernels.supports` (seeded, seeded_rans, seeded_rans_split, csr_parts) stays compressed;
+seeded_rans is re-laid at load as seeded codes, seeded_rans_split as seeded codes per column class with its
+column list (resident bytes in `delta_nbytes`, file bytes in `delta.encoded_nbytes`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@
 
 A LoRARequest whose path ends in `.ddq` is a delta; any other path is an ordinary PEFT adapter, and both
 can be served by the same engine. Each delta stays compressed in device memory (kernel encodings as
-stored; seeded_rans re-laid as seeded; lowrank_q/lowrank as their float32 factors; dense entries decoded
+stored; seeded_rans re-laid as seeded, seeded_rans_split as seeded per column class; lowrank_q/lowrank as their float32 factors; dense entries decoded
 to float32); nothing is merged into the base.
 
 vLLM internals used (read against vLLM 0.32.0 and 0.33.0; compat.SUPPORTED):

@@ -61,8 +61,8 @@ def check_entries(ddq, base) -> None:
                                "that per request (materialize the fine-tune instead)", path=ddq.path, tensor=name)
         if kind == KIND_COMPRESSED and not supports(e) and not factored(e):
             raise UsageError(f"encoding {e.get('encoding')!r} has no kernel that keeps it compressed on the "
-                             "device; convert with --encoding seeded, seeded_rans or csr_parts, or materialize "
-                             "it", path=ddq.path, tensor=name, field="encoding")
+                             "device; convert with --encoding seeded, seeded_rans or csr_parts (or --target-ratio), "
+                             "or materialize it", path=ddq.path, tensor=name, field="encoding")
 
 
 def factored(entry) -> bool:
@@ -134,7 +134,8 @@ def _delta(ddq, name: str, t: Target, base):
 
 
 def _compressed(ddq, name, e, t: Target):
-    """A kernel-encoded entry (seeded_rans re-laid as seeded codes by the kernels), this rank's shard."""
+    """A kernel-encoded entry (seeded_rans re-laid as seeded codes by the kernels, seeded_rans_split per column
+    class), this rank's shard."""
     return shard_compressed(e, ddq.buffers(name), row_index(t.rows), t.cols, path=ddq.path)  # CRC-32 verified
 
 
