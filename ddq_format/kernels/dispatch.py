@@ -47,7 +47,8 @@ RULES = (
     Rule("load", RELAID, "triton", None, "triton rans_lanes -> packed seeded codes"),
     Rule("load", RELAID, "any", None, "numpy rANS decode -> packed seeded codes"),
     Rule("load", SPLIT_ENCODINGS, "any", None, "each column class as seeded_rans, + its U16 (U32) column list"),
-    Rule("decode", SPLIT_ENCODINGS, "any", None, PER_CLASS),
+    Rule("decode", SPLIT_ENCODINGS, "triton", None, PER_CLASS),
+    Rule("decode", SPLIT_ENCODINGS, "torch", None, PER_CLASS),  # numpy: the reader's, into each class's columns
     Rule("decode", SEEDED_ENCODINGS, "triton", None, "triton seeded_rows"),
     Rule("decode", CSR_ENCODINGS, "triton", None, "triton csr_scatter"),
     Rule("decode", ALL, "numpy", None, "numpy reader decode"),  # seeded: the reader's hash, batched

@@ -50,7 +50,15 @@ def batched(d) -> bool:
 
 
 def dense(d) -> np.ndarray:
-    """float32 [out, in] of one delta of a kernel layout (a split delta's classes are multiplied apart)."""
+    """float32 [out, in] of one delta (a split delta: each class's decode written into its columns)."""
+    if d.layout is registry.SPLIT:
+        out = np.zeros(d.shape, np.float32)
+        for p in d.parts:
+            if batched(p):
+                out[:, _columns(p)] = seeded_dense([p])[0]
+            else:
+                registry.host_decode_into(*_entry(p), _columns(p), out)
+        return out
     if batched(d):
         return seeded_dense([d])[0]
     entry, bufs = _entry(d)

@@ -54,6 +54,11 @@ def host_decode(entry, bufs) -> np.ndarray:
     return _encoding(entry["encoding"]).decode(entry, bufs)
 
 
+def host_decode_into(entry, bufs, columns: np.ndarray, out: np.ndarray) -> None:
+    """A seeded entry's numpy decode written into columns `columns` of out (float32 [rows, W])."""
+    _encoding(ENC_SEEDED).module.decode(entry, bufs, columns=columns, out=out)
+
+
 def _rans_codes(entry, bufs) -> np.ndarray:
     return _encoding(ENC_SEEDED_RANS).parts(entry, bufs, None)  # the code matrix, as seeded stores it
 

@@ -52,7 +52,7 @@ EXPECTED = [
     # seeded_rans_split: each column class a seeded delta; products run per class, decodes put columns back
     ("load", ENC_SEEDED_RANS_SPLIT, "triton", None, "each column class as seeded_rans, + its U16 (U32) column list"),
     ("decode", ENC_SEEDED_RANS_SPLIT, "triton", None, dispatch.PER_CLASS),
-    ("decode", ENC_SEEDED_RANS_SPLIT, "numpy", None, dispatch.PER_CLASS),
+    ("decode", ENC_SEEDED_RANS_SPLIT, "numpy", None, "numpy reader decode"),  # each class into its columns
     ("rows", ENC_SEEDED_RANS_SPLIT, "numpy", None, dispatch.PER_CLASS),
     ("decode_entry", ENC_SEEDED_RANS_SPLIT, "numpy", None, "numpy reader decode"),
     ("decode_entry", ENC_SEEDED_RANS_SPLIT, "triton", None, "load, then decode"),
