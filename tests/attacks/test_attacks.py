@@ -100,3 +100,34 @@ def test_corpus_regenerates_byte_for_byte(tmp_path):
     for case in MANIFEST:
         assert (tmp_path / case["file"]).read_bytes() == (HERE / case["file"]).read_bytes(), case["file"]
     assert sorted(p.name for p in HERE.glob("*.ddq")) == sorted(c["file"] for c in MANIFEST)
+
+
+@pytest.mark.parametrize("case", [c for c in MANIFEST if c["stage"] != "open"], ids=lambda c: c["file"])
+def test_kernel_load_of_every_opened_file(case):
+    """The loaders' path (kernels.CompressedDelta.from_entry, then its decode): every kernel-served entry of a
+    file that opens either loads and decodes exactly as the reader does, or fails with a DDQError naming the
+    tensor; never another exception. A decode past the reader's budget (a decode bomb) is only loaded: the
+    loaders decode a delta only into a base layer of its shape, which binding checks first."""
+    torch = pytest.importorskip("torch")
+    from ddq_format.kernels import CompressedDelta, supports
+    path = HERE / case["file"]
+    with DDQFile(path) as f:
+        for name, e in f.entries.items():
+            if not supports(e):
+                continue
+            try:
+                want = f.decode(name)
+            except errors.LimitError:
+                d = _within_cap(lambda: CompressedDelta.from_entry(e, f.buffers(name), path=f.path))
+                assert d.nbytes <= 2 * d.encoded_nbytes  # resident as stored: nothing decoded
+                continue
+            except DDQError:
+                want = None
+            try:
+                d = CompressedDelta.from_entry(e, f.buffers(name), path=f.path)
+                got = d.to_dense()
+            except DDQError as err:
+                assert want is None, (name, str(err))  # the kernels refuse only what the reader refuses
+                assert err.tensor == name, str(err)
+                continue
+            assert want is not None and torch.equal(got, torch.from_numpy(want)), name
