@@ -203,31 +203,12 @@ def unpack(padded, bits, count, out):
 
 
 @njit(nogil=True, cache=True)
-def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out):
-    """out [rows*cols] float32, all zero (np.zeros: pages the OS hands over zeroed, no second zeroing pass)
-    = lut[code] at each kept column of the seeded mask, row by row.
+def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out, out_cols, colmap):
+    """out [rows*out_cols] float32, all zero (np.zeros: pages the OS hands over zeroed, no second zeroing pass)
+    = lut[code] at each kept column of the seeded mask, row by row; colmap None (out_cols = cols), or int64
+    [cols]: column c goes to column colmap[c] of out's rows (a seeded_rans_split class into its tensor).
     padded: the packed codes (rows*K of `bits` bits, kept order, K = kept_per_row) plus one zero byte, read
     in place (no unpacked copy); bits = 8 also serves unpacked uint8 codes. lut: float32, one per code."""
-    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
-    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
-    mask = U64((1 << bits) - 1)
-    h0 = seed_hash(seed)
-    for r in range(rows):
-        orow = out[r * cols:(r + 1) * cols]
-        h1 = row_hash(h0, r)
-        for g in range(full + (1 if keep_tail else 0)):
-            n = keep if g < full else keep_tail
-            group_positions(h1, g, group if g < full else tail, n, pos)
-            og = orow[g * group:]
-            e = r * per_row + g * keep
-            for i in range(n):
-                og[pos[i]] = lut[_code(padded, bits, mask, e + i)]
-
-
-@njit(nogil=True, cache=True)
-def seeded_scatter_mapped(padded, bits, lut, seed, rows, cols, group, alpha, colmap, out_cols, out):
-    """seeded_scatter of a [rows, cols] matrix into columns colmap (int64 [cols]) of out [rows * out_cols]:
-    a seeded_rans_split class written straight into the whole tensor's rows."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
     pos = np.empty(max(keep, keep_tail, 1), np.uint64)
     mask = U64((1 << bits) - 1)
@@ -238,10 +219,15 @@ def seeded_scatter_mapped(padded, bits, lut, seed, rows, cols, group, alpha, col
         for g in range(full + (1 if keep_tail else 0)):
             n = keep if g < full else keep_tail
             group_positions(h1, g, group if g < full else tail, n, pos)
-            cg = colmap[g * group:]
             e = r * per_row + g * keep
-            for i in range(n):
-                orow[cg[pos[i]]] = lut[_code(padded, bits, mask, e + i)]
+            if colmap is None:  # resolved when numba compiles: one loop per signature
+                og = orow[g * group:]
+                for i in range(n):
+                    og[pos[i]] = lut[_code(padded, bits, mask, e + i)]
+            else:
+                cg = colmap[g * group:]
+                for i in range(n):
+                    orow[cg[pos[i]]] = lut[_code(padded, bits, mask, e + i)]
 
 
 @njit(nogil=True, cache=True)

@@ -77,10 +77,10 @@ def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_s
     seed = int(seed) & 0xFFFFFFFF
     if columns is None:
         flat = np.zeros(rows * cols, np.float32)
-        _k.seeded_scatter(_padded(codes), bits, lut, seed, rows, cols, group_size, alpha, flat)
+        _k.seeded_scatter(_padded(codes), bits, lut, seed, rows, cols, group_size, alpha, flat, cols, None)
         return flat.reshape(rows, cols)
-    _k.seeded_scatter_mapped(_padded(codes), bits, lut, seed, rows, cols, group_size, alpha,
-                             np.ascontiguousarray(columns, np.int64), out.shape[1], out.reshape(-1))
+    _k.seeded_scatter(_padded(codes), bits, lut, seed, rows, cols, group_size, alpha, out.reshape(-1), out.shape[1],
+                      np.ascontiguousarray(columns, np.int64))
     return out
 
 
