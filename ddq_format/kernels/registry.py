@@ -211,9 +211,9 @@ def column_list(cols: np.ndarray, n_cols: int, device) -> tuple[torch.Tensor, st
 class SplitLayout:
     """seeded_rans_split: its column classes, each a seeded-layout delta [rows, class width] (`d.parts`, in the
     file's class order, empty classes left out) with its column list (`columns`, U16 or U32: the input
-    column of each of its columns). Buffers `<class>_codes` and `<class>_columns`. No kernel reads this layout: the
-    dispatch runs each class's own kernels, the products reading x through the class's column list
-    (COLMAP_FIELD), and puts decoded columns back (`assemble`)."""
+    column of each of its columns). Buffers `<class>_codes` and `<class>_columns`. No kernel reads this
+    layout: the dispatch runs each class's own kernels, the products reading x through the class's column
+    list (COLMAP_FIELD), and puts decoded columns back (`assemble`)."""
     name = "split"
     encoding = ENC_SEEDED_RANS_SPLIT
     kind = None
@@ -313,17 +313,11 @@ def _check_lengths(entry, buffers, ctx) -> None:
                                 path=ctx.path, tensor=ctx.name, field=f"buffers.{role}")
 
 
-class SplitToSeeded:
+class SplitToSeeded(StoredAsIs):
     """seeded_rans_split: each column class's streams decoded once at load into seeded packed codes (as
     RansToSeeded does), its column list beside them (SplitLayout). Resident bytes: the classes' seeded
-    codes plus 2 bytes per input column (4 past 2^16 columns)."""
-
-    def __init__(self, encoding: str, layout):
-        self.encoding, self.layout = encoding, layout
-
-    def validate(self, entry, buffers, ctx) -> None:
-        _encoding(self.encoding).check(entry, ctx)
-        _check_lengths(entry, buffers, ctx)
+    codes plus 2 bytes per input column (4 past 2^16 columns). Validated as StoredAsIs (header, lengths);
+    the streams are checked as they are decoded."""
 
     def _classes(self, entry, buffers, codes_fn):
         """(class, columns, sub-entry, its codes) per class; a class's stream error named as this entry's."""
