@@ -18,6 +18,11 @@ from ddq_format.kernels import CompressedDelta, supports  # noqa: E402
 from ddq_format.reader import DDQFile  # noqa: E402
 
 
+def list_bytes(d) -> int:
+    """Resident bytes of a delta's column lists (a split delta's hot list; its classes share it)."""
+    return sum(t.numel() * t.element_size() for role, t in d.buffers.items() if role.endswith("columns"))
+
+
 def tally(path) -> dict:
     out: dict = {}
     with DDQFile(path) as f:
@@ -25,7 +30,7 @@ def tally(path) -> dict:
             if not supports(e):
                 continue
             d = CompressedDelta.from_entry(e, f.buffers(name), path=f.path)
-            lists = sum(p.columns.numel() * p.columns.element_size() for p in d.parts if p.columns is not None)
+            lists = list_bytes(d)
             row = out.setdefault(e["encoding"], [0, 0, 0, 0])
             for i, v in enumerate((1, d.encoded_nbytes, d.nbytes, lists)):
                 row[i] += v
@@ -40,7 +45,7 @@ def synthetic() -> dict:
         for enc in ENCODINGS:
             e, b = build_entry(r, c, enc)
             d = CompressedDelta.from_entry(e, b)
-            lists = sum(p.columns.numel() * p.columns.element_size() for p in d.parts if p.columns is not None)
+            lists = list_bytes(d)
             out[(f"{r}x{c}", enc)] = [1, d.encoded_nbytes, d.nbytes, lists]
     return out
 

@@ -192,6 +192,11 @@ def index_dtype_for(max_value: int) -> str:
 def align_up(n: int, a: int = ALIGNMENT) -> int:
     return (n + a - 1) // a * a
 
+# Kernels (ddq_format/kernels): a device layout chosen at load may take at most this many times the entry's
+# bytes in the file (seeded_rans_split's rest class reads its columns through the complement of the hot list,
+# a binary search, where its own list would break it; issue 10).
+KERNEL_RESIDENT_LIMIT = 2.0
+
 # Converter (ddq convert) defaults, SPEC.md §Converter.
 CONVERT_FALLBACK_GROUP_SIZE = 256  # h_g for architectures without an adapter (rounded up to a multiple of alpha)
 CONVERT_DENSE_1D_BITS = 8  # 1-D dense deltas (norms, biases) as dense_q codes: below their fp16 size (issue 11)

@@ -19,7 +19,7 @@ class CompressedDelta:
     its column list). `nbytes` counts the resident bytes, `encoded_nbytes` the bytes in the file."""
 
     def __init__(self, encoding: str, shape, params: dict, buffers: dict, dtypes: dict, name=None, *,
-                 encoded_nbytes: int | None = None, columns: torch.Tensor | None = None):
+                 encoded_nbytes: int | None = None, columns: torch.Tensor | None = None, complement: bool = False):
         if encoding not in registry.ENCODINGS:
             raise UsageError(f"no kernels for encoding {encoding!r}", tensor=name, field="encoding")
         self.encoding = encoding
@@ -29,7 +29,9 @@ class CompressedDelta:
         self.buffers = buffers  # role -> torch tensor of the resident layout (typed views, registry.upload)
         self.dtypes = dtypes  # role -> dtype name of the resident buffer
         self.name = name
-        self.columns = columns  # int32 [shape[1]]: a split delta's column class reads x at these columns
+        self.columns = columns  # a split delta's column class reads x at these columns (U16/U32 bits)...
+        self.complement = complement  # ... or, complement: at the columns of [0, in + len) not in them
+        self._column_index = None  # registry.SEEDED.column_index's int64 columns, built on first use
         self.parts = (self,)  # what the kernels run: this delta, or a split delta's column classes
         self.encoded_nbytes = self.nbytes if encoded_nbytes is None else int(encoded_nbytes)
         self._table = None  # the Triton kernels' parameter row, built on first use
@@ -75,7 +77,7 @@ class CompressedDelta:
         buffers' dtypes alone)."""
         return CompressedDelta(self.encoding, self.shape, self.params, {k: fn(v) for k, v in self.buffers.items()},
                                self.dtypes, self.name, encoded_nbytes=self.encoded_nbytes,
-                               columns=None if self.columns is None else fn(self.columns))
+                               columns=None if self.columns is None else fn(self.columns), complement=self.complement)
 
     def to(self, device) -> "CompressedDelta":
         return self.map_buffers(lambda t: t.to(device))

@@ -54,10 +54,11 @@ def dense(d) -> np.ndarray:
     if d.layout is registry.SPLIT:
         out = np.zeros(d.shape, np.float32)
         for p in d.parts:
+            cols = registry.SEEDED.column_index(p).numpy()
             if batched(p):
-                out[:, _columns(p)] = seeded_dense([p])[0]
+                out[:, cols] = seeded_dense([p])[0]
             else:
-                registry.host_decode_into(*_entry(p), _columns(p), out)
+                registry.host_decode_into(*_entry(p), cols, out)
         return out
     if batched(d):
         return seeded_dense([d])[0]

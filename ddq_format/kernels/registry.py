@@ -7,14 +7,16 @@ Two registries, keyed by id:
   their buffers as stored; `seeded_rans` decodes its rANS streams once at load (on the device when it is a
   GPU) into the `seeded` layout (its codes are identical), so every seeded kernel serves it. Its resident
   bytes are seeded's, about 1.3-1.7x the encoded bytes; `CompressedDelta.encoded_nbytes` keeps the latter.
-  `seeded_rans_split` decodes each column class the same way, kept as a seeded delta with its column list
-  (layout `split`, no kernel of its own: the dispatch runs each class's seeded kernels, reading x through the
-  list).
+  `seeded_rans_split` decodes each column class the same way, kept as a seeded delta (layout `split`, no
+  kernel of its own: the dispatch runs each class's seeded kernels, the hot class reading x through the hot
+  column list, the rest class through its complement).
 
 Every use of the encodings package (header checks, numpy decoders) goes through the small adapter below, so
 a change to that package's interface touches one place here.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -24,11 +26,11 @@ from ..encodings._common import Ctx
 from ..errors import EncodingError, UsageError
 from ..quantize import check_parts
 from ..seeded_mask import group_layout, kept_per_row, width_for
-from ..spec import (ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SEEDED_RANS_SPLIT, KIND_COMPRESSED,
-                    RANS_STATE_LOW)
+from ..spec import (ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SEEDED_RANS_SPLIT, KERNEL_RESIDENT_LIMIT,
+                    KIND_COMPRESSED, RANS_STATE_LOW)
 from . import reference
-from .common import (COL_OFFSET_FIELD, COLMAP_FIELD, GROUP_OFFSET_FIELD, KIND_FIELD, LOCAL_COLS_FIELD, NF,
-                     ROW_OFFSET_FIELD, f32_bits, is_pow2, next_pow2)
+from .common import (COL_OFFSET_FIELD, COLMAP_FIELD, COMPLEMENT_FIELD, GROUP_OFFSET_FIELD, KIND_FIELD,
+                     LOCAL_COLS_FIELD, NF, ROW_OFFSET_FIELD, SEARCH_STEPS_FIELD, f32_bits, is_pow2, next_pow2)
 
 # Buffers travel as bit-identical signed views (Triton and older torch lack unsigned 16/32-bit types);
 # readers mask them back to unsigned.
@@ -120,6 +122,8 @@ class SeededLayout:
         row[ROW_OFFSET_FIELD], row[GROUP_OFFSET_FIELD], row[COL_OFFSET_FIELD] = d.row0, d.g0, d.col0
         if d.columns is not None:  # a column class of a split delta: x is read through its column list
             row[COLMAP_FIELD], row[LOCAL_COLS_FIELD] = d.columns.data_ptr(), d.shape[1]
+            if d.complement:
+                row[COMPLEMENT_FIELD], row[SEARCH_STEPS_FIELD] = d.columns.numel(), d.columns.numel().bit_length()
         return row
 
     def consts(self, deltas) -> dict:
@@ -140,14 +144,25 @@ class SeededLayout:
         return {"KP": kp, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
                 "GROUPS": next_pow2(groups), "G": G, "CLIP": any(d.clip for d in deltas),
                 "SHARD": any(d.sharded for d in deltas), "COLMAP": _colmap_bytes(deltas),
+                "SEARCH": any(d.complement and d.columns is not None for d in deltas),
                 "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 
     def reference_decode(self, d) -> torch.Tensor:
         return reference.decode_seeded(d)
 
     def column_index(self, d) -> torch.Tensor:
-        """int64 input column of each of a column class's columns (its list read as unsigned)."""
-        return d.columns.to(torch.int64) & UMASK[COLUMN_DTYPES[d.columns.element_size()]]
+        """int64 input column of each of a column class's columns: its list read as unsigned, or the columns
+        not in it (a complement class; built on first use), or its own columns (no list)."""
+        if d.columns is None:
+            return torch.arange(d.shape[1], device=d.device)
+        if d._column_index is None:
+            listed = d.columns.to(torch.int64) & UMASK[COLUMN_DTYPES[d.columns.element_size()]]
+            if d.complement:
+                rest = torch.ones(d.shape[1] + listed.numel(), dtype=torch.bool, device=listed.device)
+                rest[listed] = False
+                listed = rest.nonzero().reshape(-1)
+            d._column_index = listed
+        return d._column_index
 
     def reference_rows(self, d, rows) -> torch.Tensor:
         return reference.decode_seeded(d, rows)
@@ -210,23 +225,27 @@ def column_list(cols: np.ndarray, n_cols: int, device) -> tuple[torch.Tensor, st
 
 class SplitLayout:
     """seeded_rans_split: its column classes, each a seeded-layout delta [rows, class width] (`d.parts`, in the
-    file's class order, empty classes left out) with its column list (`columns`, U16 or U32: the input
-    column of each of its columns). Buffers `<class>_codes` and `<class>_columns`. No kernel reads this
-    layout: the dispatch runs each class's own kernels, the products reading x through the class's column
-    list (COLMAP_FIELD), and puts decoded columns back (`assemble`)."""
+    file's class order, empty classes left out). Buffers `hot_codes`, `rest_codes`, `hot_columns` (U16 or
+    U32: the hot class's input columns, ascending) and, where the load chose it (rest_list_fits),
+    `rest_columns`. The hot class reads x through its list; the rest class through its own, or else through
+    the complement of the hot list (a binary search, COMPLEMENT_FIELD), which keeps a tenth of the lists'
+    bytes. No kernel reads this layout: the dispatch runs each class's own kernels (COLMAP_FIELD) and puts
+    decoded columns back (`assemble`)."""
     name = "split"
     encoding = ENC_SEEDED_RANS_SPLIT
     kind = None
 
     def setup(self, d) -> None:
-        parts = []
-        for cls in _split().CLASSES:
-            cols = d.buffers[f"{cls}_columns"]
-            if cols.numel():
-                parts.append(type(d)(ENC_SEEDED_RANS, (d.shape[0], cols.numel()), d.params[cls],
-                                     {"codes": d.buffers[f"{cls}_codes"]}, {"codes": "PACKED"},
-                                     f"{d.name} ({cls} columns)", columns=cols))
-        d.parts = tuple(parts)
+        hot, own = d.buffers["hot_columns"], d.buffers.get("rest_columns")
+        widths = {"hot": hot.numel(), "rest": d.shape[1] - hot.numel()}
+        # (list, complement) per class; no hot column (some shards): the rest class reads x as it is
+        lists = {"hot": (hot, False), "rest": (own, False) if own is not None else (hot, True)} if hot.numel() else \
+            {"rest": (None, False)}
+        d.parts = tuple(
+            type(d)(ENC_SEEDED_RANS, (d.shape[0], widths[cls]), d.params[cls], {"codes": d.buffers[f"{cls}_codes"]},
+                    {"codes": "PACKED"}, f"{d.name} ({cls} columns)", columns=lists[cls][0],
+                    complement=lists[cls][1])
+            for cls in _split().CLASSES if widths[cls])
 
     def assemble(self, d, part_fn, n_rows: int, dtype) -> torch.Tensor:
         """[n_rows, in] from each class's [n_rows, class width] (part_fn(part)) put back at its columns."""
@@ -315,8 +334,9 @@ def _check_lengths(entry, buffers, ctx) -> None:
 
 class SplitToSeeded(StoredAsIs):
     """seeded_rans_split: each column class's streams decoded once at load into seeded packed codes (as
-    RansToSeeded does), its column list beside them (SplitLayout). Resident bytes: the classes' seeded
-    codes plus 2 bytes per input column (4 past 2^16 columns). Validated as StoredAsIs (header, lengths);
+    RansToSeeded does), the column lists beside them (SplitLayout). Resident bytes: the classes' seeded
+    codes plus 2 bytes (4 past 2^16 columns) per input column, or per hot column where that would exceed
+    KERNEL_RESIDENT_LIMIT x the file's bytes (rest_list_fits). Validated as StoredAsIs (header, lengths);
     the streams are checked as they are decoded."""
 
     def _classes(self, entry, buffers, codes_fn):
@@ -332,9 +352,9 @@ class SplitToSeeded(StoredAsIs):
         params, bufs, dtypes = dict(entry["params"]), {}, {}
         for cls, cols, e, codes in self._classes(entry, buffers,
                                                  lambda e, b: rans_codes(e, b, device, backend)):
-            bufs[f"{cls}_codes"] = reference.pack_codes(codes, e["params"]["bits"])
-            bufs[f"{cls}_columns"], dtypes[f"{cls}_columns"] = column_list(cols, entry["shape"][1], device)
-            dtypes[f"{cls}_codes"] = "PACKED"
+            bufs[f"{cls}_codes"], dtypes[f"{cls}_codes"] = reference.pack_codes(codes, e["params"]["bits"]), "PACKED"
+            self._add_list(bufs, dtypes, cls, cols, entry["shape"][1], device)
+        self._drop_rest_list(bufs, dtypes, _entry_bytes(entry))
         return params, bufs, dtypes
 
     def shard(self, entry, buffers, rows: tuple, cols: tuple, device, path=None):
@@ -349,10 +369,43 @@ class SplitToSeeded(StoredAsIs):
             if cls == "hot":
                 params["hot_columns"] = (cl[a:z] - c0).tolist()
             bufs[f"{cls}_codes"] = reference.pack_codes(torch.from_numpy(sub).to(device), e["params"]["bits"])
-            bufs[f"{cls}_columns"], dtypes[f"{cls}_columns"] = column_list(cl[a:z] - c0, c1 - c0, device)
             dtypes[f"{cls}_codes"] = "PACKED"
+            self._add_list(bufs, dtypes, cls, cl[a:z] - c0, c1 - c0, device)
             kept, total = kept + sub.size, total + codes.size
-        return params, bufs, dtypes, [r1 - r0, c1 - c0], kept / max(total, 1)
+        share = kept / max(total, 1)
+        self._drop_rest_list(bufs, dtypes, round(_entry_bytes(entry) * share))
+        return params, bufs, dtypes, [r1 - r0, c1 - c0], share
+
+    @staticmethod
+    def _add_list(bufs, dtypes, cls, cols, n_cols, device) -> None:
+        bufs[f"{cls}_columns"], dtypes[f"{cls}_columns"] = column_list(cols, n_cols, device)
+
+    @staticmethod
+    def _drop_rest_list(bufs, dtypes, encoded: int) -> None:
+        """Keep the rest class's own list only where rest_list_fits; else it reads the hot list's complement
+        (and with no hot column, as in some shards, it reads x as it is)."""
+        if not bufs["hot_columns"].numel() or not rest_list_fits(sum(t.numel() * t.element_size()
+                                                                     for t in bufs.values()), encoded):
+            del bufs["rest_columns"], dtypes["rest_columns"]
+
+
+SPLIT_COLUMNS_ENV = "DDQ_SPLIT_COLUMNS"  # auto (default), direct or complement: the rest class's column list
+
+
+def rest_list_fits(resident: int, encoded: int) -> bool:
+    """Whether a split delta keeps its rest class's own column list (one load per kept element; else the
+    complement of the hot list, a binary search): when its resident bytes, that list included, stay within KERNEL_RESIDENT_LIMIT x its bytes in the file. $DDQ_SPLIT_COLUMNS=direct|complement forces
+    either (benchmarks compare them)."""
+    mode = os.environ.get(SPLIT_COLUMNS_ENV, "auto")
+    if mode not in ("auto", "direct", "complement"):
+        raise UsageError(f"${SPLIT_COLUMNS_ENV} must be auto, direct or complement, got {mode!r}")
+    if mode != "auto":
+        return mode == "direct"
+    return resident <= KERNEL_RESIDENT_LIMIT * encoded
+
+
+def _entry_bytes(entry) -> int:
+    return sum(int(b["length"]) for b in entry["buffers"].values())
 
 
 def rans_codes(entry, buffers, device, backend) -> torch.Tensor:

@@ -41,6 +41,8 @@ ROW_OFFSET_FIELD = tl.constexpr(common.ROW_OFFSET_FIELD)
 GROUP_OFFSET_FIELD = tl.constexpr(common.GROUP_OFFSET_FIELD)
 COL_OFFSET_FIELD = tl.constexpr(common.COL_OFFSET_FIELD)
 COLMAP_FIELD = tl.constexpr(common.COLMAP_FIELD)
+COMPLEMENT_FIELD = tl.constexpr(common.COMPLEMENT_FIELD)
+SEARCH_STEPS_FIELD = tl.constexpr(common.SEARCH_STEPS_FIELD)
 LOCAL_COLS_FIELD = tl.constexpr(common.LOCAL_COLS_FIELD)
 
 # -- hashing ----------------------------------------------------------------------------------------
@@ -168,13 +170,16 @@ def shard_fields(tp, SHARD: tl.constexpr):
 
 
 @device
-def colmap_fields(tp, cols, COLMAP: tl.constexpr):
+def colmap_fields(tp, cols, COLMAP: tl.constexpr, SEARCH: tl.constexpr):
     """A split delta's column class: its column list (a pointer to COLMAP-byte elements), whether this row
-    has one, and its own width (else the launch's `cols`); constants when no delta of the launch is a
-    class (COLMAP 0)."""
+    has one, the list's length when the class is its complement (0: the list holds its columns) and the
+    search's steps, and its own width (else the launch's `cols`); constants when no delta of the launch is
+    a class (COLMAP 0) or none a complement (SEARCH off)."""
     cmap = tp.to(tl.pointer_type(tl.int32))  # never read without a list
     has_map = cols < 0
     dcols = cols
+    n_comp = cols * 0
+    steps = cols * 0
     if COLMAP:
         addr = tl.load(tp + COLMAP_FIELD)
         has_map = addr != 0
@@ -183,12 +188,38 @@ def colmap_fields(tp, cols, COLMAP: tl.constexpr):
         else:
             cmap = addr.to(tl.pointer_type(tl.int32))
         dcols = tl.where(has_map, tl.load(tp + LOCAL_COLS_FIELD).to(tl.int32), cols)
-    return cmap, has_map, dcols
+        if SEARCH:
+            n_comp = tl.load(tp + COMPLEMENT_FIELD).to(tl.int32)
+            steps = tl.load(tp + SEARCH_STEPS_FIELD).to(tl.int32)
+    return cmap, has_map, n_comp, steps, dcols
 
 
 @device
-def mapped_column(cmap, has_map, col, valid, COLMAP: tl.constexpr):
-    """The input column of local columns `col` of a column class (unchanged without a list: `other`)."""
+def mapped_column(cmap, has_map, n_comp, steps, col, valid, COLMAP: tl.constexpr, SEARCH: tl.constexpr):
+    """The input column of local columns `col` of a column class (colmap_fields; unchanged without a list):
+    list[col], or for a complement class col + #{i : list[i] - i <= col}: a branchless binary search over
+    the ascending list[i] - i in `steps` (2^steps > n) dependent loads of the (cached) list."""
+    if SEARCH:
+        if n_comp > 0:
+            pos = col * 0
+            top = 1 << (steps - 1)
+            for t in range(0, steps):
+                cand = pos + (top >> t)
+                ok = (cand <= n_comp) & valid
+                g = tl.load(cmap + (cand - 1), mask=ok, other=0).to(tl.int32)
+                if COLMAP == 2:
+                    g = g & 0xFFFF
+                pos = tl.where(ok & (g - (cand - 1) <= col), cand, pos)
+            m = col + pos
+        else:
+            m = _direct_column(cmap, has_map, col, valid, COLMAP)
+    else:
+        m = _direct_column(cmap, has_map, col, valid, COLMAP)
+    return m
+
+
+@device
+def _direct_column(cmap, has_map, col, valid, COLMAP: tl.constexpr):
     # the mask is a where, not valid & has_map: the interpreter mistypes (tensor & scalar) masks
     m = tl.load(cmap + col, mask=tl.where(has_map, valid, False), other=col).to(tl.int32)
     if COLMAP == 2:  # U16 lists travel as int16 bits (and every column of such a launch is below 2^16)

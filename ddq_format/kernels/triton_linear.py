@@ -97,28 +97,30 @@ def _base_step(bacc, x_ptr, sxb, w_ptr, swr, tok, bok, r, rmask, c0, cols, BLOCK
 
 
 @device
-def _seeded_setup(tp, rp, pmask, cols, active, SEGMENTS: tl.constexpr, SHARD: tl.constexpr, COLMAP: tl.constexpr):
+def _seeded_setup(tp, rp, pmask, cols, active, SEGMENTS: tl.constexpr, SHARD: tl.constexpr, COLMAP: tl.constexpr,
+                  SEARCH: tl.constexpr):
     """(state for _seeded_step, group count (0 for another layout's tile), scale) of one seeded delta (or
     column class) for the pairs of rows rp: its fields, the pairs' row hashes and code pointers."""
     codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tp)
     row0, g0, col0 = shard_fields(tp, SHARD)
-    cmap, has_map, dcols = colmap_fields(tp, cols, COLMAP)
+    cmap, has_map, n_comp, steps, dcols = colmap_fields(tp, cols, COLMAP, SEARCH)
     ngroups = full + (tail > 0).to(tl.int32)
     if SEGMENTS:
         ngroups = tl.where(active, ngroups, 0)
     h1 = row_hash(seed, rp + row0)
     rowptr, rowsh = row_codes(codes, rp, per_row, bits)
     return (rowptr, rowsh, bits, zero, h1, g0, col0, dcols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups,
-            cmap, has_map), ngroups, scale
+            cmap, has_map, n_comp, steps), ngroups, scale
 
 
 @device
 def _seeded_step(acc, cls, pmask, g, il, gbase, bok, g_sc, KP: tl.constexpr, WALK: tl.constexpr, XT: tl.constexpr,
-                 CLIP: tl.constexpr, COLMAP: tl.constexpr):
+                 CLIP: tl.constexpr, COLMAP: tl.constexpr, SEARCH: tl.constexpr):
     """acc [BLOCK_B, P] += the products of the pairs (h1, g) of a seeded delta (cls: _seeded_setup) for every
-    token of the tile (gbase, bok); a column class (COLMAP bytes per list element) reads x at cmap[column]."""
+    token of the tile (gbase, bok); a column class (COLMAP bytes per list element) reads x at its mapped
+    columns (mapped_column; SEARCH: some class of the launch is a complement)."""
     rowptr, rowsh, bits, zero, h1, g0, col0, cols, full, keep, tail, keep_tail, w_full, w_tail, G, ngroups, cmap, \
-        has_map = cls
+        has_map, n_comp, steps = cls
     L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot = pair_keys(h1, pmask, g, g0, full, keep, tail, keep_tail, w_full,
                                                            w_tail, G, ngroups)
     for i0 in range(0, tl.maximum(keep, keep_tail), KP):
@@ -126,7 +128,7 @@ def _seeded_step(acc, cls, pmask, g, il, gbase, bok, g_sc, KP: tl.constexpr, WAL
                                         WALK, CLIP)
         v = (unpack_in_row(rowptr[None, :], rowsh[None, :], kidx, bits, valid) - zero).to(tl.float32)
         if COLMAP:
-            col = mapped_column(cmap, has_map, col, valid, COLMAP)
+            col = mapped_column(cmap, has_map, n_comp, steps, col, valid, COLMAP, SEARCH)
         if XT:
             col = col * g_sc  # cols * tokens < 2^31 (host)
         xv = tl.load(gbase[:, None, None] + col[None, :, :], mask=valid[None, :, :] & bok[:, None, None],
@@ -169,7 +171,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                   BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GPC: tl.constexpr,
                   KP: tl.constexpr, WALK: tl.constexpr, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
                   BLOCK_E: tl.constexpr, DSTEP: tl.constexpr, CLIP: tl.constexpr, SHARD: tl.constexpr,
-                  COLMAP: tl.constexpr, CLASSES: tl.constexpr):
+                  COLMAP: tl.constexpr, SEARCH: tl.constexpr, CLASSES: tl.constexpr):
     """DELTA: 0 none (base only), 1 seeded codes (CLASSES 2: both column classes of a split delta, table rows
     d and d + 1), 2 csr_parts. x gathers for the delta read g_ptr +
     token * g_sb + column * g_sc, token = position in the sorted order when XT (xᵀ), else the token id.
@@ -206,11 +208,12 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
             gl = pp % GPC
             pmask = rp < rows
             il = tl.arange(0, KP)
-            ca, ng_a, scale_a = _seeded_setup(tp, rp, pmask, cols, active, SEGMENTS, SHARD, COLMAP)
+            ca, ng_a, scale_a = _seeded_setup(tp, rp, pmask, cols, active, SEGMENTS, SHARD, COLMAP, SEARCH)
             dacc = tl.zeros([BLOCK_B, BLOCK_R * GPC], tl.float32)
             n_it = tl.cdiv(ng_a, GPC) * DSTEP
             if CLASSES == 2:
-                cb, ng_b, scale_b = _seeded_setup(tp + NF, rp, pmask, cols, active, SEGMENTS, SHARD, COLMAP)
+                cb, ng_b, scale_b = _seeded_setup(tp + NF, rp, pmask, cols, active, SEGMENTS, SHARD, COLMAP,
+                                             SEARCH)
                 dacc2 = tl.zeros([BLOCK_B, BLOCK_R * GPC], tl.float32)
                 n_it = tl.maximum(n_it, tl.cdiv(ng_b, GPC) * DSTEP)
         if HAS_BASE:
@@ -226,9 +229,11 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
             if DELTA == 1:
                 if it % DSTEP == 0:  # fused: one seeded step (GPC groups) per DSTEP column chunks
                     g = (it // DSTEP) * GPC + gl
-                    dacc = _seeded_step(dacc, ca, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP, COLMAP)
+                    dacc = _seeded_step(dacc, ca, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP, COLMAP,
+                                        SEARCH)
                     if CLASSES == 2:
-                        dacc2 = _seeded_step(dacc2, cb, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP, COLMAP)
+                        dacc2 = _seeded_step(dacc2, cb, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP,
+                                             COLMAP, SEARCH)
         y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
         if DELTA == 1:  # per row: the sum over the step's groups
             y = tl.trans(tl.sum(tl.reshape(dacc, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale_a
@@ -266,7 +271,8 @@ def _launch(grid, x, out, tab, consts, *, kind, block_b, block_r, num_warps, xt=
         GPC=gpc, KP=kept_chunk(block_b, consts), WALK=consts.get("WALK", False),
         RO64=consts.get("RO64", False), CI_BYTES=consts.get("CI_BYTES", 2), BLOCK_E=CSR_BLOCK_E,
         DSTEP=dstep, CLIP=consts.get("CLIP", False), SHARD=consts.get("SHARD", False),
-        COLMAP=consts.get("COLMAP", 0), CLASSES=consts.get("CLASSES", 1), num_warps=num_warps)
+        COLMAP=consts.get("COLMAP", 0), SEARCH=consts.get("SEARCH", False), CLASSES=consts.get("CLASSES", 1),
+        num_warps=num_warps)
 
 
 def delta_matmul(x, kind, tab, consts, rows) -> torch.Tensor:

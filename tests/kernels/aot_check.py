@@ -3,8 +3,8 @@
 The interpreter (how CI runs the kernels) accepts code the GPU compiler rejects, so this runs the real host
 wrappers with triton's launcher replaced by a recorder, then compiles every recorded launch ahead of time
 with the specialization the JIT would apply (16-byte aligned pointers and integers divisible by 16 marked
-`tt.divisibility=16`, integers equal to 1 made constants). Prints registers, spills and, with --sass DIR,
-writes each kernel's SASS.
+`tt.divisibility=16`, integers equal to 1 made constants). Prints registers, spill bytes, spill loads and
+stores inside loops and, with --sass DIR, writes each kernel's SASS.
 
     python tests/kernels/aot_check.py [--arch 90] [--sass DIR] [--json]
 """
@@ -29,6 +29,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
+
+from ddq_format.kernels.registry import SPLIT_COLUMNS_ENV  # noqa: E402
+from sass_loops import loop_spills  # noqa: E402
 
 _TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int64: "*i64",
           torch.int32: "*i32", torch.int16: "*i16", torch.uint8: "*u8", torch.int8: "*i8"}
@@ -87,7 +90,8 @@ def resources(cubin: bytes) -> dict:
         line = next(ln for ln in out.splitlines() if "REG:" in ln)
         sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True).stdout
     fields = dict(kv.split(":") for kv in line.split() if ":" in kv)
-    return {"regs": int(fields["REG"]), "stack": int(fields["STACK"]), "local": int(fields["LOCAL"]), "sass": sass}
+    return {"regs": int(fields["REG"]), "stack": int(fields["STACK"]), "local": int(fields["LOCAL"]),
+            "loop_spills": loop_spills(sass), "sass": sass}
 
 
 def compile_calls(calls, arch: int):
@@ -99,7 +103,7 @@ def compile_calls(calls, arch: int):
         k = triton.compile(src, target=target, options=opts)
         res = resources(k.asm["cubin"])
         keys = ("HAS_BASE", "DELTA", "SEGMENTS", "DOT", "BLOCK_B", "BLOCK_R", "BLOCK_C", "GPC", "KP", "NQ", "LANES", "TB",
-                "WALK", "BLOCK_S", "CLIP", "SHARD", "COLMAP", "CLASSES")
+                "WALK", "BLOCK_S", "CLIP", "SHARD", "COLMAP", "SEARCH", "CLASSES")
         out.append({"kernel": fn.__name__, "config": {k_: v for k_, v in consts.items() if k_ in keys},
                     "num_warps": opts.get("num_warps", 4), **res})
     return out
@@ -131,6 +135,11 @@ def scenarios(quick: bool = False):
     rans_entry, rans_bufs, _ = delta(64, 512, encoding="seeded_rans", alpha=8, group_size=128, bits=4)
     # the planner's split at a mean alpha of 8: 410 hot columns at alpha 2, the rest at 12
     split = delta(64, 4096, encoding="seeded_rans_split", alpha=12, group_size=120, bits=4, hot=(410, 2, 128))[2]
+    os.environ[SPLIT_COLUMNS_ENV] = "complement"  # the same, its rest class reading the hot list's complement
+    try:
+        split_c = delta(64, 4096, encoding="seeded_rans_split", alpha=12, group_size=120, bits=4, hot=(410, 2, 128))[2]
+    finally:
+        del os.environ[SPLIT_COLUMNS_ENV]
     w = torch.randn(64, 512, dtype=torch.float16)
     w4k = torch.randn(64, 4096, dtype=torch.float16)
     b = torch.randn(64, dtype=torch.float16)
@@ -153,16 +162,17 @@ def scenarios(quick: bool = False):
             triton_decode.run(triton_decode.seeded_scatter, dispatch.table(seeded), seeded.shape, torch.float16,
                               "cpu", seeded.layout.consts([seeded]))
             triton_linear.fused_linear(torch.randn(1, 4096, dtype=torch.float16), w4k, b, 0, dispatch.table(seeded), {})
-        for B in (1, 16):  # split: both column classes in one fused (or delta-only) launch
-            x = torch.randn(B, 4096, dtype=torch.float16)
-            triton_linear.fused_linear(x, w4k, b, *dispatch.launch_args(split))
-            triton_linear.delta_matmul(x, *dispatch.launch_args(split), 64)
-        x = torch.randn(16, 4096, dtype=torch.float16)  # SGMV: one launch per column class
-        seg = delta_segments(torch.arange(16) % 4, 4)
-        for level in dispatch.class_levels([split] * 4):
-            tab, launches = dispatch.multi_tables(level)
-            triton_linear.multi_matmul(x, torch.zeros(16, 64, dtype=torch.float16),
-                                       [(k, tab, c) for k, c in launches], seg)
+        for sd in (split, split_c):
+            for B in (1, 16):  # split: both column classes in one fused (or delta-only) launch
+                x = torch.randn(B, 4096, dtype=torch.float16)
+                triton_linear.fused_linear(x, w4k, b, *dispatch.launch_args(sd))
+                triton_linear.delta_matmul(x, *dispatch.launch_args(sd), 64)
+            x = torch.randn(16, 4096, dtype=torch.float16)  # SGMV: one launch per column class
+            seg = delta_segments(torch.arange(16) % 4, 4)
+            for level in dispatch.class_levels([sd] * 4):
+                tab, launches = dispatch.multi_tables(level)
+                triton_linear.multi_matmul(x, torch.zeros(16, 64, dtype=torch.float16),
+                                           [(k, tab, c) for k, c in launches], seg)
         for B, n in ((16, 16),) if quick else ((16, 16), (64, 16)):
             x = torch.randn(B, 512, dtype=torch.float16)
             seg = delta_segments(torch.arange(B) % n, n)
@@ -201,6 +211,7 @@ def main():
     else:
         for r in rows:
             print(f"{r['kernel']:28s} warps={r['num_warps']} regs={r['regs']:3d} spill={r['stack'] + r['local']:4d} "
+                  f"in-loop={r['loop_spills']} "
                   f"{r['config']}")
 
 

@@ -16,11 +16,13 @@ HALF_TOL = 2e-3  # the same for float16 inputs and outputs (one fp16 rounding of
 def make_delta(rng, rows, cols, *, encoding, alpha, group_size, bits, parts=1, seed=None, rows_per_stream=None,
                hot=None):
     """The Encoded entry of a random Gaussian delta with group-wise dropout. seeded_rans_split: `hot` =
-    (n hot columns, their alpha, their group size), the hot columns drawn at random, the rest at alpha."""
+    (n hot columns, their alpha, their group size), the hot columns drawn at random (or n: the list of them),
+    the rest at alpha."""
     seed = int(rng.integers(0, 2**32)) if seed is None else seed
     if encoding == "seeded_rans_split":
         n_hot, a_hot, g_hot = hot
-        cols_hot = np.sort(rng.choice(cols, n_hot, replace=False))
+        cols_hot = np.array(n_hot) if isinstance(n_hot, list) else np.sort(rng.choice(cols, n_hot, replace=False))
+        n_hot = cols_hot.size
         kw = dict(encoding="seeded_rans", bits=bits, rows_per_stream=rows_per_stream)
         return seeded_rans_split.encode(
             (rows, cols), cols_hot, make_delta(rng, rows, n_hot, alpha=a_hot, group_size=g_hot, seed=seed ^ 1, **kw),

@@ -33,10 +33,10 @@ CASES = [
     (6, 300, dict(encoding="seeded_rans", alpha=4, group_size=24, bits=3, rows_per_stream=1)),  # walks, tails
     (5, 576, dict(encoding="seeded_rans", alpha=24, group_size=504, bits=4, rows_per_stream=2)),  # --target-ratio's
     # ladder: alpha between powers of two, h_g 504 and a tail of 72
-    (11, 96, dict(encoding="seeded_rans_split", alpha=8, group_size=32, bits=4, rows_per_stream=3,
-                  hot=(10, 2, 10))),  # 10 hot columns at alpha 2 in one walking group, the rest at 8
+    (24, 96, dict(encoding="seeded_rans_split", alpha=8, group_size=32, bits=4, rows_per_stream=3,
+                  hot=(10, 2, 10))),  # 10 hot columns at alpha 2 in one walking group, the rest at 8: its own list
     (6, 300, dict(encoding="seeded_rans_split", alpha=16, group_size=64, bits=3, rows_per_stream=1,
-                  hot=(30, 3, 12))),  # tails in both classes
+                  hot=(30, 3, 12))),  # tails in both classes; the rest class reads the hot list's complement
 ]
 IDS = [f"{kw['encoding']}-{r}x{c}-k{kw['bits']}-a{kw['alpha']}-g{kw['group_size']}" for r, c, kw in CASES]
 
@@ -147,7 +147,7 @@ def test_matmul_batch_chunks_and_half(tmp_path, rng, triton_kernels):
 
 def test_properties_and_resident_bytes(tmp_path, rng):
     """Stored encodings are resident as stored; seeded_rans is resident as seeded's packed codes,
-    seeded_rans_split as each class's packed codes and int32 column list, and both keep their file bytes in
+    seeded_rans_split as each class's packed codes and U16 column lists, and both keep their file bytes in
     encoded_nbytes; all move between devices and through Module._apply functions."""
     f, names = write_cases(tmp_path, rng, [CASES[0], CASES[8], CASES[13], CASES[16]])
     for n in names:
@@ -162,8 +162,9 @@ def test_properties_and_resident_bytes(tmp_path, rng):
             assert d.layout.name == "split" and [p.shape[1] for p in d.parts] == [10, 86]
             assert [p.layout.column_index(p).tolist() for p in d.parts] == [e["params"]["hot_columns"], sorted(
                 set(range(96)) - set(e["params"]["hot_columns"]))]
+            assert [p.complement for p in d.parts] == [False, False]  # 1.3x the file's bytes with both lists
             codes = sum(-(-p.shape[0] * p.kept_per_row * p.params["bits"] // 8) for p in d.parts)
-            assert d.nbytes == codes + 2 * d.shape[1]  # U16 column lists
+            assert d.nbytes == codes + 2 * d.shape[1]  # U16 lists
         else:
             assert d.nbytes == stored
         moved = d.map_buffers(lambda t: t.clone())
@@ -184,12 +185,11 @@ def test_split_column_lists_u16_and_u32(tmp_path, rng, backend, triton_kernels):
     assert registry.column_list(np.array([70000]), 70001, "cpu")[1] == "U32"
     f, (name,) = write_cases(tmp_path, rng, [CASES[17]])
     d = CompressedDelta.from_entry(f.entry(name), f.buffers(name), _device(backend))
-    wide = dict(d.buffers)
-    for p, cls in zip(d.parts, ("hot", "rest")):
-        wide[f"{cls}_columns"] = p.layout.column_index(p).to(torch.int32)
-    d32 = CompressedDelta(d.encoding, d.shape, d.params, wide, {**d.dtypes, "hot_columns": "U32",
-                                                                "rest_columns": "U32"}, name)
-    assert {p.columns.element_size() for p in d32.parts} == {4} and d32.nbytes == d.nbytes + 2 * d.shape[1]
+    hot = d.parts[0].layout.column_index(d.parts[0])
+    wide = {**d.buffers, "hot_columns": hot.to(torch.int32)}
+    d32 = CompressedDelta(d.encoding, d.shape, d.params, wide, {**d.dtypes, "hot_columns": "U32"}, name)
+    assert {p.columns.element_size() for p in d32.parts} == {4} and d32.nbytes == d.nbytes + 2 * hot.numel()
+    assert torch.equal(d32.parts[1].layout.column_index(d32.parts[1]), d.parts[1].layout.column_index(d.parts[1]))
     x = torch.from_numpy(rng.standard_normal((3, d.shape[1]))).float().to(d.device)
     ref = torch.from_numpy(f.decode(name))
     assert torch.equal(d32.to_dense(backend=backend).cpu(), ref)

@@ -21,7 +21,10 @@ CASES = [
     (12, 40, dict(encoding="csr_parts", alpha=4, group_size=16, bits=4, parts=2)),
     (12, 40, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=2,
                   hot=(6, 2, 6))),  # per class: the run of its columns inside the shard (none, at some cuts)
+    (12, 40, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=2,
+                  hot=(6, 2, 6))),  # the same, its rest class reading the hot list's complement
 ]
+SPLIT_COLUMNS = {4: "direct", 5: "complement"}  # $DDQ_SPLIT_COLUMNS at the load of each split case
 IDS = [f"{kw['encoding']}-{r}x{c}-g{kw['group_size']}" for r, c, kw in CASES]
 # (rows, cols) as fractions of the shape: whole-group splits, cuts inside groups, the tail alone, rows
 SPLITS = [((0, 1), (0, .5)), ((0, 1), (.5, 1)), ((0, 1), (.3, .7)), ((0, 1), (.85, 1)), ((0, .5), None),
@@ -39,8 +42,16 @@ def files(tmp_path_factory):
     return f, names
 
 
+@pytest.fixture
+def columns_mode(monkeypatch):
+    def use(i):
+        monkeypatch.setenv("DDQ_SPLIT_COLUMNS", SPLIT_COLUMNS.get(i, "auto"))
+    return use
+
+
 @pytest.mark.parametrize("i", range(len(CASES)), ids=IDS)
-def test_shard_decodes_to_its_slice_on_every_backend(files, i, triton_kernels):
+def test_shard_decodes_to_its_slice_on_every_backend(files, i, triton_kernels, columns_mode):
+    columns_mode(i)
     f, names = files
     e, b = f.entry(names[i]), f.buffers(names[i])
     full = f.decode(names[i])
@@ -62,12 +73,15 @@ def test_shard_decodes_to_its_slice_on_every_backend(files, i, triton_kernels):
             assert p.nbytes <= -(-p.shape[0] * p.kept_per_row * p.params["bits"] // 8)
             assert p.kept_per_row <= full.shape[1]
             assert p.columns is None or (p.layout.column_index(p).min() >= 0 and p.layout.column_index(p).max() < s.shape[1])
+            assert p.complement == (SPLIT_COLUMNS.get(i) == "complement" and p.columns is not None
+                                    and p.name.endswith("(rest columns)"))
 
 
-@pytest.mark.parametrize("i", [0, 1, 3, 4], ids=[IDS[j] for j in (0, 1, 3, 4)])
-def test_tp2_ranks_recombine_to_the_whole_product(files, i, triton_kernels):
+@pytest.mark.parametrize("i", [0, 1, 3, 4, 5], ids=[IDS[j] for j in (0, 1, 3, 4, 5)])
+def test_tp2_ranks_recombine_to_the_whole_product(files, i, triton_kernels, columns_mode):
     """Column-parallel ranks concatenate their outputs; row-parallel ranks' partial sums add up (the
     all-reduce); on the delta-only, fused and grouped kernels alike."""
+    columns_mode(i)
     f, names = files
     e, b = f.entry(names[i]), f.buffers(names[i])
     full = torch.from_numpy(f.decode(names[i])).double()
