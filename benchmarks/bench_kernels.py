@@ -15,7 +15,9 @@ the grouped product of 16 deltas on both CPU backends against the base F.linear.
 Setting: alpha=8, k=4, h_g=128; csr_parts m=8 (1-bit part codes, U16 columns); seeded_rans = seeded's codes
 rANS-coded (its resident layout is seeded's packed codes); seeded_rans_split = the converter's split at a
 mean alpha of 8 over heavy-tailed input moments (10% hot columns kept more often; resident as one seeded
-delta per column class with a U16 column list). Not a test: nothing here asserts speed.
+delta per column class with a U16 column list), and the same with its rest class reading the complement of
+the hot list (a binary search per kept element; the layout small models load). Not a test: nothing here
+asserts speed.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from ddq_format.converters.dropout import groupwise_dropout  # noqa: E402
 from ddq_format.converters import budget  # noqa: E402
 from ddq_format.encodings import csr_parts, seeded, seeded_rans  # noqa: E402
 from ddq_format.kernels import (CompressedDelta, decode_dense, delta_linear, delta_segments, describe,  # noqa: E402
-                                dispatch, multi_delta_matmul)
+                                dispatch, multi_delta_matmul, registry)
 from _common import median_seconds  # noqa: E402
 
 ALPHA, BITS, PARTS, GROUP = 8, 4, 8, 128
@@ -77,6 +79,17 @@ def build_entry(rows, cols, encoding, seed=1234):
                          for k, (dt, a) in enc.buffers.items()}}
     bufs = {k: np.ascontiguousarray(a).view(np.uint8).reshape(-1) for k, (_, a) in enc.buffers.items()}
     return entry, bufs
+
+
+def complement_split(rows, cols, dev):
+    """The seeded_rans_split entry with its rest class reading the hot list's complement (the layout the load
+    picks where its own list would take the resident bytes past 2x the file's; auto picks the list here)."""
+    entry, bufs = build_entry(rows, cols, "seeded_rans_split")
+    os.environ[registry.SPLIT_COLUMNS_ENV] = "complement"
+    try:
+        return entry, bufs, CompressedDelta.from_entry(entry, bufs, dev)
+    finally:
+        del os.environ[registry.SPLIT_COLUMNS_ENV]
 
 
 def clone(d, seed=None):
@@ -194,7 +207,7 @@ def bench_decode(built, dev, clock, lines):
             lines.append(f"| {name} | load-time re-lay: rans lanes + pack to {BITS}-bit codes | - | {ms:.4f} | "
                          f"| resident {d.nbytes / 1e6:.2f} MB = {d.nbytes / d.encoded_nbytes:.2f}x encoded |")
         if d.layout.name == "split":
-            lists = sum(p.columns.numel() * p.columns.element_size() for p in d.parts)
+            lists = d.list_nbytes
             lines.append(f"| {name} | resident: each class's {BITS}-bit codes + column lists ({lists / 1e3:.1f} kB) "
                          f"| - | - | | {d.nbytes / 1e6:.3f} MB = {d.nbytes / d.encoded_nbytes:.2f}x encoded |")
     return res
@@ -420,6 +433,7 @@ def main():
             for enc in ENCODINGS:
                 entry, bufs = build_entry(r, c, enc)
                 built[f"{enc}-{r}x{c}"] = (entry, bufs, CompressedDelta.from_entry(entry, bufs, dev))
+            built[f"seeded_rans_split (complement)-{r}x{c}"] = complement_split(r, c, dev)
         dec = fused = multi = {}
         steps = [("decode", lambda: bench_decode(built, dev, clock, lines)),
                  ("fused", lambda: bench_fused(built, dev, clock, lines, sweep=not a.quick)),

@@ -5,7 +5,9 @@
 
 Loads every entry the kernels keep compressed (kernels.supports) as a CompressedDelta on the CPU (the
 resident layout is the same on every device) and prints, per encoding: entries, entry bytes in the file,
-resident bytes, the part of them that is column lists (seeded_rans_split's classes), and resident / file.
+resident bytes, the part of them that is column lists (seeded_rans_split's classes), resident / file, and
+the largest one entry's resident / file. $DDQ_SPLIT_COLUMNS=direct|complement loads split entries with the
+rest class's own list, or through the hot list's complement (default auto: the list where it fits in 2x).
 """
 from __future__ import annotations
 
@@ -18,11 +20,6 @@ from ddq_format.kernels import CompressedDelta, supports  # noqa: E402
 from ddq_format.reader import DDQFile  # noqa: E402
 
 
-def list_bytes(d) -> int:
-    """Resident bytes of a delta's column lists (a split delta's hot list; its classes share it)."""
-    return sum(t.numel() * t.element_size() for role, t in d.buffers.items() if role.endswith("columns"))
-
-
 def tally(path) -> dict:
     out: dict = {}
     with DDQFile(path) as f:
@@ -30,10 +27,10 @@ def tally(path) -> dict:
             if not supports(e):
                 continue
             d = CompressedDelta.from_entry(e, f.buffers(name), path=f.path)
-            lists = list_bytes(d)
-            row = out.setdefault(e["encoding"], [0, 0, 0, 0])
-            for i, v in enumerate((1, d.encoded_nbytes, d.nbytes, lists)):
+            row = out.setdefault(e["encoding"], [0, 0, 0, 0, 0.0])
+            for i, v in enumerate((1, d.encoded_nbytes, d.nbytes, d.list_nbytes)):
                 row[i] += v
+            row[4] = max(row[4], d.nbytes / d.encoded_nbytes)
     return out
 
 
@@ -45,20 +42,20 @@ def synthetic() -> dict:
         for enc in ENCODINGS:
             e, b = build_entry(r, c, enc)
             d = CompressedDelta.from_entry(e, b)
-            lists = list_bytes(d)
-            out[(f"{r}x{c}", enc)] = [1, d.encoded_nbytes, d.nbytes, lists]
+            out[(f"{r}x{c}", enc)] = [1, d.encoded_nbytes, d.nbytes, d.list_nbytes, d.nbytes / d.encoded_nbytes]
     return out
 
 
 def main(args) -> None:
-    print("| file | encoding | entries | file bytes | resident bytes | of which column lists | resident / file |")
-    print("|---|---|---|---|---|---|---|")
+    print("| file | encoding | entries | file bytes | resident bytes | of which column lists | resident / file | "
+          "largest entry's |")
+    print("|---|---|---|---|---|---|---|---|")
     tables = [("synthetic " + k[0], {k[1]: v}) for k, v in synthetic().items()] if args == ["--synthetic"] else \
         [(Path(p).name, tally(p)) for p in args]
     for label, rows in tables:
-        for enc, (n, enc_b, res_b, lists) in rows.items():
+        for enc, (n, enc_b, res_b, lists, top) in rows.items():
             print(f"| {label} | {enc} | {n} | {enc_b} | {res_b} | {lists} ({lists / res_b:.0%}) | "
-                  f"{res_b / enc_b:.2f} |")
+                  f"{res_b / enc_b:.2f} | {top:.2f} |")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ class CompressedDelta:
         """Resident bytes on the device (the buffers the kernels read)."""
         return sum(t.numel() * t.element_size() for t in self.buffers.values())
 
+    @property
+    def list_nbytes(self) -> int:
+        """Resident bytes of a split delta's column lists (part of nbytes; 0 for other layouts)."""
+        return sum(t.numel() * t.element_size() for role, t in self.buffers.items() if role.endswith("_columns"))
+
     def map_buffers(self, fn) -> "CompressedDelta":
         """A copy with every buffer passed through fn (device moves; nn.Module._apply functions leave integer
         buffers' dtypes alone)."""

@@ -3,6 +3,11 @@ stay within KERNEL_RESIDENT_LIMIT x the file's, else it reads the complement of 
 in the products). Both serve the same decodes and products; $DDQ_SPLIT_COLUMNS forces either."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +98,16 @@ def test_grouped_launch_mixes_both_list_forms(tmp_path, rng, monkeypatch, triton
         got = multi_delta_matmul(x.float().to(DEVICE), deltas, idx.to(DEVICE), backend=backend,
                                  segments=delta_segments(idx.to(DEVICE), 3))
         assert _rel(got, ref) <= MATMUL_TOL, backend
+
+
+@pytest.mark.parametrize("mode", ["auto", "direct"])
+def test_resident_bytes_script_counts_what_loads(tmp_path, rng, monkeypatch, mode):
+    """benchmarks/resident_bytes.py (the README's figures) prints the loaded deltas' own byte counts."""
+    f, (name,) = write_cases(tmp_path, rng, [CASES[17]])
+    d = _load(f, name, monkeypatch, mode)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "resident_bytes.py"
+    out = subprocess.run([sys.executable, str(script), str(f.path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, ENV: mode}).stdout
+    row = [c.strip() for c in out.strip().splitlines()[-1].strip("|").split("|")]
+    assert row[1:5] == ["seeded_rans_split", "1", str(d.encoded_nbytes), str(d.nbytes)]
+    assert row[5].startswith(f"{d.list_nbytes} ") and row[6] == row[7] == f"{d.nbytes / d.encoded_nbytes:.2f}"
