@@ -82,6 +82,7 @@ def test_labelled_with_the_minor_that_defines_it_and_verifies(tmp_path, major, l
     (lambda e: e["params"]["hot"].update(freqs=[1] * 16), "params.hot.freqs"),
     (lambda e: e["params"]["rest"].update(alpha=0), "params.rest.alpha"),
     (lambda e: e["buffers"].pop("hot_streams"), "buffers.hot_streams"),
+    (lambda e: e.pop("params"), "params.hot"),  # found by tests/test_fuzz.py: an AttributeError before the fix
 ])
 def test_bad_entries_name_the_field(tmp_path, mutate, field):
     d, m, enc = _split((16, 64))

@@ -80,7 +80,7 @@ def encode(shape, hot_columns: np.ndarray, hot: Encoded, rest: Encoded) -> Encod
 def check(entry, ctx):
     """Header-only checks: the column list's dtype and size, then each class as a seeded_rans entry."""
     n_rows, n_cols = matrix_shape(entry, ctx)
-    params = entry.get("params")
+    params = entry.get("params", {})  # a map when present (header.py); absent: each class is missing
     for cls in CLASSES:
         if not isinstance(params.get(cls), dict):
             raise ctx.fail("missing or not a map", f"params.{cls}")
