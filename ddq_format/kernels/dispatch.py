@@ -72,9 +72,9 @@ RULES = (
 
 
 # A split delta's column classes (CompressedDelta.parts) are seeded deltas that read x through their column
-# lists: the delta-only and fused kernels run both classes in one launch (two table rows), the grouped
-# kernel one launch per class (dispatch.class_levels); the numpy rules multiply class by class and the torch
-# reference decodes the whole delta (each class put back at its columns).
+# lists: the delta-only, fused and grouped kernels run both classes in one launch (two table rows per delta;
+# multi_tables); the numpy rules multiply class by class and the torch reference decodes the whole delta
+# (each class put back at its columns).
 
 
 def select(op: str, encoding: str, backend: str, batch: int | None = None) -> str:
@@ -150,20 +150,27 @@ _MULTI_CACHE_SIZE = 4096  # one entry per layer and slot set: a 7B model with ev
 
 
 def multi_tables(deltas):
-    """(table [N, NF] over all slots, [(kind, consts) per layout present]) for a delta list (None = empty
-    slot). Cached by identity; the cache holds the deltas, so the addresses in the table stay valid."""
+    """(table over all slots, [(kind, consts) per layout present]) for a delta list (None = empty slot).
+    Each slot takes CLASSES rows of NF fields: its delta's classes (d.parts; a split delta's two column
+    classes run in the same launch and steps, as in launch_args), zero rows where it has fewer (a zero row
+    does no work). Cached by identity; the cache holds the deltas, so the addresses in the table stay valid."""
     key = tuple(id(d) for d in deltas)
     hit = _MULTI_CACHE.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], deltas)):
         return hit[1]
     present = [d for d in deltas if d is not None]
-    rows = [registry.table_row(d) if d is not None else [0] * NF for d in deltas]
+    classes = max(1, *(len(d.parts) for d in present))
+    rows = []
+    for d in deltas:
+        own = [registry.table_row(p) for p in d.parts] if d is not None else []
+        rows += own + [[0] * NF] * (classes - len(own))
     tab = torch.tensor(rows, dtype=torch.int64, device=present[0].device)
+    parts = [p for d in present for p in d.parts]
     launches = []
     for layout in registry.LAYOUTS.values():
-        members = [d for d in present if d.layout is layout]
+        members = [p for p in parts if p.layout is layout]
         if members:
-            launches.append((layout.kind, layout.consts(members)))
+            launches.append((layout.kind, {**layout.consts(members), "CLASSES": classes}))
     if len(_MULTI_CACHE) >= _MULTI_CACHE_SIZE:
         _MULTI_CACHE.pop(next(iter(_MULTI_CACHE)))
     _MULTI_CACHE[key] = (tuple(deltas), (tab, launches))
@@ -258,20 +265,9 @@ def multi(x, deltas, index, segments, add_to, backend):
     if name != "triton sgmv":
         return host.multi(x, deltas, seg, out)
     from . import triton_linear
-    launches = []
-    for level in class_levels(deltas):
-        tab, kinds = multi_tables(level)
-        launches += [(k, tab, c) for k, c in kinds]
-    triton_linear.multi_matmul(x.contiguous(), out, launches, seg)
+    tab, kinds = multi_tables(deltas)
+    triton_linear.multi_matmul(x.contiguous(), out, [(k, tab, c) for k, c in kinds], seg)
     return out
-
-
-def class_levels(deltas) -> list[list]:
-    """Slot lists the grouped kernel runs over: level i holds class i of every slot's delta (a whole delta
-    is its own class 0; None where a slot has no class i), so a split delta's classes add to the same rows."""
-    depth = max((len(d.parts) for d in deltas if d is not None), default=0)
-    levels = [[d.parts[i] if d is not None and i < len(d.parts) else None for d in deltas] for i in range(depth)]
-    return [lv for lv in levels if any(p is not None for p in lv)]
 
 
 def load(entry, buffers, device, backend):

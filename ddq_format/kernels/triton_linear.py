@@ -172,8 +172,9 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                   KP: tl.constexpr, WALK: tl.constexpr, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
                   BLOCK_E: tl.constexpr, DSTEP: tl.constexpr, CLIP: tl.constexpr, SHARD: tl.constexpr,
                   COLMAP: tl.constexpr, SEARCH: tl.constexpr, CLASSES: tl.constexpr):
-    """DELTA: 0 none (base only), 1 seeded codes (CLASSES 2: both column classes of a split delta, table rows
-    d and d + 1), 2 csr_parts. x gathers for the delta read g_ptr +
+    """DELTA: 0 none (base only), 1 seeded codes (CLASSES 2: both column classes of a split delta, the slot's
+    table rows 2d and 2d + 1; a zero second row for a delta of one class), 2 csr_parts (CLASSES: the table's
+    rows per slot). x gathers for the delta read g_ptr +
     token * g_sb + column * g_sc, token = position in the sorted order when XT (xᵀ), else the token id.
     Seeded: BLOCK_R x GPC pairs per step, KP kept per pass, one step every DSTEP iterations."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -183,7 +184,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
         t3 = tiles_ptr + tl.program_id(1) * 3
         d = tl.load(t3).to(tl.int64)
         pos = tl.load(t3 + 1) + bl
-        active = tl.load(tab + d * NF + KIND_FIELD) == DELTA  # other layouts' tiles: another launch
+        active = tl.load(tab + d * (NF * CLASSES) + KIND_FIELD) == DELTA  # other layouts' tiles: another launch
         bok = bl < tl.where(active, tl.load(t3 + 2), 0)  # no tokens: no gathers, no stores
         tok = tl.load(order_ptr + pos, mask=bok, other=0)
     else:
@@ -196,7 +197,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
     if SEGMENTS:
         run = tl.max(bok.to(tl.int32), 0) > 0  # empty tiles and other layouts' tiles do nothing
     if run:
-        tp = tab + d * NF
+        tp = tab + d * (NF * CLASSES)  # a slot's CLASSES rows (dispatch.multi_tables)
         if XT:
             gbase = g_ptr + pos.to(tl.int64) * g_sb
         else:

@@ -167,10 +167,10 @@ def scenarios(quick: bool = False):
                 x = torch.randn(B, 4096, dtype=torch.float16)
                 triton_linear.fused_linear(x, w4k, b, *dispatch.launch_args(sd))
                 triton_linear.delta_matmul(x, *dispatch.launch_args(sd), 64)
-            x = torch.randn(16, 4096, dtype=torch.float16)  # SGMV: one launch per column class
-            seg = delta_segments(torch.arange(16) % 4, 4)
-            for level in dispatch.class_levels([sd] * 4):
-                tab, launches = dispatch.multi_tables(level)
+            x = torch.randn(16, 4096, dtype=torch.float16)  # SGMV: both column classes in one launch
+            for n in (4, 16):  # 4 and 1 tokens per delta
+                seg = delta_segments(torch.arange(16) % n, n)
+                tab, launches = dispatch.multi_tables([sd, seeded] * (n // 2))
                 triton_linear.multi_matmul(x, torch.zeros(16, 64, dtype=torch.float16),
                                            [(k, tab, c) for k, c in launches], seg)
         for B, n in ((16, 16),) if quick else ((16, 16), (64, 16)):
