@@ -46,7 +46,8 @@ RULES = (
     Rule("load", STORED, "any", None, "upload as stored"),
     Rule("load", RELAID, "triton", None, "triton rans_lanes -> packed seeded codes"),
     Rule("load", RELAID, "any", None, "numpy rANS decode -> packed seeded codes"),
-    Rule("load", SPLIT_ENCODINGS, "any", None, "each column class as seeded_rans, + its U16 (U32) column list"),
+    Rule("load", SPLIT_ENCODINGS, "any", None,
+         "each column class as seeded_rans, + U16 (U32) column lists (or the hot list's complement)"),
     Rule("decode", SPLIT_ENCODINGS, "triton", None, PER_CLASS),
     Rule("decode", SPLIT_ENCODINGS, "torch", None, PER_CLASS),  # numpy: the reader's, into each class's columns
     Rule("decode", SEEDED_ENCODINGS, "triton", None, "triton seeded_rows"),
