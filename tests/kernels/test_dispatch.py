@@ -50,7 +50,8 @@ EXPECTED = [
     ("multi", ENC_SEEDED_RANS, "triton", None, "triton sgmv"),
     ("multi", ENC_SEEDED, "torch", None, "torch reference multi"),
     # seeded_rans_split: each column class a seeded delta; products run per class, decodes put columns back
-    ("load", ENC_SEEDED_RANS_SPLIT, "triton", None, "each column class as seeded_rans, + U16 (U32) column lists (or the hot list's complement)"),
+    ("load", ENC_SEEDED_RANS_SPLIT, "triton", None,
+     "each column class as seeded_rans, + U16 (U32) column lists (or the hot list's complement)"),
     ("decode", ENC_SEEDED_RANS_SPLIT, "triton", None, dispatch.PER_CLASS),
     ("decode", ENC_SEEDED_RANS_SPLIT, "numpy", None, "numpy reader decode"),  # each class into its columns
     ("rows", ENC_SEEDED_RANS_SPLIT, "numpy", None, dispatch.PER_CLASS),
