@@ -167,6 +167,9 @@ def scenarios(quick: bool = False):
                 x = torch.randn(B, 4096, dtype=torch.float16)
                 triton_linear.fused_linear(x, w4k, b, *dispatch.launch_args(sd))
                 triton_linear.delta_matmul(x, *dispatch.launch_args(sd), 64)
+                # bench_kernels.two_launches: the rest class fused, the hot class delta-only
+                triton_linear.fused_linear(x, w4k, b, *dispatch.launch_args(sd.parts[1]))
+                triton_linear.delta_matmul(x, *dispatch.launch_args(sd.parts[0]), 64)
             x = torch.randn(16, 4096, dtype=torch.float16)  # SGMV: both column classes in one launch
             for n in (4, 16):  # 4 and 1 tokens per delta
                 seg = delta_segments(torch.arange(16) % n, n)
