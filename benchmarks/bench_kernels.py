@@ -363,7 +363,27 @@ def bench_cpu(lines, quick):
                          ("resident, torch reference", lambda: d.to_dense(backend="torch"))):
             ms = median_seconds(fn, 2) * 1e3
             lines.append(f"| {enc} | {path} | {ms:.1f} | {cms:.2f} | {cms / ms:.3f} |")
+    bench_cpu_direct(lines, quick)
     bench_cpu_products(lines, quick)
+
+
+def bench_cpu_direct(lines, quick):
+    """One seeded delta's product on the numpy backend, straight from its codes (host.direct, the default up
+    to DIRECT_MAX_TOKENS tokens) against the dense decode + matmul it replaced (DIRECT_MAX_TOKENS = 0)."""
+    from ddq_format.kernels import host
+    lines += ["\n## CPU: one delta's product, straight from the codes vs dense decode + matmul\n",
+              "| shape | tokens | direct ms | dense ms | dense / direct |", "|---|---|---|---|---|"]
+    for rows, cols in [(1024, 1024)] if quick else [(1024, 1024), (4096, 4096)]:
+        d = CompressedDelta.from_entry(*build_entry(rows, cols, "seeded"), "cpu")
+        for tokens in (1, 16, host.DIRECT_MAX_TOKENS):
+            x = torch.randn(tokens, cols)
+            t_direct = median_seconds(lambda: d.matmul(x, backend="numpy"), 3) * 1e3
+            limit, host.DIRECT_MAX_TOKENS = host.DIRECT_MAX_TOKENS, 0
+            try:
+                t_dense = median_seconds(lambda: d.matmul(x, backend="numpy"), 3) * 1e3
+            finally:
+                host.DIRECT_MAX_TOKENS = limit
+            lines.append(f"| {rows}x{cols} | {tokens} | {t_direct:.2f} | {t_dense:.2f} | {t_dense / t_direct:.2f} |")
 
 
 def bench_cpu_products(lines, quick, n=16, tokens=32):
@@ -468,9 +488,10 @@ def main():
         dec, fused, multi = out.get("decode", {}), out.get("fused", {}), out.get("multi", {})
         if cuda:
             targets(dec, fused, multi, lines)
+    n0 = len(lines)
     if "cpu" in sections and not a.smoke:
         bench_cpu(lines, a.quick)
-    print("\n".join(lines[-12:]) if not cuda else "", flush=True)
+    print("\n".join(lines[n0 if cuda else 0:]), flush=True)
     if a.out:
         tmp = a.out.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")

@@ -231,6 +231,37 @@ def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out, out_c
 
 
 @njit(nogil=True, cache=True)
+def seeded_products(padded, bits, lut, seed, rows, cols, group, alpha, xt, y, colmap):
+    """y [T, rows] float32 += x · Dᵀ, D the seeded delta of seeded_scatter's arguments, x given as xt
+    [in, T] (C-contiguous: a kept column's tokens are adjacent); colmap None (in = cols) or int64 [cols]:
+    column c reads row colmap[c] of xt. Nothing dense is formed: per kept element one code and T
+    multiply-adds, float32 accumulation per row."""
+    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
+    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    mask = U64((1 << bits) - 1)
+    h0 = seed_hash(seed)
+    T = xt.shape[1]
+    acc = np.zeros(T, np.float32)
+    for r in range(rows):
+        h1 = row_hash(h0, r)
+        acc[:] = 0
+        for g in range(full + (1 if keep_tail else 0)):
+            n = keep if g < full else keep_tail
+            group_positions(h1, g, group if g < full else tail, n, pos)
+            e = r * per_row + g * keep
+            for i in range(n):
+                v = lut[_code(padded, bits, mask, e + i)]
+                c = U64(g * group) + pos[i]
+                if colmap is not None:  # resolved when numba compiles
+                    c = U64(colmap[c])
+                xr = xt[c]
+                for t in range(T):
+                    acc[t] += v * xr[t]
+        for t in range(T):
+            y[t, r] += acc[t]
+
+
+@njit(nogil=True, cache=True)
 def mask_columns(seed, rows, cols, group, alpha, row_stride, out):
     """out [rows, K] int64 = seeded_mask.mask_columns(...) (+ r * row_stride)."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)

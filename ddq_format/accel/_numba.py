@@ -84,6 +84,16 @@ def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_s
     return out
 
 
+def seeded_products(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_size, alpha, bits: int,
+                    xt: np.ndarray, y: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """y (float32 [T, rows], C-contiguous) += x · Dᵀ of the seeded delta that seeded_scatter(codes, lut, ...)
+    decodes, without forming it: xt = xᵀ (float32 [in, T], C-contiguous); columns (int64 [cols]): column c of
+    D reads row columns[c] of xt (a split delta's class). Returns y."""
+    _k.seeded_products(_padded(codes), bits, lut, int(seed) & 0xFFFFFFFF, rows, cols, group_size, alpha, xt, y,
+                       None if columns is None else np.ascontiguousarray(columns, np.int64))
+    return y
+
+
 def _padded(packed: np.ndarray) -> np.ndarray:
     """The packed stream plus one zero byte, so the kernels read every code's 16-bit window in bounds."""
     flat = np.ascontiguousarray(packed, np.uint8).reshape(-1)

@@ -31,7 +31,6 @@ class CompressedDelta:
         self.name = name
         self.columns = columns  # a split delta's column class reads x at these columns (U16/U32 bits)...
         self.complement = complement  # ... or, complement: at the columns of [0, in + len) not in them
-        self._column_index = None  # registry.SEEDED.column_index's int64 columns, built on first use
         self.parts = (self,)  # what the kernels run: this delta, or a split delta's column classes
         self.encoded_nbytes = self.nbytes if encoded_nbytes is None else int(encoded_nbytes)
         self._table = None  # the Triton kernels' parameter row, built on first use

@@ -147,18 +147,55 @@ def product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (torch.from_numpy(x) @ torch.from_numpy(w).T).numpy()
 
 
+# Products of at most this many tokens with one delta run straight from its codes (accel.seeded_products:
+# the mask and one code per kept element, no dense scratch); more go through the dense decode and a matmul.
+# `python benchmarks/bench_kernels.py --sections cpu` (2-core VM): direct was faster up to 64 tokens at 1024^2
+# and 4096^2 (0.52 vs 0.90 ms at 1 token and 1024^2; 18 vs 24 ms at 64 tokens and 4096^2).
+DIRECT_MAX_TOKENS = 64
+
+
+def direct(p, tokens: int) -> bool:
+    """Whether a seeded-layout delta (or a split delta's class) multiplies `tokens` tokens from its codes."""
+    return (tokens <= DIRECT_MAX_TOKENS and p.layout is registry.SEEDED and not p.sharded
+            and accel.kernels() is not None)
+
+
 def _columns(p):
     """A column class's input columns (numpy int64), or None for a whole delta."""
     return None if p.columns is None else registry.SEEDED.column_index(p).numpy()
 
 
+def _decoded(parts, tokens) -> list:
+    """Dense float32 [out, in] of each part that does not multiply directly (direct(): None in its place);
+    batched seeded ones of one geometry decode together (dense_all)."""
+    todo = [i for i, (p, t) in enumerate(zip(parts, tokens)) if not direct(p, t)]
+    out = [None] * len(parts)
+    for i, w in zip(todo, dense_all([parts[i] for i in todo])):
+        out[i] = w
+    return out
+
+
+def _direct_products(p, xt: np.ndarray, y: np.ndarray) -> None:
+    """y [T, out] += x · Dᵀ of one seeded-layout part straight from its codes (xt = xᵀ, float32 [in, T])."""
+    k = accel.kernels()
+    prm = p.params
+    k.seeded_products(p.buffers["codes"].numpy(), k.code_lut(prm["scale"], prm["zero"]), prm["seed"], p.shape[0],
+                      p.shape[1], prm["group_size"], prm["alpha"], prm["bits"], xt, y, _columns(p))
+
+
 def _products(x: np.ndarray, parts, ws, rows: int) -> np.ndarray:
-    """x [B, in] times a delta given as its classes (parts, their dense ws): the sum of each class's
-    product with x's columns of that class (no dense [out, in] assembled)."""
-    if len(parts) == 1 and parts[0].columns is None:
+    """x [B, in] times a delta given as its classes (parts; ws their dense decodes, None for those that
+    multiply directly): the sum of each class's product with x's columns of that class (no dense [out, in]
+    assembled)."""
+    if len(parts) == 1 and parts[0].columns is None and ws[0] is not None:
         return product(x, ws[0])
     y = np.zeros((x.shape[0], rows), np.float32)
+    xt = None
     for p, w in zip(parts, ws):
+        if w is None:
+            xt = np.ascontiguousarray(x.T) if xt is None else xt
+            _direct_products(p, xt, y)
+            continue
         cols = _columns(p)
         y += product(x if cols is None else np.ascontiguousarray(x[:, cols]), w)
     return y
@@ -166,12 +203,14 @@ def _products(x: np.ndarray, parts, ws, rows: int) -> np.ndarray:
 
 def matmul(d, x: torch.Tensor) -> torch.Tensor:
     """x [B, in] @ dense.T with float32 accumulation, in x.dtype."""
-    return torch.from_numpy(_products(_f32(x), d.parts, dense_all(list(d.parts)), d.shape[0])).to(x.dtype)
+    ws = _decoded(d.parts, [x.shape[0]] * len(d.parts))
+    return torch.from_numpy(_products(_f32(x), d.parts, ws, d.shape[0])).to(x.dtype)
 
 
 def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
-    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses decoded once (a split delta class by class),
-    for all its tokens; the products go back in one scatter, each sum rounded once to out's dtype."""
+    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses multiplied once for all its tokens, from its
+    codes (direct()) or decoded once (a split delta class by class); the products go back in one scatter,
+    each sum rounded once to out's dtype."""
     runs = [(s, start, count) for s, start, count in segments.runs() if deltas[s] is not None]
     if not runs:
         return out
@@ -180,7 +219,7 @@ def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
     pick = np.concatenate([order[start:start + count] for _, start, count in runs])
     ys = np.empty((pick.size, out.shape[1]), np.float32)
     parts = [deltas[s].parts for s, _, _ in runs]
-    ws = iter(dense_all([p for ps in parts for p in ps]))
+    ws = iter(_decoded([p for ps in parts for p in ps], [c for (_, _, c), ps in zip(runs, parts) for _ in ps]))
     at = 0
     for (s, start, count), ps in zip(runs, parts):
         ys[at:at + count] = _products(xn[order[start:start + count]], ps, [next(ws) for _ in ps], out.shape[1])

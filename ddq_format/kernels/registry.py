@@ -152,17 +152,16 @@ class SeededLayout:
 
     def column_index(self, d) -> torch.Tensor:
         """int64 input column of each of a column class's columns: its list read as unsigned, or the columns
-        not in it (a complement class; built on first use), or its own columns (no list)."""
+        not in it (a complement class), or its own columns (no list)."""
         if d.columns is None:
             return torch.arange(d.shape[1], device=d.device)
-        if d._column_index is None:
-            listed = d.columns.to(torch.int64) & UMASK[COLUMN_DTYPES[d.columns.element_size()]]
-            if d.complement:
-                rest = torch.ones(d.shape[1] + listed.numel(), dtype=torch.bool, device=listed.device)
-                rest[listed] = False
-                listed = rest.nonzero().reshape(-1)
-            d._column_index = listed
-        return d._column_index
+        listed = d.columns.to(torch.int64) & UMASK[COLUMN_DTYPES[d.columns.element_size()]]
+        if not d.complement:
+            return listed
+        # the kernels' mapping, c + #{i : list[i] - i <= c}: no host sync, nothing kept beside the list
+        local = torch.arange(d.shape[1], device=listed.device)
+        return local + torch.searchsorted(listed - torch.arange(listed.numel(), device=listed.device), local,
+                                          right=True)
 
     def reference_rows(self, d, rows) -> torch.Tensor:
         return reference.decode_seeded(d, rows)

@@ -95,3 +95,50 @@ def test_grouped_product_uses_one_hash_pass(cases, monkeypatch):
     ref = torch.stack([x[t].double() @ torch.from_numpy(f.decode(names[i])).double().T if i >= 0 else
                        torch.zeros(9, dtype=torch.float64) for t, i in enumerate(idx.tolist())])
     assert float((y.double() - ref).norm() / ref.norm()) <= 1e-5
+
+
+SPLIT = [(9, 40, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=4,
+                      hot=(6, 2, 6)))]
+
+
+@pytest.mark.parametrize("columns", ["direct", "complement"])
+def test_products_straight_from_the_codes(tmp_path, rng, monkeypatch, columns):
+    """With numba, products of up to DIRECT_MAX_TOKENS tokens with a seeded-layout delta (a split delta's
+    classes, either column form, included) run from its codes with no dense scratch (host.direct), more
+    tokens through the dense decode; the grouped product mixes both; all within the stated tolerance of the
+    reader's decode, and the same without numba."""
+    from ddq_format import accel
+    from kernel_builders import MATMUL_TOL
+    if not accel.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv("DDQ_SPLIT_COLUMNS", columns)
+    f, names = write_cases(tmp_path, rng, ALIKE[:2] + WALK[:1] + OTHER + SPLIT)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    full = [torch.from_numpy(f.decode(n)).double() for n in names]
+    scratch = []
+    real = host.dense_all
+    monkeypatch.setattr(host, "dense_all", lambda parts: scratch.extend(parts) or real(parts))
+    n = host.DIRECT_MAX_TOKENS
+    for d, w in zip(ds, full):
+        for tokens in (1, n, n + 1):
+            x = torch.randn(tokens, d.shape[1])
+            ref = x.double() @ w.T
+            straight = d.encoding != "csr_parts" and tokens <= n
+            for mode in ("numba", "numpy"):
+                scratch.clear()
+                with accel.use(mode):
+                    got = d.matmul(x, backend="numpy")
+                    assert [host.direct(p, tokens) for p in d.parts] == [straight and mode == "numba"] * len(d.parts)
+                assert float((got.double() - ref).norm() / ref.norm()) <= MATMUL_TOL, (d.name, tokens, mode)
+                assert len(scratch) == (0 if straight and mode == "numba" else len(d.parts)), (d.name, tokens, mode)
+    # one grouped step: delta 0 with n + 1 tokens (dense), the others with a few (direct), some with none
+    slots = [0, 1, 3, 4, 5]  # the 9 x 40 deltas: seeded, seeded, csr_parts, seeded_rans, split
+    idx = torch.tensor([0] * (n + 1) + [4, 2, 4, 3, -1, 2, 4])
+    x = torch.randn(len(idx), 40)
+    ref = torch.stack([x[t].double() @ full[slots[i]].T if i >= 0 else torch.zeros(9, dtype=torch.float64)
+                       for t, i in enumerate(idx.tolist())])
+    for mode in ("numba", "numpy"):
+        with accel.use(mode):
+            y = multi_delta_matmul(x, [ds[i] for i in slots], idx, backend="numpy",
+                                   segments=delta_segments(idx, len(slots)))
+        assert float((y.double() - ref).norm() / ref.norm()) <= MATMUL_TOL, mode
