@@ -151,6 +151,19 @@ def test_split_decode_writes_each_class_into_its_columns(alpha):
         assert np.array_equal(a[:, cols], seeded_rans.decode(e, bb)), cls
 
 
+@given(st.integers(2, 300), st.data())
+def test_input_columns_of_a_list_and_of_its_complement(n_cols, data):
+    """The column map of a split delta's class (the direct products' input columns): a U16 list read as
+    unsigned (int16 bit patterns), and the complement of the hot list: every column the list skips, in order."""
+    from ddq_format.accel import _kernels
+    hot = np.array(sorted(data.draw(st.sets(st.integers(0, n_cols - 1), min_size=1, max_size=n_cols - 1))))
+    bits = (hot + 65536 - n_cols).astype(np.uint16).view(np.int16)  # values up to 65535: negative as int16
+    assert np.array_equal(_kernels.input_columns(bits, np.int64(0xFFFF), False, hot.size), hot + 65536 - n_cols)
+    rest = np.setdiff1d(np.arange(n_cols), hot)
+    got = _kernels.input_columns(hot.astype(np.uint16).view(np.int16), np.int64(0xFFFF), True, rest.size)
+    assert np.array_equal(got, rest)
+
+
 @pytest.mark.parametrize("shape,alpha,group", CASES)
 @pytest.mark.parametrize("bits,parts", [(4, 1), (4, 8), (3, 2), (2, 4), (8, 16)])
 def test_encode_and_decode_csr_parts(shape, alpha, group, bits, parts):

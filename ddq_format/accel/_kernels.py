@@ -231,15 +231,37 @@ def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out, out_c
 
 
 @njit(nogil=True, cache=True)
-def seeded_products(padded, bits, lut, seed, rows, cols, group, alpha, xt, y, colmap):
-    """y [T, rows] float32 += x · Dᵀ, D the seeded delta of seeded_scatter's arguments, x given as xt
-    [in, T] (C-contiguous: a kept column's tokens are adjacent); colmap None (in = cols) or int64 [cols]:
-    column c reads row colmap[c] of xt. Nothing dense is formed: per kept element one code and T
-    multiply-adds, float32 accumulation per row."""
+def input_columns(listed, umask, complement, width):
+    """int64 [width]: the input column of each local column of a split delta's class. listed: its list
+    (int16/int32 bit patterns, ascending once masked by umask), or, complement, the other class's list, whose
+    complement it is (a merge: the columns below width + len(listed) that the list skips)."""
+    out = np.empty(width, np.int64)
+    if not complement:
+        for c in range(width):
+            out[c] = np.int64(listed[c]) & umask
+        return out
+    j, n, col = 0, listed.size, 0
+    for c in range(width):
+        while j < n and (np.int64(listed[j]) & umask) == col:
+            j += 1
+            col += 1
+        out[c] = col
+        col += 1
+    return out
+
+
+@njit(nogil=True, cache=True)
+def seeded_products(padded, bits, scale, zero, seed, rows, cols, group, alpha, xt, y, colmap):
+    """y [T, rows] float32 += x · Dᵀ, D the seeded delta of these codes (value of a code: scale * (code -
+    zero) in binary32, as quantize.dequantize), x given as xt [in, T] (C-contiguous: a kept column's tokens
+    are adjacent); colmap None (in = cols) or int64 [cols]: column c reads row colmap[c] of xt. Nothing
+    dense is formed: per kept element one code and T multiply-adds, float32 accumulation per row."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
     pos = np.empty(max(keep, keep_tail, 1), np.uint64)
     mask = U64((1 << bits) - 1)
     h0 = seed_hash(seed)
+    s = np.float32(scale)
+    z = np.int64(zero)
     T = xt.shape[1]
     acc = np.zeros(T, np.float32)
     for r in range(rows):
@@ -250,7 +272,7 @@ def seeded_products(padded, bits, lut, seed, rows, cols, group, alpha, xt, y, co
             group_positions(h1, g, group if g < full else tail, n, pos)
             e = r * per_row + g * keep
             for i in range(n):
-                v = lut[_code(padded, bits, mask, e + i)]
+                v = s * np.float32(np.int64(_code(padded, bits, mask, e + i)) - z)
                 c = U64(g * group) + pos[i]
                 if colmap is not None:  # resolved when numba compiles
                     c = U64(colmap[c])

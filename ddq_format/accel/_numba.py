@@ -84,13 +84,17 @@ def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_s
     return out
 
 
-def seeded_products(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_size, alpha, bits: int,
-                    xt: np.ndarray, y: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-    """y (float32 [T, rows], C-contiguous) += x · Dᵀ of the seeded delta that seeded_scatter(codes, lut, ...)
-    decodes, without forming it: xt = xᵀ (float32 [in, T], C-contiguous); columns (int64 [cols]): column c of
-    D reads row columns[c] of xt (a split delta's class). Returns y."""
-    _k.seeded_products(_padded(codes), bits, lut, int(seed) & 0xFFFFFFFF, rows, cols, group_size, alpha, xt, y,
-                       None if columns is None else np.ascontiguousarray(columns, np.int64))
+def seeded_products(codes: np.ndarray, scale, zero, seed, rows, cols, group_size, alpha, bits: int,
+                    xt: np.ndarray, y: np.ndarray, columns=None) -> np.ndarray:
+    """y (float32 [T, rows], C-contiguous) += x · Dᵀ of the seeded delta these packed codes store, without
+    forming it: xt = xᵀ (float32 [in, T], C-contiguous). columns: None, or (list, unsigned mask, complement)
+    of a split delta's class: column c of D reads row input_columns(...)[c] of xt. Returns y."""
+    colmap = None
+    if columns is not None:
+        listed, umask, complement = columns
+        colmap = _k.input_columns(np.ascontiguousarray(listed), np.int64(umask), bool(complement), cols)
+    _k.seeded_products(_padded(codes), bits, float(scale), int(zero), int(seed) & 0xFFFFFFFF, rows, cols,
+                       group_size, alpha, xt, y, colmap)
     return y
 
 

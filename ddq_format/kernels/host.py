@@ -154,10 +154,11 @@ def product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 DIRECT_MAX_TOKENS = 64
 
 
-def direct(p, tokens: int) -> bool:
-    """Whether a seeded-layout delta (or a split delta's class) multiplies `tokens` tokens from its codes."""
-    return (tokens <= DIRECT_MAX_TOKENS and p.layout is registry.SEEDED and not p.sharded
-            and accel.kernels() is not None)
+def direct(p, tokens: int, k=False) -> bool:
+    """Whether a seeded-layout delta (or a split delta's class) multiplies `tokens` tokens from its codes
+    (k: accel.kernels(), looked up once per call by the caller; False: look it up)."""
+    k = accel.kernels() if k is False else k
+    return tokens <= DIRECT_MAX_TOKENS and p.layout is registry.SEEDED and not p.sharded and k is not None
 
 
 def _columns(p):
@@ -168,7 +169,8 @@ def _columns(p):
 def _decoded(parts, tokens) -> list:
     """Dense float32 [out, in] of each part that does not multiply directly (direct(): None in its place);
     batched seeded ones of one geometry decode together (dense_all)."""
-    todo = [i for i, (p, t) in enumerate(zip(parts, tokens)) if not direct(p, t)]
+    k = accel.kernels()
+    todo = [i for i, (p, t) in enumerate(zip(parts, tokens)) if not direct(p, t, k)]
     out = [None] * len(parts)
     for i, w in zip(todo, dense_all([parts[i] for i in todo])):
         out[i] = w
@@ -177,10 +179,12 @@ def _decoded(parts, tokens) -> list:
 
 def _direct_products(p, xt: np.ndarray, y: np.ndarray) -> None:
     """y [T, out] += x · Dᵀ of one seeded-layout part straight from its codes (xt = xᵀ, float32 [in, T])."""
-    k = accel.kernels()
     prm = p.params
-    k.seeded_products(p.buffers["codes"].numpy(), k.code_lut(prm["scale"], prm["zero"]), prm["seed"], p.shape[0],
-                      p.shape[1], prm["group_size"], prm["alpha"], prm["bits"], xt, y, _columns(p))
+    cols = None
+    if p.columns is not None:  # the list's own bits, masked in the kernel: no per-call copy
+        cols = (p.columns.numpy(), registry.UMASK[registry.COLUMN_DTYPES[p.columns.element_size()]], p.complement)
+    accel.kernels().seeded_products(p.buffers["codes"].numpy(), prm["scale"], prm["zero"], prm["seed"], p.shape[0],
+                                    p.shape[1], prm["group_size"], prm["alpha"], prm["bits"], xt, y, cols)
 
 
 def _products(x: np.ndarray, parts, ws, rows: int) -> np.ndarray:
