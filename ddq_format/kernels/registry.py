@@ -9,7 +9,8 @@ Two registries, keyed by id:
   bytes are seeded's, about 1.3-1.7x the encoded bytes; `CompressedDelta.encoded_nbytes` keeps the latter.
   `seeded_rans_split` decodes each column class the same way, kept as a seeded delta (layout `split`, no
   kernel of its own: the dispatch runs each class's seeded kernels, the hot class reading x through the hot
-  column list, the rest class through its complement).
+  column list, the rest class through its own list or, where that would take the entry past
+  KERNEL_RESIDENT_LIMIT x its file bytes, the hot list's complement).
 
 Every use of the encodings package (header checks, numpy decoders) goes through the small adapter below, so
 a change to that package's interface touches one place here.
