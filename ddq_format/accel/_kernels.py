@@ -257,7 +257,9 @@ def seeded_products(padded, bits, scale, zero, seed, rows, cols, group, alpha, x
     are adjacent); colmap None (in = cols) or int64 [cols]: column c reads row colmap[c] of xt. Nothing
     dense is formed: per kept element one code and T multiply-adds, float32 accumulation per row."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
-    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    m = max(keep, keep_tail, 1)
+    pos = np.empty(m, np.uint64)
+    vals = np.empty(m, np.float32)
     mask = U64((1 << bits) - 1)
     h0 = seed_hash(seed)
     s = np.float32(scale)
@@ -271,14 +273,36 @@ def seeded_products(padded, bits, scale, zero, seed, rows, cols, group, alpha, x
             n = keep if g < full else keep_tail
             group_positions(h1, g, group if g < full else tail, n, pos)
             e = r * per_row + g * keep
-            for i in range(n):
-                v = s * np.float32(np.int64(_code(padded, bits, mask, e + i)) - z)
-                c = U64(g * group) + pos[i]
-                if colmap is not None:  # resolved when numba compiles
-                    c = U64(colmap[c])
-                xr = xt[c]
-                for t in range(T):
-                    acc[t] += v * xr[t]
+            for i in range(n):  # separate passes: the hash and the code unpacking vectorize, the gather not
+                vals[i] = s * np.float32(np.int64(_code(padded, bits, mask, e + i)) - z)
+            base = U64(g * group)
+            if T == 1:  # decode steps: scalar accumulators the compiler keeps in registers
+                a = np.float32(0)
+                for i in range(n):
+                    c = base + pos[i]
+                    if colmap is not None:  # resolved when numba compiles
+                        c = U64(colmap[c])
+                    a += vals[i] * xt[c, 0]
+                acc[0] += a
+            elif T == 2:
+                a, b = np.float32(0), np.float32(0)
+                for i in range(n):
+                    c = base + pos[i]
+                    if colmap is not None:
+                        c = U64(colmap[c])
+                    a += vals[i] * xt[c, 0]
+                    b += vals[i] * xt[c, 1]
+                acc[0] += a
+                acc[1] += b
+            else:
+                for i in range(n):
+                    c = base + pos[i]
+                    if colmap is not None:
+                        c = U64(colmap[c])
+                    xr = xt[c]
+                    v = vals[i]
+                    for t in range(T):
+                        acc[t] += v * xr[t]
         for t in range(T):
             y[t, r] += acc[t]
 
