@@ -149,8 +149,8 @@ def product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 # Products of at most this many tokens with one delta run straight from its codes (accel.seeded_products:
 # the mask and one code per kept element, no dense scratch); more go through the dense decode and a matmul.
-# `python benchmarks/bench_kernels.py --sections cpu` (2-core VM), dense / direct time: 2.02 at 1 token and
-# 1.06 at 64 tokens at 1024^2, 1.83 and 1.15 at 4096^2 (benchmarks/results/kernels-issue10.md).
+# `python benchmarks/bench_kernels.py --sections cpu` (2-core VM), dense / direct time: 2.23 at 1 token and
+# 1.06 at 64 tokens at 1024^2, 2.72 and 1.09 at 4096^2 (benchmarks/results/kernels-issue10.md).
 DIRECT_MAX_TOKENS = 64
 
 
