@@ -46,7 +46,7 @@ class CompressedDelta:
         resident and served by the same kernels; its encoded_nbytes is its share of the file's bytes."""
         kern = registry.for_entry(entry, path)
         kern.validate(entry, buffers, registry.ctx_of(entry, path))
-        encoded = sum(int(b["length"]) for b in entry["buffers"].values())
+        encoded = registry.entry_bytes(entry)
         n_rows, n_cols = (int(v) for v in entry["shape"])
         rows = (0, n_rows) if rows is None else (int(rows[0]), int(rows[1]))
         cols = (0, n_cols) if cols is None else (int(cols[0]), int(cols[1]))

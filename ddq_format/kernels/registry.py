@@ -354,7 +354,7 @@ class SplitToSeeded(StoredAsIs):
                                                  lambda e, b: rans_codes(e, b, device, backend)):
             bufs[f"{cls}_codes"], dtypes[f"{cls}_codes"] = reference.pack_codes(codes, e["params"]["bits"]), "PACKED"
             self._add_list(bufs, dtypes, cls, cols, entry["shape"][1], device)
-        self._drop_rest_list(bufs, dtypes, _entry_bytes(entry))
+        self._drop_rest_list(bufs, dtypes, entry_bytes(entry))
         return params, bufs, dtypes
 
     def shard(self, entry, buffers, rows: tuple, cols: tuple, device, path=None):
@@ -373,7 +373,7 @@ class SplitToSeeded(StoredAsIs):
             self._add_list(bufs, dtypes, cls, cl[a:z] - c0, c1 - c0, device)
             kept, total = kept + sub.size, total + codes.size
         share = kept / max(total, 1)
-        self._drop_rest_list(bufs, dtypes, round(_entry_bytes(entry) * share))
+        self._drop_rest_list(bufs, dtypes, round(entry_bytes(entry) * share))
         return params, bufs, dtypes, [r1 - r0, c1 - c0], share
 
     @staticmethod
@@ -404,7 +404,8 @@ def rest_list_fits(resident: int, encoded: int) -> bool:
     return resident <= KERNEL_RESIDENT_LIMIT * encoded
 
 
-def _entry_bytes(entry) -> int:
+def entry_bytes(entry) -> int:
+    """The entry's bytes in the file (its buffers' lengths): what encoded_nbytes and the resident limit count."""
     return sum(int(b["length"]) for b in entry["buffers"].values())
 
 
