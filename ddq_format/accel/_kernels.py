@@ -250,17 +250,30 @@ def input_columns(listed, umask, complement, width):
     return out
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _code_at(codes, last, bits, mask, index):
+    """_code on the packed stream itself (no padding byte): the high byte of the window is clamped to the
+    last byte, whose bits above a code lying in it the mask drops."""
+    b = U64(index) * U64(bits)
+    byte = b >> U64(3)
+    hi = byte + ONE if byte < last else last
+    window = U64(codes[byte]) | (U64(codes[hi]) << B8)
+    return (window >> (b & U64(7))) & mask
+
+
 @njit(nogil=True, cache=True)
-def seeded_products(padded, bits, scale, zero, seed, rows, cols, group, alpha, xt, y, colmap):
-    """y [T, rows] float32 += x · Dᵀ, D the seeded delta of these codes (value of a code: scale * (code -
-    zero) in binary32, as quantize.dequantize), x given as xt [in, T] (C-contiguous: a kept column's tokens
-    are adjacent); colmap None (in = cols) or int64 [cols]: column c reads row colmap[c] of xt. Nothing
-    dense is formed: per kept element one code and T multiply-adds, float32 accumulation per row."""
+def _products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt, colmap, y, dest):
+    """y[dest[t], r] += (x · Dᵀ)[t, r] for the T = xt.shape[1] tokens, D the seeded delta [rows, cols] of
+    these packed codes (value of a code: scale * (code - zero) in binary32, as quantize.dequantize), x
+    given as xt [in, T] (C-contiguous: a kept column's tokens are adjacent); colmap None (in = cols) or
+    int64 [cols]: column c reads row colmap[c] of xt. Nothing dense is formed: per kept element one code
+    and T multiply-adds, float32 accumulation per row."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
     m = max(keep, keep_tail, 1)
     pos = np.empty(m, np.uint64)
     vals = np.empty(m, np.float32)
     mask = U64((1 << bits) - 1)
+    last = U64(max(codes.size, 1) - 1)
     h0 = seed_hash(seed)
     s = np.float32(scale)
     z = np.int64(zero)
@@ -274,7 +287,7 @@ def seeded_products(padded, bits, scale, zero, seed, rows, cols, group, alpha, x
             group_positions(h1, g, group if g < full else tail, n, pos)
             e = r * per_row + g * keep
             for i in range(n):  # separate passes: the hash and the code unpacking vectorize, the gather not
-                vals[i] = s * np.float32(np.int64(_code(padded, bits, mask, e + i)) - z)
+                vals[i] = s * np.float32(np.int64(_code_at(codes, last, bits, mask, e + i)) - z)
             base = U64(g * group)
             if T == 1:  # decode steps: scalar accumulators the compiler keeps in registers
                 a = np.float32(0)
@@ -304,7 +317,77 @@ def seeded_products(padded, bits, scale, zero, seed, rows, cols, group, alpha, x
                     for t in range(T):
                         acc[t] += v * xr[t]
         for t in range(T):
-            y[t, r] += acc[t]
+            y[dest[t], r] += acc[t]
+
+
+@njit(nogil=True, cache=True)
+def seeded_products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt, y, colmap):
+    """y [T, rows] float32 += x · Dᵀ (_products, token t into row t of y)."""
+    _products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt, colmap, y,
+              np.arange(xt.shape[1]))
+
+
+# Columns of one part of a grouped product's table (seeded_products_multi): its packed codes and its
+# column list are arrays CODES and LIST of the table's byte arrays (LIST -1: no list).
+P_CODES, P_LIST, P_LIST_BYTES, P_LIST_LEN, P_COMPLEMENT, P_BITS, P_ZERO, P_SEED, P_ROWS, P_COLS, P_GROUP, \
+    P_ALPHA, P_FIELDS = range(13)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _list_at(raw, nbytes, i):
+    """Element i of a little-endian unsigned column list of nbytes-byte (2 or 4) elements, as raw bytes."""
+    j = i * nbytes
+    v = np.int64(raw[j]) | (np.int64(raw[j + 1]) << 8)
+    if nbytes == 4:
+        v |= (np.int64(raw[j + 2]) << 16) | (np.int64(raw[j + 3]) << 24)
+    return v
+
+
+@njit(nogil=True, cache=True)
+def _part_columns(raw, nbytes, n, complement, width, out):
+    """out[0:width] = input_columns of a part's list given as its raw bytes."""
+    if not complement:
+        for c in range(width):
+            out[c] = _list_at(raw, nbytes, c)
+        return
+    j, col = 0, np.int64(0)
+    for c in range(width):
+        while j < n and _list_at(raw, nbytes, j) == col:
+            j += 1
+            col += 1
+        out[c] = col
+        col += 1
+
+
+@njit(nogil=True, cache=True)
+def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
+    """The grouped product on the host, in one call: for each run (slot, start, count) of the step's tokens
+    sorted by slot (order[start:start + count] are its token ids), y[token] += x[token] · D_part^T for every
+    part of the slot (a seeded delta, or a column class of a split one: parts[slot_parts[slot]:
+    slot_parts[slot + 1]], columns P_* of `parts`, scales float64). x float32 [B, in], y float32 [B, out]
+    (any strides). Each run's tokens are gathered once, transposed (xt [in, count])."""
+    width = x.shape[1]
+    cmap = np.empty(width, np.int64)
+    for q in range(runs.shape[0]):
+        slot, start, count = runs[q, 0], runs[q, 1], runs[q, 2]
+        dest = order[start:start + count]
+        xt = np.empty((width, count), np.float32)
+        for t in range(count):
+            row = x[dest[t]]
+            for c in range(width):
+                xt[c, t] = row[c]
+        for p in range(slot_parts[slot], slot_parts[slot + 1]):
+            f = parts[p]
+            codes = arrays[f[P_CODES]]
+            if f[P_LIST] < 0:
+                _products(codes, f[P_BITS], scales[p], f[P_ZERO], f[P_SEED], f[P_ROWS], f[P_COLS], f[P_GROUP],
+                          f[P_ALPHA], xt, None, y, dest)
+            else:
+                cols = cmap[:f[P_COLS]]
+                _part_columns(arrays[f[P_LIST]], f[P_LIST_BYTES], f[P_LIST_LEN], f[P_COMPLEMENT] != 0, f[P_COLS],
+                              cols)
+                _products(codes, f[P_BITS], scales[p], f[P_ZERO], f[P_SEED], f[P_ROWS], f[P_COLS], f[P_GROUP],
+                          f[P_ALPHA], xt, cols, y, dest)
 
 
 @njit(nogil=True, cache=True)

@@ -93,8 +93,25 @@ def seeded_products(codes: np.ndarray, scale, zero, seed, rows, cols, group_size
     if columns is not None:
         listed, umask, complement = columns
         colmap = _k.input_columns(np.ascontiguousarray(listed), np.int64(umask), bool(complement), cols)
-    _k.seeded_products(_padded(codes), bits, float(scale), int(zero), int(seed) & 0xFFFFFFFF, rows, cols,
-                       group_size, alpha, xt, y, colmap)
+    _k.seeded_products(np.ascontiguousarray(codes, np.uint8).reshape(-1), bits, float(scale), int(zero),
+                       int(seed) & 0xFFFFFFFF, rows, cols, group_size, alpha, xt, y, colmap)
+    return y
+
+
+def product_table(arrays: list) -> "numba.typed.List":
+    """The byte arrays (packed codes, raw column lists) of a seeded_products_multi table, as numba's list."""
+    from numba.typed import List
+    out = List()
+    for a in arrays:
+        out.append(np.ascontiguousarray(a, np.uint8).reshape(-1))
+    return out
+
+
+def seeded_products_multi(arrays, parts: np.ndarray, scales: np.ndarray, slot_parts: np.ndarray, runs: np.ndarray,
+                          order: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y (float32 [B, out], any strides) += each run's tokens of x (float32 [B, in]) times its slot's parts,
+    straight from their codes (_kernels.seeded_products_multi; arrays from product_table). Returns y."""
+    _k.seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y)
     return y
 
 

@@ -20,7 +20,7 @@ from ..quantize import dequantize
 from ..seeded_mask import fmix32
 from ..seeded_mask import positions as np_positions
 from ..spec import SEED_SALT
-from . import reference, registry
+from . import host_grouped, reference, registry
 
 U32 = np.uint32
 
@@ -213,18 +213,26 @@ def matmul(d, x: torch.Tensor) -> torch.Tensor:
 
 def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
     """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses multiplied once for all its tokens, from its
-    codes (direct()) or decoded once (a split delta class by class); the products go back in one scatter,
-    each sum rounded once to out's dtype."""
+    codes (direct(); every such run of the step in one compiled call, host_grouped) or decoded once (a split
+    delta class by class); the products go back in one scatter, each sum rounded once to out's dtype."""
     runs = [(s, start, count) for s, start, count in segments.runs() if deltas[s] is not None]
     if not runs:
         return out
     order = segments.order.numpy()
     xn = _f32(x)
-    pick = np.concatenate([order[start:start + count] for _, start, count in runs])
-    ys = np.empty((pick.size, out.shape[1]), np.float32)
+    tab = host_grouped.table(deltas)
+    grouped = [] if tab is None else [r for r in runs if tab.ok[r[0]] and r[2] <= DIRECT_MAX_TOKENS]
+    runs = [r for r in runs if r not in grouped] if grouped else runs
+    picks = [order[start:start + count] for _, start, count in grouped + runs]
+    pick = np.concatenate(picks)
+    at = sum(c for _, _, c in grouped)
+    ys = np.zeros((pick.size, out.shape[1]), np.float32)
+    if grouped:  # the kernel adds into rows of a [B, out] scratch; its tokens' rows come first in ys
+        y = np.zeros((x.shape[0], out.shape[1]), np.float32)
+        host_grouped.products(tab, grouped, order, np.ascontiguousarray(xn), y)
+        ys[:at] = y[pick[:at]]
     parts = [deltas[s].parts for s, _, _ in runs]
     ws = iter(_decoded([p for ps in parts for p in ps], [c for (_, _, c), ps in zip(runs, parts) for _ in ps]))
-    at = 0
     for (s, start, count), ps in zip(runs, parts):
         ys[at:at + count] = _products(xn[order[start:start + count]], ps, [next(ws) for _ in ps], out.shape[1])
         at += count

@@ -1,0 +1,127 @@
+"""The CPU grouped product in one compiled call (host_grouped): bit-identical to the per-delta loop it
+replaces, one call per step, and a table that follows its deltas' lifetimes."""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from kernel_builders import MATMUL_TOL, write_cases
+
+from ddq_format import accel
+from ddq_format.kernels import CompressedDelta, delta_segments, host, host_grouped, multi_delta_matmul
+
+pytestmark = pytest.mark.skipif(not accel.available(), reason="numba is not installed")
+
+SEEDED = [(9, 40, dict(encoding="seeded", alpha=4, group_size=16, bits=b)) for b in (4, 3)]
+WALK = [(9, 40, dict(encoding="seeded", alpha=4, group_size=12, bits=8))]  # a tail group, cycle walking
+OTHER = [(9, 40, dict(encoding="csr_parts", alpha=4, group_size=16, bits=4, parts=2)),
+         (9, 40, dict(encoding="seeded_rans", alpha=4, group_size=16, bits=4, rows_per_stream=4))]
+SPLIT = [(9, 40, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=4,
+                      hot=(6, 2, 6)))]
+CASES = SEEDED + WALK + OTHER + SPLIT  # slot 3 (csr_parts) is never grouped
+
+
+@pytest.fixture(params=["direct", "complement"])
+def deltas(request, tmp_path, rng, monkeypatch):
+    monkeypatch.setenv("DDQ_SPLIT_COLUMNS", request.param)
+    f, names = write_cases(tmp_path, rng, CASES)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    shard = CompressedDelta.from_entry(f.entry(names[0]), f.buffers(names[0]), "cpu", rows=(2, 7))
+    return f, names, ds, shard
+
+
+def _looped(x, ds, idx, out, monkeypatch):
+    """multi_delta_matmul through the per-delta loop (no grouped table)."""
+    with monkeypatch.context() as m:
+        m.setattr(host_grouped, "table", lambda deltas: None)
+        return multi_delta_matmul(x, ds, idx, backend="numpy", segments=delta_segments(idx, len(ds)), add_to=out)
+
+
+def _index(rng, counts):
+    idx = np.concatenate([np.full(c, s) for s, c in enumerate(counts)] + [np.full(2, -1)])
+    return torch.from_numpy(rng.permutation(idx))
+
+
+@pytest.mark.parametrize("counts", [(1, 2, 3, 1, 2, 65), (3, 0, 1, 2, 1, 2), (0, 0, 0, 0, 0, 1)])
+def test_grouped_equals_the_loop_bit_for_bit(deltas, rng, monkeypatch, counts):
+    """Every token count (1, 2, 3: the kernel's own accumulators; 65: past DIRECT_MAX_TOKENS, decoded), every
+    layout (csr_parts: not grouped), float32 out into a column slice of a wider buffer: the same
+    bits as the loop, and within MATMUL_TOL of the reader's decode."""
+    f, names, ds, _ = deltas
+    idx = _index(rng, counts)
+    x = torch.randn(len(idx), 40)
+    wide = torch.randn(len(idx), 20)
+    got = wide.clone()
+    multi_delta_matmul(x, ds, idx, backend="numpy", segments=delta_segments(idx, len(ds)), add_to=got[:, 5:14])
+    want = wide.clone()
+    _looped(x, ds, idx, want[:, 5:14], monkeypatch)
+    assert torch.equal(got, want)
+    full = [torch.from_numpy(f.decode(n)).double() for n in names]
+    ref = wide.double().clone()
+    for t, s in enumerate(idx.tolist()):
+        if s >= 0:
+            ref[t, 5:14] += x[t].double() @ full[s].T
+    assert float((got.double() - ref).norm() / ref.norm()) <= MATMUL_TOL
+
+
+def test_grouped_rounds_each_sum_once_in_half_precision(deltas, rng, monkeypatch):
+    f, names, ds, _ = deltas
+    idx = _index(rng, (2, 1, 3, 1, 2, 2))
+    x = torch.randn(len(idx), 40, dtype=torch.bfloat16)
+    base = torch.randn(len(idx), 9, dtype=torch.bfloat16)
+    got = multi_delta_matmul(x, ds, idx, backend="numpy", segments=delta_segments(idx, len(ds)), add_to=base.clone())
+    assert torch.equal(got, _looped(x, ds, idx, base.clone(), monkeypatch))
+
+
+def test_one_call_per_step(deltas, rng, monkeypatch):
+    """Every grouped run of a step goes through one seeded_products_multi call; none through the one-delta
+    kernel; the csr_parts slot and the 65-token run still take the loop."""
+    _, _, ds, _ = deltas
+    k = accel.kernels()
+    calls = {"multi": 0, "one": 0, "dense": []}
+    real_multi, real_one, real_dense = k.seeded_products_multi, k.seeded_products, host.dense_all
+    monkeypatch.setattr(k, "seeded_products_multi", lambda *a: calls.__setitem__("multi", calls["multi"] + 1)
+                        or real_multi(*a))
+    monkeypatch.setattr(k, "seeded_products", lambda *a: calls.__setitem__("one", calls["one"] + 1) or real_one(*a))
+    monkeypatch.setattr(host, "dense_all", lambda parts: calls["dense"].extend(p.encoding for p in parts)
+                        or real_dense(parts))
+    idx = _index(rng, (2, 1, 65, 1, 2, 2))
+    multi_delta_matmul(torch.randn(len(idx), 40), ds, idx, backend="numpy", segments=delta_segments(idx, len(ds)))
+    assert calls["multi"] == 1 and calls["one"] == 0
+    assert sorted(calls["dense"]) == ["csr_parts", "seeded"]  # slot 3, and slot 2's 65 tokens
+
+
+def test_table_follows_its_deltas(deltas):
+    """One table per list of deltas, reused while they live, dropped when any of them is collected; a shard
+    (its mask keys are global rows) is never grouped."""
+    _, _, ds, shard = deltas
+    first = host_grouped.table(ds)
+    assert host_grouped.table(ds) is first
+    assert list(first.ok) == [True, True, True, False, True, True]
+    assert list(np.diff(first.slot_parts)) == [1, 1, 1, 0, 1, 2]  # the split delta: two column classes
+    assert host_grouped.table([ds[0], shard]).ok.tolist() == [True, False]
+    key = tuple(map(id, ds))
+    assert key in host_grouped._TABLES
+    del first
+    ds[4] = None
+    gc.collect()
+    assert key not in host_grouped._TABLES
+    assert host_grouped.table(ds).ok.tolist() == [True, True, True, False, False, True]
+
+
+def test_four_byte_column_lists(tmp_path, rng, monkeypatch):
+    """A split delta wider than 65536 columns keeps U32 lists: the kernel reads them as 4-byte elements."""
+    monkeypatch.setenv("DDQ_SPLIT_COLUMNS", "direct")
+    spec = [(2, 70_000, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=2,
+                             hot=([3, 65_600, 65_601, 69_999], 2, 4)))]
+    f, names = write_cases(tmp_path, rng, spec)
+    d = CompressedDelta.from_entry(f.entry(names[0]), f.buffers(names[0]), "cpu")
+    assert {p.columns.element_size() for p in d.parts} == {4}
+    idx = torch.tensor([0, 0, -1])
+    x = torch.randn(3, 70_000)
+    got = multi_delta_matmul(x, [d], idx, backend="numpy", segments=delta_segments(idx, 1))
+    assert torch.equal(got, _looped(x, [d], idx, None, monkeypatch))
+    assert got[2].abs().max() == 0 and got[:2].abs().max() > 0
