@@ -286,8 +286,14 @@ def _products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt, colm
             n = keep if g < full else keep_tail
             group_positions(h1, g, group if g < full else tail, n, pos)
             e = r * per_row + g * keep
-            for i in range(n):  # separate passes: the hash and the code unpacking vectorize, the gather not
-                vals[i] = s * np.float32(np.int64(_code_at(codes, last, bits, mask, e + i)) - z)
+            # separate passes: the hash and the code unpacking vectorize, the gather not; only a group whose
+            # codes reach the stream's last byte reads it clamped (a branch per code would stop the vectors)
+            if ((U64(e + n) * U64(bits) + U64(7)) >> U64(3)) < last + ONE:
+                for i in range(n):
+                    vals[i] = s * np.float32(np.int64(_code(codes, bits, mask, e + i)) - z)
+            else:
+                for i in range(n):
+                    vals[i] = s * np.float32(np.int64(_code_at(codes, last, bits, mask, e + i)) - z)
             base = U64(g * group)
             if T == 1:  # decode steps: scalar accumulators the compiler keeps in registers
                 a = np.float32(0)
