@@ -7,7 +7,9 @@ decoded by `seeded_dense`: the reader's mask hash (seeded_mask.positions) run ON
 whose mask geometry (shape, group size, alpha, shard offsets) agrees, the delta's seed folded into the row
 key (`_seed_keys`): a step over N deltas pays one vectorized hash pass per layer, not N small ones
 (tests/kernels/test_host.py).
-The grouped product decodes only the deltas some token uses, once each, for all of that delta's tokens.
+The grouped product decodes only the deltas some token uses, once each, for all of that delta's tokens;
+with numba, every run of a step that multiplies straight from its codes goes through one compiled call
+(host_grouped), not one Python round trip per delta.
 Shards (tensor parallelism) key the hash by global row and group. Nothing dense outlives a call.
 """
 from __future__ import annotations
