@@ -158,9 +158,9 @@ def test_input_columns_of_a_list_and_of_its_complement(n_cols, data):
     from ddq_format.accel import _kernels
     hot = np.array(sorted(data.draw(st.sets(st.integers(0, n_cols - 1), min_size=1, max_size=n_cols - 1))))
     bits = (hot + 65536 - n_cols).astype(np.uint16).view(np.int16)  # values up to 65535: negative as int16
-    assert np.array_equal(_kernels.input_columns(bits, np.int64(0xFFFF), False, hot.size), hot + 65536 - n_cols)
+    assert np.array_equal(_kernels.input_columns(bits.view(np.uint8), 2, False, hot.size), hot + 65536 - n_cols)
     rest = np.setdiff1d(np.arange(n_cols), hot)
-    got = _kernels.input_columns(hot.astype(np.uint16).view(np.int16), np.int64(0xFFFF), True, rest.size)
+    got = _kernels.input_columns(hot.astype(np.uint16).view(np.uint8), 2, True, rest.size)
     assert np.array_equal(got, rest)
 
 

@@ -230,26 +230,6 @@ def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out, out_c
                     orow[cg[pos[i]]] = lut[_code(padded, bits, mask, e + i)]
 
 
-@njit(nogil=True, cache=True)
-def input_columns(listed, umask, complement, width):
-    """int64 [width]: the input column of each local column of a split delta's class. listed: its list
-    (int16/int32 bit patterns, ascending once masked by umask), or, complement, the other class's list, whose
-    complement it is (a merge: the columns below width + len(listed) that the list skips)."""
-    out = np.empty(width, np.int64)
-    if not complement:
-        for c in range(width):
-            out[c] = np.int64(listed[c]) & umask
-        return out
-    j, n, col = 0, listed.size, 0
-    for c in range(width):
-        while j < n and (np.int64(listed[j]) & umask) == col:
-            j += 1
-            col += 1
-        out[c] = col
-        col += 1
-    return out
-
-
 @njit(inline="always", nogil=True, cache=True)
 def _code_at(codes, last, bits, mask, index):
     """_code on the packed stream itself (no padding byte): the high byte of the window is clamped to the
@@ -351,7 +331,9 @@ def _list_at(raw, nbytes, i):
 
 @njit(nogil=True, cache=True)
 def _part_columns(raw, nbytes, n, complement, width, out):
-    """out[0:width] = input_columns of a part's list given as its raw bytes."""
+    """out[0:width] = the input column of each local column of a split delta's class. raw: the bytes of its
+    list (n unsigned little-endian elements of nbytes bytes, ascending), or, complement, of the other class's
+    list, whose complement it is (a merge: the columns below width + n that the list skips)."""
     if not complement:
         for c in range(width):
             out[c] = _list_at(raw, nbytes, c)
@@ -363,6 +345,14 @@ def _part_columns(raw, nbytes, n, complement, width, out):
             col += 1
         out[c] = col
         col += 1
+
+
+@njit(nogil=True, cache=True)
+def input_columns(raw, nbytes, complement, width):
+    """int64 [width]: _part_columns into a new array (raw: the list's bytes, nbytes per element)."""
+    out = np.empty(width, np.int64)
+    _part_columns(raw, nbytes, raw.size // nbytes, complement, width, out)
+    return out
 
 
 @njit(nogil=True, cache=True)

@@ -87,12 +87,13 @@ def seeded_scatter(codes: np.ndarray, lut: np.ndarray, seed, rows, cols, group_s
 def seeded_products(codes: np.ndarray, scale, zero, seed, rows, cols, group_size, alpha, bits: int,
                     xt: np.ndarray, y: np.ndarray, columns=None) -> np.ndarray:
     """y (float32 [T, rows], C-contiguous) += x · Dᵀ of the seeded delta these packed codes store, without
-    forming it: xt = xᵀ (float32 [in, T], C-contiguous). columns: None, or (list, unsigned mask, complement)
+    forming it: xt = xᵀ (float32 [in, T], C-contiguous). columns: None, or (list: U16/U32 bit patterns, complement)
     of a split delta's class: column c of D reads row input_columns(...)[c] of xt. Returns y."""
     colmap = None
     if columns is not None:
-        listed, umask, complement = columns
-        colmap = _k.input_columns(np.ascontiguousarray(listed), np.int64(umask), bool(complement), cols)
+        listed, complement = columns
+        listed = np.ascontiguousarray(listed)
+        colmap = _k.input_columns(listed.reshape(-1).view(np.uint8), listed.itemsize, bool(complement), cols)
     _k.seeded_products(np.ascontiguousarray(codes, np.uint8).reshape(-1), bits, float(scale), int(zero),
                        int(seed) & 0xFFFFFFFF, rows, cols, group_size, alpha, xt, y, colmap)
     return y

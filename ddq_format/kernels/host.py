@@ -183,8 +183,8 @@ def _direct_products(p, xt: np.ndarray, y: np.ndarray) -> None:
     """y [T, out] += x · Dᵀ of one seeded-layout part straight from its codes (xt = xᵀ, float32 [in, T])."""
     prm = p.params
     cols = None
-    if p.columns is not None:  # the list's own bits, masked in the kernel: no per-call copy
-        cols = (p.columns.numpy(), registry.UMASK[registry.COLUMN_DTYPES[p.columns.element_size()]], p.complement)
+    if p.columns is not None:  # the list's own bytes, read as unsigned in the kernel: no per-call copy
+        cols = (p.columns.numpy(), p.complement)
     accel.kernels().seeded_products(p.buffers["codes"].numpy(), prm["scale"], prm["zero"], prm["seed"], p.shape[0],
                                     p.shape[1], prm["group_size"], prm["alpha"], prm["bits"], xt, y, cols)
 
