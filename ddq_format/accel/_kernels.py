@@ -477,19 +477,28 @@ def input_columns(raw, nbytes, complement, width):
 
 @njit(inline="always", nogil=True, cache=True)
 def _gathered(x, runs, order):
-    """(xt, off): the tokens of every run, gathered once and transposed, run q's in columns off[q]:off[q + 1]
-    of xt [in, tokens] (float32)."""
+    """(xt, off): the tokens of every run gathered once and transposed, run q's as the C-contiguous [in, count]
+    block xt[off[q] * in:off[q + 1] * in] (float32; a kept column's tokens adjacent, the block no wider)."""
+    width = x.shape[1]
     off = np.zeros(runs.shape[0] + 1, np.int64)
     for q in range(runs.shape[0]):
         off[q + 1] = off[q] + runs[q, 2]
-    xt = np.empty((x.shape[1], max(off[-1], 1)), np.float32)
+    xt = np.empty(max(off[-1], 1) * width, np.float32)
     for q in range(runs.shape[0]):
-        for t in range(runs[q, 2]):
+        count = runs[q, 2]
+        block = xt[off[q] * width:off[q + 1] * width]
+        for t in range(count):
             row = x[order[runs[q, 1] + t]]
-            col = xt[:, off[q] + t]
-            for c in range(x.shape[1]):
-                col[c] = row[c]
+            for c in range(width):
+                block[c * count + t] = row[c]
     return xt, off
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _run_tokens(xt, off, runs, order, width, q):
+    """(xt [in, count] of run q, its token ids): views into _gathered's xt and the step's order."""
+    return (xt[off[q] * width:off[q + 1] * width].reshape((width, runs[q, 2])),
+            order[runs[q, 1]:runs[q, 1] + runs[q, 2]])
 
 
 @njit(nogil=True, cache=True)
@@ -525,7 +534,7 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
                           cmaps[item_map[i]])
     keys, pos = _mask_scratch(per_row)
     vals = np.empty(RB * per_row, np.float32)
-    acc = np.empty(xt.shape[1], np.float32)
+    acc = np.empty(max(runs[:, 2].max(), 1) if runs.shape[0] else 1, np.float32)
     by = np.argsort(masks, kind="mergesort")
     lo = 0
     while lo < n:
@@ -534,21 +543,31 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
             hi += 1
         f = parts[item_part[by[lo]]]
         rows, cols, group, alpha = f[P_ROWS], f[P_COLS], f[P_GROUP], f[P_ALPHA]
+        if hi - lo == 1:  # a mask of one item: one _products call (its views made once, not per block)
+            m = by[lo]
+            xq, dest = _run_tokens(xt, off, runs, order, x.shape[1], item_run[m])
+            codes, scale, bits, zero = arrays[f[P_CODES]], scales[item_part[m]], f[P_BITS], f[P_ZERO]
+            if item_map[m] < 0:
+                _products(codes, bits, scale, zero, f[P_SEED], rows, cols, group, alpha, xq, None, y, dest)
+            else:
+                _products(codes, bits, scale, zero, f[P_SEED], rows, cols, group, alpha, xq,
+                          cmaps[item_map[m], :cols], y, dest)
+            lo = hi
+            continue
         h0 = seed_hash(f[P_SEED])
         for r0 in range(0, rows, RB):
             block_positions(h0, r0, cols, group, alpha, keys, pos)
             for it in range(lo, hi):
                 m = by[it]
-                p, q = item_part[m], item_run[m]
-                f = parts[p]
-                xq = xt[:, off[q]:off[q + 1]]
-                dest = order[runs[q, 1]:runs[q, 1] + runs[q, 2]]
+                f = parts[item_part[m]]
+                xq, dest = _run_tokens(xt, off, runs, order, x.shape[1], item_run[m])
+                codes, scale, bits, zero = arrays[f[P_CODES]], scales[item_part[m]], f[P_BITS], f[P_ZERO]
                 if item_map[m] < 0:
-                    _block_products(arrays[f[P_CODES]], f[P_BITS], scales[p], f[P_ZERO], rows, cols, group, alpha, r0,
-                                    pos, vals, xq, None, y, dest, acc)
+                    _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xq, None, y,
+                                    dest, acc)
                 else:
-                    _block_products(arrays[f[P_CODES]], f[P_BITS], scales[p], f[P_ZERO], rows, cols, group, alpha, r0,
-                                    pos, vals, xq, cmaps[item_map[m], :cols], y, dest, acc)
+                    _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xq,
+                                    cmaps[item_map[m], :cols], y, dest, acc)
         lo = hi
 
 
