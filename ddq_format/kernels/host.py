@@ -228,16 +228,21 @@ def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
     picks = [order[start:start + count] for _, start, count in grouped + runs]
     pick = np.concatenate(picks)
     at = sum(c for _, _, c in grouped)
-    ys = np.zeros((pick.size, out.shape[1]), np.float32)
-    if grouped:  # the kernel adds into rows of a [B, out] scratch; its tokens' rows come first in ys
+    y = None
+    if grouped:  # the kernel adds into rows of a [B, out] scratch
         y = np.zeros((x.shape[0], out.shape[1]), np.float32)
         host_grouped.products(tab, grouped, order, np.ascontiguousarray(xn), y)
-        ys[:at] = y[pick[:at]]
-    parts = [deltas[s].parts for s, _, _ in runs]
-    ws = iter(_decoded([p for ps in parts for p in ps], [c for (_, _, c), ps in zip(runs, parts) for _ in ps]))
-    for (s, start, count), ps in zip(runs, parts):
-        ys[at:at + count] = _products(xn[order[start:start + count]], ps, [next(ws) for _ in ps], out.shape[1])
-        at += count
+    if runs:  # the grouped tokens' rows first in ys, then each other run's
+        ys = np.empty((pick.size, out.shape[1]), np.float32)
+        if y is not None:
+            ys[:at] = y[pick[:at]]
+        parts = [deltas[s].parts for s, _, _ in runs]
+        ws = iter(_decoded([p for ps in parts for p in ps], [c for (_, _, c), ps in zip(runs, parts) for _ in ps]))
+        for (s, start, count), ps in zip(runs, parts):
+            ys[at:at + count] = _products(xn[order[start:start + count]], ps, [next(ws) for _ in ps], out.shape[1])
+            at += count
+    else:
+        ys = y[pick]
     if out.dtype == torch.float32:
         view = out.numpy()  # out's memory (a column slice of a wider output included)
         view[pick] += ys
