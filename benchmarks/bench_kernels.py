@@ -376,18 +376,20 @@ def bench_cpu_direct(lines, quick):
     to DIRECT_MAX_TOKENS tokens) against the dense decode + matmul it replaced (DIRECT_MAX_TOKENS = 0)."""
     from ddq_format.kernels import host
     lines += ["\n## CPU: one delta's product, straight from the codes vs dense decode + matmul\n",
-              "| shape | tokens | direct ms | dense ms | dense / direct |", "|---|---|---|---|---|"]
+              "| shape | tokens | direct ms | dense ms | dense / direct (paired) |", "|---|---|---|---|---|"]
     for rows, cols in [(1024, 1024)] if quick else [(1024, 1024), (4096, 4096)]:
         d = CompressedDelta.from_entry(*build_entry(rows, cols, "seeded"), "cpu")
         for tokens in (1, 16, host.DIRECT_MAX_TOKENS):
             x = torch.randn(tokens, cols)
-            t_direct = median_seconds(lambda: d.matmul(x, backend="numpy"), 3) * 1e3
-            limit, host.DIRECT_MAX_TOKENS = host.DIRECT_MAX_TOKENS, 0
-            try:
-                t_dense = median_seconds(lambda: d.matmul(x, backend="numpy"), 3) * 1e3
-            finally:
-                host.DIRECT_MAX_TOKENS = limit
-            lines.append(f"| {rows}x{cols} | {tokens} | {t_direct:.2f} | {t_dense:.2f} | {t_dense / t_direct:.2f} |")
+
+            def dense():
+                limit, host.DIRECT_MAX_TOKENS = host.DIRECT_MAX_TOKENS, 0
+                try:
+                    d.matmul(x, backend="numpy")
+                finally:
+                    host.DIRECT_MAX_TOKENS = limit
+            t_dense, t_direct, ratio = paired_seconds(dense, lambda: d.matmul(x, backend="numpy"), 5)
+            lines.append(f"| {rows}x{cols} | {tokens} | {t_direct * 1e3:.2f} | {t_dense * 1e3:.2f} | {ratio:.2f} |")
 
 
 def bench_cpu_products(lines, quick, n=16, tokens=32):

@@ -277,8 +277,9 @@ def report(rows, info, args) -> str:
                "ops while no PEFT adapter holds a slot (they would add exactly zero); the LoRA engine runs "
                "them. The GPU Triton kernels are measured in benchmarks/bench_kernels.py.")
     out.append("\nWhat bounds the .ddq rows here: per linear output slice and step, each delta some request "
-               "uses has its whole mask regenerated (every kept element's column hashed) to multiply its "
-               "tokens, so the work grows with N x the delta's kept elements whatever the tokens per delta, "
+               "uses has its whole mask regenerated (every kept element's column hashed; once for all the "
+               "deltas sharing it) and its codes read to multiply its tokens, so the work grows with N x the "
+               "delta's kept elements whatever the tokens per delta, "
                "where LoRA's grows with tokens x rank; and every small torch op of the step "
                "(the norms' per-row weights, the base model's own ops alike) pays the thread pool's "
                "synchronization, which on a loaded shared VM is most of a step. vLLM's LoRA ops (punica's "

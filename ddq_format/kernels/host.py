@@ -151,8 +151,9 @@ def product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 # Products of at most this many tokens with one delta run straight from its codes (accel.seeded_products:
 # the mask and one code per kept element, no dense scratch); more go through the dense decode and a matmul.
-# `python benchmarks/bench_kernels.py --sections cpu` (2-core VM), dense / direct time: 2.23 at 1 token and
-# 1.06 at 64 tokens at 1024^2, 2.72 and 1.09 at 4096^2 (benchmarks/results/kernels-issue10.md).
+# `python benchmarks/bench_kernels.py --sections cpu` (2-core VM, paired), dense / direct time: 1.47 at 1 token,
+# 1.02 at 16 and 0.92 at 64 at 1024^2; 1.94, 1.24 and 1.10 at 4096^2 (benchmarks/results/kernels-issue10.md):
+# 64 stays, past the crossover only for small layers, and no dense scratch is formed up to it.
 DIRECT_MAX_TOKENS = 64
 
 

@@ -5,7 +5,8 @@ tokens, a transpose, the column list mapped and a kernel call, 30-50 µs each be
 decode sizes, so 16 deltas cost more in dispatch than in products. Here every seeded-layout part of a
 layer's deltas is described once, in a table kept while those deltas live (keyed by the deltas' ids,
 dropped when any of them is collected), and one call runs every eligible run of the step: its tokens
-gathered once, each part's mask regenerated and its codes read in place (no copy, no dense scratch).
+gathered once, each mask regenerated once for every part that has it (deltas of one base converted at one
+run seed share them) and each part's codes read in place (no copy, no dense scratch).
 """
 from __future__ import annotations
 
