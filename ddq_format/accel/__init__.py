@@ -31,9 +31,8 @@ _forced: list = []  # stack of backends forced by use()
 
 
 def _load():
-    mod = _loaded.get("numba", _load)  # the lock only until the first import is done (called per product)
-    if mod is not _load:
-        return mod
+    if "numba" in _loaded:  # the lock only until the first import is done (this runs per product)
+        return _loaded["numba"]
     with _lock:
         if "numba" not in _loaded:
             try:

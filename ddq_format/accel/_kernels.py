@@ -21,9 +21,7 @@ assert PERM_ROUNDS == 3  # permute() unrolls the three rounds
 
 U64 = np.uint64
 M32 = U64(0xFFFFFFFF)
-C1, C2, GOLD, SALT = U64(FMIX_C1), U64(FMIX_C2), U64(GOLDEN), U64(SEED_SALT)
-S8, S13, S16, ONE = U64(8), U64(13), U64(16), U64(1)
-GOLD1, GOLD2, GOLD3, GOLD4 = (U64((t * GOLDEN) & 0xFFFFFFFF) for t in (1, 2, 3, 4))
+S16, ONE = U64(16), U64(1)
 B8, FF = U64(8), U64(0xFF)
 NONFINITE_FT, NONFINITE_BASE, NONFINITE_DELTA = 1, 2, 4  # flags returned by the convert kernels
 
