@@ -369,6 +369,7 @@ def bench_cpu(lines, quick):
             lines.append(f"| {enc} | {path} | {ms:.1f} | {cms:.2f} | {cms / ms:.3f} |")
     bench_cpu_direct(lines, quick)
     bench_cpu_products(lines, quick)
+    bench_cpu_packed(lines, quick)
 
 
 def bench_cpu_direct(lines, quick):
@@ -422,7 +423,7 @@ def bench_cpu_products(lines, quick, n=16, tokens=32):
                                               backend=be)
 
         def looped():  # the per-delta loop the grouped call replaced
-            host_grouped.table = lambda deltas: None
+            host_grouped.table = lambda slices: None
             try:
                 step("numpy")()
             finally:
@@ -433,6 +434,38 @@ def bench_cpu_products(lines, quick, n=16, tokens=32):
         lines.append(f"| {enc} | {masks} | {rows}x{cols} | {t_base:.3f} | {t_np:.2f} | {t_np / t_base:.1f}x | "
                      f"{t_loop:.2f} | {loop_ratio:.2f} | {t_ref:.1f} | {t_ref / t_base:.1f}x | "
                      f"{t_np / t_ref:.3f} |")
+
+
+def bench_cpu_packed(lines, quick, tokens=32):
+    """A packed layer (q, k, v: three [h, h] output slices, as vLLM's QKVParallelLinear) on the numpy backend:
+    every slice in one call (multi_delta_matmul_sliced: one compiled call for the layer) against one
+    multi_delta_matmul per slice, paired; 1 and 16 deltas (seeded, distinct masks), a 32-token step."""
+    from ddq_format.kernels import multi_delta_matmul_sliced
+    lines += [f"\n## CPU: a packed layer's output slices (q, k, v) in one call vs one call per slice "
+              f"({tokens}-token step)\n",
+              "| deltas | slice shape | one call ms | per slice ms | per slice / one call (paired) |",
+              "|---|---|---|---|---|"]
+    for h in (128,) if quick else (128, 1024):
+        for n in (1, 16):
+            slices = [(i * h, [CompressedDelta.from_entry(*build_entry(h, h, "seeded", seed=300 + 3 * s + i), "cpu")
+                               for s in range(n)]) for i in range(3)]
+            x, y = torch.randn(tokens, h), torch.zeros(tokens, 3 * h)
+            index = torch.arange(tokens) % n
+            seg = delta_segments(index, n)
+
+            def per_slice():
+                for _ in range(reps):
+                    for off, ds in slices:
+                        multi_delta_matmul(x, ds, index, segments=seg, add_to=y[:, off:off + h],
+                                           check_index=False, backend="numpy")
+
+            def one_call():
+                for _ in range(reps):
+                    multi_delta_matmul_sliced(x, slices, index, segments=seg, add_to=y, check_index=False,
+                                              backend="numpy")
+            reps = 20 if h <= 128 else 2  # a round long enough to time (~ms)
+            t_per, t_one, ratio = paired_seconds(per_slice, one_call, 15)
+            lines.append(f"| {n} | {h}x{h} | {t_one / reps * 1e3:.3f} | {t_per / reps * 1e3:.3f} | {ratio:.2f} |")
 
 
 def targets(dec, fused, multi, lines):

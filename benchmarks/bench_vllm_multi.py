@@ -14,7 +14,8 @@ format (adapter_config.json + adapter_model.safetensors, rank r on every linear 
 counted from the tensors the engine holds: base weights, vLLM's preallocated LoRA slot buffers (max_loras x
 max_lora_rank), and the deltas in the device slots. On CPU the deltas go through the kernels' numpy backend:
 per layer and step, each delta some request uses is multiplied for its tokens straight from its codes (with
-numba, up to 64 tokens: host.direct; a step's such deltas in one compiled call: host_grouped), or else decoded
+numba, up to 64 tokens: host.direct; a step's such deltas, all slices of a layer, in one compiled call:
+host_grouped), or else decoded
 (one pass of the reader's mask hash for the deltas of one geometry) into a scratch that lives for that call;
 the figures say what that path costs, not the GPU kernels. The machine's load average is printed beside the
 figures (other work shares it).
@@ -271,7 +272,8 @@ def report(rows, info, args) -> str:
                "On this CPU build the "
                "deltas run through the kernels' numpy backend: per layer and step, each delta the step uses "
                "multiplied for its tokens straight from its codes (mask regenerated, no dense scratch; with "
-               "numba, up to 64 tokens per delta, all such deltas of a step in one compiled call), else decoded "
+               "numba, up to 64 tokens per delta, all such deltas of a step and layer, every output slice of a "
+               "packed layer included, in one compiled call), else decoded "
                "to a dense scratch and multiplied; "
                "norm deltas as one normalization with each row's weight. The .ddq engine skips vLLM's LoRA "
                "ops while no PEFT adapter holds a slot (they would add exactly zero); the LoRA engine runs "

@@ -431,11 +431,12 @@ def seeded_products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt
 
 
 # Columns of one part of a grouped product's table (seeded_products_multi): its packed codes and its
-# column list are arrays CODES and LIST of the table's byte arrays (LIST -1: no list).
+# column list are arrays CODES and LIST of the table's byte arrays (LIST -1: no list); its output rows are
+# columns OUT .. OUT + ROWS - 1 of y (the output slices of a packed layer, e.g. q, k and v, in one call).
 # Parts of equal P_MASK have the same mask (seed, shape, group size, alpha): the call generates it once for
 # all of them (every fine-tune of one base converted at the same run seed has the same masks).
 P_CODES, P_LIST, P_LIST_BYTES, P_LIST_LEN, P_COMPLEMENT, P_BITS, P_ZERO, P_SEED, P_ROWS, P_COLS, P_GROUP, \
-    P_ALPHA, P_MASK, P_FIELDS = range(14)
+    P_ALPHA, P_MASK, P_OUT, P_FIELDS = range(15)
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -505,9 +506,9 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
     """The grouped product on the host, in one call: for each run (slot, start, count) of the step's tokens
     sorted by slot (order[start:start + count] are its token ids), y[token] += x[token] · D_part^T for every
     part of the slot (a seeded delta, or a column class of a split one: parts[slot_parts[slot]:
-    slot_parts[slot + 1]], columns P_* of `parts`, scales float64). x float32 [B, in], y float32 [B, out]
-    (any strides; the runs' rows of y all zero: a token's at most two parts then add up in either order to
-    the same bits). The (run, part) items are taken mask by mask (P_MASK): each block of rows of a mask is
+    slot_parts[slot + 1]], columns P_* of `parts`, scales float64), into y's columns P_OUT .. P_OUT + P_ROWS - 1.
+    x float32 [B, in], y float32 [B, out] (any strides; the runs' rows of y all zero: the at most two parts of
+    a token and output column then add up in either order to the same bits). The (run, part) items are taken mask by mask (P_MASK): each block of rows of a mask is
     generated once, then multiplied by every item of that mask."""
     xt, off = _gathered(x, runs, order)
     n = 0
@@ -546,11 +547,12 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
             m = by[lo]
             xq, dest = _run_tokens(xt, off, runs, order, x.shape[1], item_run[m])
             codes, scale, bits, zero = arrays[f[P_CODES]], scales[item_part[m]], f[P_BITS], f[P_ZERO]
+            ys = y[:, f[P_OUT]:f[P_OUT] + rows]
             if item_map[m] < 0:
-                _products(codes, bits, scale, zero, f[P_SEED], rows, cols, group, alpha, xq, None, y, dest)
+                _products(codes, bits, scale, zero, f[P_SEED], rows, cols, group, alpha, xq, None, ys, dest)
             else:
                 _products(codes, bits, scale, zero, f[P_SEED], rows, cols, group, alpha, xq,
-                          cmaps[item_map[m], :cols], y, dest)
+                          cmaps[item_map[m], :cols], ys, dest)
             lo = hi
             continue
         h0 = seed_hash(f[P_SEED])
@@ -561,12 +563,13 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
                 f = parts[item_part[m]]
                 xq, dest = _run_tokens(xt, off, runs, order, x.shape[1], item_run[m])
                 codes, scale, bits, zero = arrays[f[P_CODES]], scales[item_part[m]], f[P_BITS], f[P_ZERO]
+                ys = y[:, f[P_OUT]:f[P_OUT] + rows]
                 if item_map[m] < 0:
-                    _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xq, None, y,
+                    _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xq, None, ys,
                                     dest, acc)
                 else:
                     _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xq,
-                                    cmaps[item_map[m], :cols], y, dest, acc)
+                                    cmaps[item_map[m], :cols], ys, dest, acc)
         lo = hi
 
 

@@ -166,6 +166,51 @@ def multi_delta_matmul(x: torch.Tensor, deltas, index: torch.Tensor, *, backend:
     segments: delta_segments(index, len(deltas)) computed once per forward pass and shared by every layer
     (else built here). add_to [B, out] (contiguous rows, e.g. the base layer's output): the products are
     added to it in place and it is returned."""
+    rows = _check_slice(x, deltas)
+    if add_to is None:
+        add_to = torch.zeros((x.shape[0], rows), dtype=x.dtype, device=x.device)
+    elif tuple(add_to.shape) != (x.shape[0], rows):
+        raise UsageError(f"add_to must be [{x.shape[0]}, {rows}], got {tuple(add_to.shape)}", field="add_to")
+    return multi_delta_matmul_sliced(x, [(0, deltas)], index, add_to=add_to, backend=backend,
+                                     check_index=check_index, segments=segments)
+
+
+def multi_delta_matmul_sliced(x: torch.Tensor, slices, index: torch.Tensor, *, add_to: torch.Tensor,
+                              backend: str | None = None, check_index: bool = True,
+                              segments: DeltaSegments | None = None):
+    """multi_delta_matmul for the output slices of one packed layer (q, k, v; gate, up) in one call:
+    slices [(column offset, [delta or None per slot])], every slice over the same slots and the same input;
+    row b of add_to [B, out] (contiguous rows) gets, at columns off .. off + rows - 1 of each slice, x[b] times
+    that slice's delta of slot index[b] (a column two slices of one slot cover gets their sum). Returns add_to.
+    On the CPU every slice's products run in one compiled call; on the GPU one grouped launch per slice."""
+    if not slices:
+        raise UsageError("multi_delta_matmul needs at least one slice of deltas")
+    n = len(slices[0][1])
+    for off, deltas in slices:
+        rows = _check_slice(x, deltas)
+        if len(deltas) != n:
+            raise UsageError(f"every slice needs one entry per slot: {len(deltas)} != {n}", field="slices")
+        if not 0 <= off <= add_to.shape[-1] - rows:
+            raise UsageError(f"a slice of {rows} rows at column {off} does not fit add_to's {add_to.shape[-1]}",
+                             field="slices")
+    if index.shape != (x.shape[0],):
+        raise UsageError(f"index must be [B={x.shape[0]}], got {tuple(index.shape)}")
+    if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8):
+        raise UsageError(f"index must be an integer tensor, got {index.dtype}", field="index")
+    if check_index and index.numel():
+        lo, hi = int(index.min()), int(index.max())  # one sync
+        if lo < -1 or hi >= n:
+            raise UsageError(f"index values must lie in -1..{n - 1}, got {lo}..{hi}", field="index")
+    if segments is not None and (segments.n_deltas != n or segments.batch != x.shape[0]):
+        raise UsageError(f"segments were built for {segments.batch} tokens and {segments.n_deltas} deltas, not "
+                         f"{x.shape[0]} and {n}", field="segments")
+    if add_to.dim() != 2 or add_to.shape[0] != x.shape[0] or add_to.stride(1) != 1 or add_to.device != x.device:
+        raise UsageError(f"add_to must be [{x.shape[0]}, out] with contiguous rows on {x.device}", field="add_to")
+    return dispatch.multi(x, [(off, list(deltas)) for off, deltas in slices], index, segments, add_to, backend)
+
+
+def _check_slice(x: torch.Tensor, deltas) -> int:
+    """The rows of a slot list's deltas (all of one shape; x [B, in] must match); UsageError otherwise."""
     present = [d for d in deltas if d is not None]
     if not present:
         raise UsageError("multi_delta_matmul needs at least one delta")
@@ -176,20 +221,4 @@ def multi_delta_matmul(x: torch.Tensor, deltas, index: torch.Tensor, *, backend:
                              field="shape")
     if x.dim() != 2 or x.shape[1] != shape[1]:
         raise UsageError(f"x must be [B, {shape[1]}], got {tuple(x.shape)}")
-    if index.shape != (x.shape[0],):
-        raise UsageError(f"index must be [B={x.shape[0]}], got {tuple(index.shape)}")
-    if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8):
-        raise UsageError(f"index must be an integer tensor, got {index.dtype}", field="index")
-    if check_index and index.numel():
-        lo, hi = int(index.min()), int(index.max())  # one sync
-        if lo < -1 or hi >= len(deltas):
-            raise UsageError(f"index values must lie in -1..{len(deltas) - 1}, got {lo}..{hi}", field="index")
-    if segments is not None and (segments.n_deltas != len(deltas) or segments.batch != x.shape[0]):
-        raise UsageError(f"segments were built for {segments.batch} tokens and {segments.n_deltas} deltas, not "
-                         f"{x.shape[0]} and {len(deltas)}", field="segments")
-    if add_to is not None and (add_to.shape != (x.shape[0], shape[0]) or add_to.stride(1) != 1
-                               or add_to.device != x.device):
-        raise UsageError(f"add_to must be [{x.shape[0]}, {shape[0]}] with contiguous rows on {x.device}",
-                         field="add_to")
-    return dispatch.multi(x, list(deltas), index, segments, add_to, backend)
-
+    return shape[0]

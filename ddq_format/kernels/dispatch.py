@@ -251,24 +251,30 @@ def linear(x, weight, bias, d, backend):
     return F.linear(x, weight, bias) + matmul(d, x, backend).to(x.dtype)
 
 
-def multi(x, deltas, index, segments, add_to, backend):
-    present = [d for d in deltas if d is not None]
+def multi(x, slices, index, segments, out, backend):
+    """out[:, off:off + rows] += the products of each slice's deltas (see delta.multi_delta_matmul_sliced)."""
+    present = [d for _, deltas in slices for d in deltas if d is not None]
     for d in present:
         _same_device(d, x)
-    be = choose(x.device, backend)
-    out = add_to if add_to is not None else torch.zeros((x.shape[0], present[0].shape[0]), dtype=x.dtype,
-                                                        device=x.device)
-    name = select("multi", present[0].encoding, be)
+    name = select("multi", present[0].encoding, choose(x.device, backend))
     if name == "torch reference multi":
-        return reference.multi_matmul(x, deltas, index, out)
+        for off, deltas in slices:
+            reference.multi_matmul(x, deltas, index, out[:, off:off + _rows(deltas)])
+        return out
     from .segments import delta_segments
-    seg = segments if segments is not None else delta_segments(index.to(x.device), len(deltas))
+    seg = segments if segments is not None else delta_segments(index.to(x.device), len(slices[0][1]))
     if name != "triton sgmv":
-        return host.multi(x, deltas, seg, out)
+        return host.multi(x, slices, seg, out)  # every slice in one compiled call
     from . import triton_linear
-    tab, kinds = multi_tables(deltas)
-    triton_linear.multi_matmul(x.contiguous(), out, [(k, tab, c) for k, c in kinds], seg)
+    xc = x.contiguous()
+    for off, deltas in slices:
+        tab, kinds = multi_tables(deltas)
+        triton_linear.multi_matmul(xc, out[:, off:off + _rows(deltas)], [(k, tab, c) for k, c in kinds], seg)
     return out
+
+
+def _rows(deltas) -> int:
+    return next(d for d in deltas if d is not None).shape[0]
 
 
 def load(entry, buffers, device, backend):

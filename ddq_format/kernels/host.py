@@ -214,40 +214,53 @@ def matmul(d, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_products(_f32(x), d.parts, ws, d.shape[0])).to(x.dtype)
 
 
-def multi(x: torch.Tensor, deltas, segments, out: torch.Tensor) -> torch.Tensor:
-    """out[t] += x[t] · ΔŴ_{delta(t)}ᵀ: each delta some token uses multiplied once for all its tokens, from its
-    codes (direct(); every such run of the step in one compiled call, host_grouped) or decoded once (a split
-    delta class by class); the products go back in one scatter, each sum rounded once to out's dtype."""
-    runs = [(s, start, count) for s, start, count in segments.runs() if deltas[s] is not None]
-    if not runs:
-        return out
-    order = segments.order.numpy()
-    xn = _f32(x)
-    tab = host_grouped.table(deltas)
-    grouped = [] if tab is None else [r for r in runs if tab.ok[r[0]] and r[2] <= DIRECT_MAX_TOKENS]
-    runs = [r for r in runs if r not in grouped] if grouped else runs
-    picks = [order[start:start + count] for _, start, count in grouped + runs]
-    pick = np.concatenate(picks)
-    at = sum(c for _, _, c in grouped)
-    y = None
-    if grouped:  # the kernel adds into rows of a [B, out] scratch
-        y = np.zeros((x.shape[0], out.shape[1]), np.float32)
-        host_grouped.products(tab, grouped, order, np.ascontiguousarray(xn), y)
-    if runs:  # the grouped tokens' rows first in ys, then each other run's
-        ys = np.empty((pick.size, out.shape[1]), np.float32)
-        if y is not None:
-            ys[:at] = y[pick[:at]]
-        parts = [deltas[s].parts for s, _, _ in runs]
-        ws = iter(_decoded([p for ps in parts for p in ps], [c for (_, _, c), ps in zip(runs, parts) for _ in ps]))
-        for (s, start, count), ps in zip(runs, parts):
-            ys[at:at + count] = _products(xn[order[start:start + count]], ps, [next(ws) for _ in ps], out.shape[1])
-            at += count
-    else:
-        ys = y[pick]
+def _add_rows(out: torch.Tensor, pick: np.ndarray, ys: np.ndarray) -> None:
+    """out[pick] += ys (float32 [len(pick), out's width]), each sum rounded once to out's dtype."""
     if out.dtype == torch.float32:
         view = out.numpy()  # out's memory (a column slice of a wider output included)
         view[pick] += ys
     else:
         tok = torch.from_numpy(pick)
         out[tok] = (out[tok].to(torch.float32) + torch.from_numpy(ys)).to(out.dtype)
+
+
+def _looped(xn: np.ndarray, deltas, runs, order: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, float32 [tokens, rows] products) of these runs, delta by delta: from the codes (direct())
+    or decoded once (batched seeded ones of one geometry together; a split delta class by class)."""
+    parts = [deltas[s].parts for s, _, _ in runs]
+    ws = iter(_decoded([p for ps in parts for p in ps], [c for (_, _, c), ps in zip(runs, parts) for _ in ps]))
+    pick = np.concatenate([order[start:start + count] for _, start, count in runs])
+    ys = np.empty((pick.size, rows), np.float32)
+    at = 0
+    for (s, start, count), ps in zip(runs, parts):
+        ys[at:at + count] = _products(xn[order[start:start + count]], ps, [next(ws) for _ in ps], rows)
+        at += count
+    return pick, ys
+
+
+def multi(x: torch.Tensor, slices, segments, out: torch.Tensor) -> torch.Tensor:
+    """out[t, off:off + rows] += x[t] · ΔŴᵀ of token t's delta in each slice (slices: [(column offset in out,
+    [delta or None per slot])], every slice over the same slots; a column two slices of one slot cover gets
+    their sum). Each delta some token uses is multiplied once for all its tokens: from its codes (direct();
+    every such run of the step, all slices, in ONE compiled call: host_grouped) or decoded once (a split delta
+    class by class); the products go back in one scatter per call (grouped) or per slice, each sum rounded
+    once to out's dtype."""
+    runs = segments.runs()
+    if not runs:
+        return out
+    order = segments.order.numpy()
+    xn = _f32(x)
+    tab = host_grouped.table(slices)
+    grouped = [] if tab is None else [r for r in runs if tab.ok[r[0]] and r[2] <= DIRECT_MAX_TOKENS]
+    if grouped:  # the kernel adds into rows of a [B, out] scratch, every slice at its columns
+        y = np.zeros((x.shape[0], out.shape[1]), np.float32)
+        host_grouped.products(tab, grouped, order, np.ascontiguousarray(xn), y)
+        pick = np.concatenate([order[start:start + count] for _, start, count in grouped])
+        _add_rows(out, pick, y[pick])
+        runs = [r for r in runs if r not in grouped]
+    for off, deltas in slices if runs else ():
+        mine = [r for r in runs if deltas[r[0]] is not None]
+        if mine:
+            rows = deltas[mine[0][0]].shape[0]
+            _add_rows(out[:, off:off + rows], *_looped(xn, deltas, mine, order, rows))
     return out

@@ -6,7 +6,9 @@ decode sizes, so 16 deltas cost more in dispatch than in products. Here every se
 layer's deltas is described once, in a table kept while those deltas live (keyed by the deltas' ids,
 dropped when any of them is collected), and one call runs every eligible run of the step: its tokens
 gathered once, each mask regenerated once for every part that has it (deltas of one base converted at one
-run seed share them) and each part's codes read in place (no copy, no dense scratch).
+run seed share them) and each part's codes read in place (no copy, no dense scratch). A table covers every
+output slice of a packed layer (q, k, v; gate, up): each part writes its own columns of the layer's output
+(P_OUT), so such a layer costs one call per step, not one per slice.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ class Table:
     arrays: object  # numba typed List of uint8 arrays: the parts' packed codes and raw column lists
     parts: np.ndarray  # int64 [P, P_FIELDS]: one row per part (columns accel._kernels.P_*)
     scales: np.ndarray  # float64 [P]
-    slot_parts: np.ndarray  # int64 [n + 1]: slot s owns parts[slot_parts[s]:slot_parts[s + 1]]
-    ok: np.ndarray  # bool [n]: every part of the slot's delta multiplies from its codes here
+    slot_parts: np.ndarray  # int64 [n + 1]: slot s owns parts[slot_parts[s]:slot_parts[s + 1]] (every slice's)
+    ok: np.ndarray  # bool [n]: every part of the slot's deltas (in every slice) multiplies from its codes here
 
 
 _TABLES: dict[tuple, Table] = {}
@@ -41,9 +43,10 @@ def _raw(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(-1).view(torch.uint8).numpy()
 
 
-def _row(k, p, arrays: list, masks: dict) -> list:
+def _row(k, p, arrays: list, masks: dict, out0: int) -> list:
     prm = p.params
     row = [0] * k.P_FIELDS
+    row[k.P_OUT] = out0
     row[k.P_CODES] = len(arrays)
     arrays.append(_raw(p.buffers["codes"]))
     row[k.P_LIST] = -1
@@ -60,37 +63,41 @@ def _row(k, p, arrays: list, masks: dict) -> list:
     return row
 
 
-def _build(deltas, k) -> Table:
+def _build(slices, k) -> Table:
     from ..accel import _kernels as kk
     arrays, rows, scales, slot_parts, ok, masks = [], [], [], [0], [], {}
-    for d in deltas:
-        good = d is not None and all(eligible(p) for p in d.parts)
-        ok.append(good)
-        for p in d.parts if good else ():
-            rows.append(_row(kk, p, arrays, masks))
-            scales.append(float(p.params["scale"]))
+    for s in range(len(slices[0][1])):
+        held = [(off, deltas[s]) for off, deltas in slices if deltas[s] is not None]
+        good = all(eligible(p) for _, d in held for p in d.parts)
+        ok.append(good and bool(held))
+        for off, d in held if good else ():
+            for p in d.parts:
+                rows.append(_row(kk, p, arrays, masks, off))
+                scales.append(float(p.params["scale"]))
         slot_parts.append(len(rows))
     parts = np.array(rows, np.int64).reshape(len(rows), kk.P_FIELDS)
     return Table(k.product_table(arrays), parts, np.array(scales, np.float64), np.array(slot_parts, np.int64),
                  np.array(ok, bool))
 
 
-def table(deltas) -> Table | None:
-    """The table of these deltas (built on first use), or None without the compiled kernels."""
+def table(slices) -> Table | None:
+    """The table of a layer's slices [(output column offset, [delta or None per slot])], all slices over the
+    same slots (built on first use), or None without the compiled kernels."""
     k = accel.kernels()
     if k is None:
         return None
-    key = tuple(map(id, deltas))
+    key = tuple((off, tuple(map(id, deltas))) for off, deltas in slices)
     hit = _TABLES.get(key)
     if hit is None:
-        hit = _TABLES[key] = _build(deltas, k)
-        for d in {id(d): d for d in deltas if d is not None}.values():  # an id is reused only once d is gone
+        hit = _TABLES[key] = _build(slices, k)
+        alive = {id(d): d for _, deltas in slices for d in deltas if d is not None}
+        for d in alive.values():  # an id is reused only once d is gone
             weakref.finalize(d, _TABLES.pop, key, None)
     return hit
 
 
 def products(tab: Table, runs: list, order: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-    """y[t] += x[t] · ΔŴ_{slot}ᵀ for the tokens of these runs ((slot, start, count), each slot ok in tab;
-    order[start:start + count] its token ids). x float32 [B, in], y float32 [B, out]."""
+    """y[t, slice] += x[t] · ΔŴ_{slot, slice}ᵀ for the tokens of these runs ((slot, start, count), each slot ok
+    in tab; order[start:start + count] its token ids). x float32 [B, in], y float32 [B, layer out]."""
     accel.kernels().seeded_products_multi(tab.arrays, tab.parts, tab.scales, tab.slot_parts,
                                           np.array(runs, np.int64).reshape(-1, 3), order, x, y)

@@ -11,7 +11,9 @@ import torch
 from kernel_builders import MATMUL_TOL, write_cases
 
 from ddq_format import accel
-from ddq_format.kernels import CompressedDelta, delta_segments, host, host_grouped, multi_delta_matmul
+from ddq_format.errors import UsageError
+from ddq_format.kernels import (CompressedDelta, delta_segments, host, host_grouped, multi_delta_matmul,
+                                multi_delta_matmul_sliced)
 
 pytestmark = pytest.mark.skipif(not accel.available(), reason="numba is not installed")
 
@@ -36,7 +38,7 @@ def deltas(request, tmp_path, rng, monkeypatch):
 def _looped(x, ds, idx, out, monkeypatch):
     """multi_delta_matmul through the per-delta loop (no grouped table)."""
     with monkeypatch.context() as m:
-        m.setattr(host_grouped, "table", lambda deltas: None)
+        m.setattr(host_grouped, "table", lambda slices: None)
         return multi_delta_matmul(x, ds, idx, backend="numpy", segments=delta_segments(idx, len(ds)), add_to=out)
 
 
@@ -98,18 +100,18 @@ def test_table_follows_its_deltas(deltas):
     """One table per list of deltas, reused while they live, dropped when any of them is collected; a shard
     (its mask keys are global rows) is never grouped."""
     _, _, ds, shard = deltas
-    first = host_grouped.table(ds)
-    assert host_grouped.table(ds) is first
+    first = host_grouped.table([(0, ds)])
+    assert host_grouped.table([(0, ds)]) is first
     assert list(first.ok) == [True, True, True, False, True, True]
     assert list(np.diff(first.slot_parts)) == [1, 1, 1, 0, 1, 2]  # the split delta: two column classes
-    assert host_grouped.table([ds[0], shard]).ok.tolist() == [True, False]
-    key = tuple(map(id, ds))
+    assert host_grouped.table([(0, [ds[0], shard])]).ok.tolist() == [True, False]
+    key = ((0, tuple(map(id, ds))),)
     assert key in host_grouped._TABLES
     del first
     ds[4] = None
     gc.collect()
     assert key not in host_grouped._TABLES
-    assert host_grouped.table(ds).ok.tolist() == [True, True, True, False, False, True]
+    assert host_grouped.table([(0, ds)]).ok.tolist() == [True, True, True, False, False, True]
 
 
 def test_four_byte_column_lists(tmp_path, rng, monkeypatch):
@@ -141,7 +143,7 @@ def test_deltas_sharing_masks_equal_the_loop(tmp_path, rng, monkeypatch, counts)
     f, names = write_cases(tmp_path, rng, SHARED)
     ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
     from ddq_format.accel import _kernels
-    masks = host_grouped.table(ds).parts[:, _kernels.P_MASK].tolist()
+    masks = host_grouped.table([(0, ds)]).parts[:, _kernels.P_MASK].tolist()
     assert masks[0] == masks[1] == masks[2] != masks[3]  # seed 5 three times, seed 6 once
     assert masks[4:6] == masks[6:8] and len(set(masks[4:6])) == 2  # the split pair: a mask per class
     idx = _index(rng, counts)
@@ -154,3 +156,66 @@ def test_deltas_sharing_masks_equal_the_loop(tmp_path, rng, monkeypatch, counts)
         if s >= 0:
             ref[t] = x[t].double() @ full[s].T
     assert float((got.double() - ref).norm() / ref.norm()) <= MATMUL_TOL
+
+
+# A packed layer (q, k, v): three output slices over the same 5 slots and input. Slot 1 has no k delta, slots 2
+# and 3 are csr_parts in v (so the loop takes all their slices), slot 4 holds nothing.
+LAYER = {"q": [(9, 40, dict(encoding="seeded", alpha=4, group_size=16, bits=4))] * 4,
+         "k": [(5, 40, dict(encoding="seeded", alpha=4, group_size=12, bits=3))] * 4,
+         "v": [(9, 40, dict(encoding="seeded_rans_split", alpha=4, group_size=16, bits=4, rows_per_stream=4,
+                            hot=(6, 2, 6)))] * 2 + [(9, 40, dict(encoding="csr_parts", alpha=4, group_size=16,
+                                                                 bits=4, parts=2))] * 2}
+
+
+def _layer(tmp_path, rng):
+    f, names = write_cases(tmp_path, rng, [c for cases in LAYER.values() for c in cases])
+    ds = iter(CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names)
+    slices = {k: [next(ds) for _ in cases] + [None] for k, cases in LAYER.items()}
+    slices["k"][1] = None
+    offsets = {"q": 0, "k": 9, "v": 14}
+    return [(offsets[k], slices[k]) for k in LAYER], 23
+
+
+@pytest.mark.parametrize("counts", [(2, 1, 3, 1, 2), (1, 2, 65, 66, 1)])
+def test_layer_slices_in_one_call_equal_slice_by_slice(tmp_path, rng, monkeypatch, counts):
+    """multi_delta_matmul_sliced: every slice of a packed layer in ONE compiled call, bit for bit the same as
+    one multi_delta_matmul per slice (and the per-delta loop), into a column range of a wider output; the
+    csr_parts slots and the 65-token runs take the loop; the torch reference agrees within MATMUL_TOL."""
+    slices, width = _layer(tmp_path, rng)
+    idx = _index(rng, counts)
+    x = torch.randn(len(idx), 40)
+    seg = delta_segments(idx, 5)
+    wide = torch.randn(len(idx), width + 4)
+    k = accel.kernels()
+    calls, real = [], k.seeded_products_multi
+    monkeypatch.setattr(k, "seeded_products_multi", lambda *a: calls.append(a[4].copy()) or real(*a))
+    got = wide.clone()
+    multi_delta_matmul_sliced(x, slices, idx, add_to=got[:, 3:3 + width], segments=seg, backend="numpy")
+    assert len(calls) == 1 and sorted(calls[0][:, 0].tolist()) == [s for s, c in enumerate(counts[:2]) if c <= 64]
+    per_slice = wide.clone()
+    for off, deltas in slices:
+        rows = next(d for d in deltas if d is not None).shape[0]
+        multi_delta_matmul(x, deltas, idx, add_to=per_slice[:, 3 + off:3 + off + rows], segments=seg,
+                           backend="numpy")
+    assert torch.equal(got, per_slice)
+    looped = wide.clone()
+    for off, deltas in slices:
+        rows = next(d for d in deltas if d is not None).shape[0]
+        _looped(x, deltas, idx, looped[:, 3 + off:3 + off + rows], monkeypatch)
+    assert torch.equal(got, looped)
+    ref = multi_delta_matmul_sliced(x, slices, idx, add_to=wide.clone()[:, 3:3 + width], backend="torch")
+    base = wide[:, 3:3 + width]
+    assert float((got[:, 3:3 + width] - ref).norm() / (ref - base).norm()) <= MATMUL_TOL
+    assert torch.equal(got[:, :3], wide[:, :3]) and torch.equal(got[:, -1:], wide[:, -1:])
+    assert torch.equal(got[idx == 4], wide[idx == 4]) and torch.equal(got[idx == -1], wide[idx == -1])
+
+
+def test_layer_slices_checked(tmp_path, rng):
+    slices, width = _layer(tmp_path, rng)
+    x, idx = torch.randn(3, 40), torch.tensor([0, 1, -1])
+    with pytest.raises(UsageError, match="one entry per slot"):
+        multi_delta_matmul_sliced(x, [slices[0], (9, slices[1][1][:3])], idx, add_to=torch.zeros(3, width))
+    with pytest.raises(UsageError, match="does not fit"):
+        multi_delta_matmul_sliced(x, slices, idx, add_to=torch.zeros(3, width - 1))
+    with pytest.raises(UsageError, match="at least one slice"):
+        multi_delta_matmul_sliced(x, [], idx, add_to=torch.zeros(3, width))

@@ -8,7 +8,8 @@ import torch
 from kernel_builders import DEVICE, HALF_TOL, MATMUL_TOL, write_cases
 
 from ddq_format.errors import UsageError
-from ddq_format.kernels import CompressedDelta, delta_linear, delta_segments, multi_delta_matmul
+from ddq_format.kernels import (CompressedDelta, delta_linear, delta_segments, multi_delta_matmul,
+                               multi_delta_matmul_sliced)
 from ddq_format.kernels import dispatch
 from ddq_format.kernels.segments import reference_tiles
 
@@ -137,6 +138,10 @@ def test_multi_delta_matmul(tmp_path, rng, backend, triton_kernels):
     out2 = multi_delta_matmul(xd, slots, idx, backend=backend)
     keep = (index == 0) | (index == 2) | (index == 4)
     assert torch.all(out2[~keep] == 0) and _rel(out2[keep], ref[keep]) <= MATMUL_TOL
+    sliced = torch.zeros(len(index), 33, device=dev)  # a packed layer: two output slices, a gap column between
+    got = multi_delta_matmul_sliced(xd, [(0, deltas), (17, slots)], idx, add_to=sliced, backend=backend)
+    assert got is sliced and _rel(sliced[:, :16], ref) <= MATMUL_TOL and not sliced[:, 16].any()
+    assert torch.all(sliced[~keep, 17:] == 0) and _rel(sliced[keep, 17:], ref[keep]) <= MATMUL_TOL
     xh = multi_delta_matmul(x.half().to(dev), deltas, idx, backend=backend)
     assert xh.dtype == torch.float16 and _rel(xh, ref) <= HALF_TOL
 

@@ -4,8 +4,9 @@ vLLM's LoRA manager gives every batch row (token, or logits row) a slot index, -
 (the punica wrapper's `token_lora_indices` / `sampler_indices`). Each wrapped layer holds one table here:
 slot s -> the rank-local delta of the adapter in slot s, or nothing. A forward step groups its rows by
 slot ONCE (`StepIndex.segments`: kernels.delta_segments of the step's index, shared by every layer and
-every output slice); each linear layer then adds, per output slice, the kernel-encoded deltas of all slots
-in ONE grouped call (kernels.multi_delta_matmul(..., segments=, add_to=), no host sync), and norms select
+every output slice); each linear layer then adds the kernel-encoded deltas of all slots, every output slice
+(q, k, v) included, in ONE grouped call (kernels.multi_delta_matmul_sliced(..., segments=, add_to=), no host
+sync; on the GPU one launch per slice), and norms select
 per row between vLLM's output and the fine-tuned weight's (no host sync). Dense deltas and embedding rows
 loop over the slots the step uses: one device-to-host copy per step (DeltaSegments.runs), shared by all.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels import CompressedDelta, delta_segments, multi_delta_matmul
+from ...kernels import CompressedDelta, delta_segments, multi_delta_matmul_sliced
 
 
 class DenseDelta:
@@ -137,7 +138,7 @@ class LinearSlots:
         self.out_features = sum(s for _, s in self.slices)
         self.weights: list[dict[int, object]] = [{} for _ in self.slices]  # slice -> slot -> delta
         self.bias: dict[int, torch.Tensor] = {}  # slot -> [out_local] float32
-        self._plan = None  # ([(col offset, cols, [delta or None per slot])], [(slot, col offset, cols, delta)])
+        self._plan = None  # ([(col offset, [delta or None per slot])], [(slot, col offset, cols, delta)])
         self._bias_table = None
 
     @property
@@ -180,17 +181,16 @@ class LinearSlots:
         return n + (nbytes(self.bias[slot]) if slot in self.bias else 0)
 
     def _build(self, device) -> None:
-        """Grouped launches: per output slice (per run of rows, for shards that keep several), the
+        """The grouped call's slices: per output slice (per run of rows, for shards that keep several), the
         kernel-encoded delta of every slot; everything else applied slot by slot."""
         launches, others = [], []
         for (off, size), w in zip(self.slices, self.weights):
             whole = [w.get(s) if isinstance(w.get(s), CompressedDelta) else None for s in range(self.n)]
             if any(d is not None for d in whole):
-                launches.append((off, size, whole))
+                launches.append((off, whole))
             runs = {s: d for s, d in w.items() if hasattr(d, "row_runs")}  # shard.RowRuns: same cuts in every slot
             for j, (start, part) in enumerate(next(iter(runs.values())).row_runs if runs else []):
-                launches.append((off + start, part.shape[0],
-                                 [runs[s].row_runs[j][1] if s in runs else None for s in range(self.n)]))
+                launches.append((off + start, [runs[s].row_runs[j][1] if s in runs else None for s in range(self.n)]))
             others += [(s, off, size, d) for s, d in w.items() if not isinstance(d, CompressedDelta) and s not in runs]
         self._bias_table = None
         if self.bias:
@@ -207,8 +207,8 @@ class LinearSlots:
             self._build(x.device)
         launches, others = self._plan
         seg = segments if segments is not None else delta_segments(idx, self.n)
-        for off, size, deltas in launches:
-            multi_delta_matmul(x, deltas, idx, segments=seg, add_to=y[:, off:off + size], check_index=False)
+        if launches:
+            multi_delta_matmul_sliced(x, launches, idx, segments=seg, add_to=y, check_index=False)
         for s, off, size, d in others:
             rows = seg.rows(s)
             if rows is not None:
