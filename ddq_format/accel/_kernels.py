@@ -507,8 +507,9 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
     sorted by slot (order[start:start + count] are its token ids), y[token] += x[token] · D_part^T for every
     part of the slot (a seeded delta, or a column class of a split one: parts[slot_parts[slot]:
     slot_parts[slot + 1]], columns P_* of `parts`, scales float64), into y's columns P_OUT .. P_OUT + P_ROWS - 1.
-    x float32 [B, in], y float32 [B, out] (any strides; the runs' rows of y all zero: the at most two parts of
-    a token and output column then add up in either order to the same bits). The (run, part) items are taken mask by mask (P_MASK): each block of rows of a mask is
+    x float32 [B, in], y float32 [B, out] (any strides): each item adds its row sums into y. A token with two
+    parts on one output column (a split delta's classes) gets the same bits whichever is added first only if
+    its row of y starts zero (host.multi then passes a zeroed scratch). The (run, part) items are taken mask by mask (P_MASK): each block of rows of a mask is
     generated once, then multiplied by every item of that mask."""
     xt, off = _gathered(x, runs, order)
     n = 0

@@ -29,6 +29,7 @@ class Table:
     scales: np.ndarray  # float64 [P]
     slot_parts: np.ndarray  # int64 [n + 1]: slot s owns parts[slot_parts[s]:slot_parts[s + 1]] (every slice's)
     ok: np.ndarray  # bool [n]: every part of the slot's deltas (in every slice) multiplies from its codes here
+    single: np.ndarray  # bool [n]: each of the slot's deltas is one part (no split classes to sum first)
 
 
 _TABLES: dict[tuple, Table] = {}
@@ -65,11 +66,12 @@ def _row(k, p, arrays: list, masks: dict, out0: int) -> list:
 
 def _build(slices, k) -> Table:
     from ..accel import _kernels as kk
-    arrays, rows, scales, slot_parts, ok, masks = [], [], [], [0], [], {}
+    arrays, rows, scales, slot_parts, ok, single, masks = [], [], [], [0], [], [], {}
     for s in range(len(slices[0][1])):
         held = [(off, deltas[s]) for off, deltas in slices if deltas[s] is not None]
         good = all(eligible(p) for _, d in held for p in d.parts)
         ok.append(good and bool(held))
+        single.append(all(len(d.parts) == 1 for _, d in held))
         for off, d in held if good else ():
             for p in d.parts:
                 rows.append(_row(kk, p, arrays, masks, off))
@@ -77,7 +79,7 @@ def _build(slices, k) -> Table:
         slot_parts.append(len(rows))
     parts = np.array(rows, np.int64).reshape(len(rows), kk.P_FIELDS)
     return Table(k.product_table(arrays), parts, np.array(scales, np.float64), np.array(slot_parts, np.int64),
-                 np.array(ok, bool))
+                 np.array(ok, bool), np.array(single, bool))
 
 
 def table(slices) -> Table | None:

@@ -78,6 +78,31 @@ def test_grouped_rounds_each_sum_once_in_half_precision(deltas, rng, monkeypatch
     assert torch.equal(got, _looped(x, ds, idx, base.clone(), monkeypatch))
 
 
+def test_unsplit_deltas_add_straight_into_a_float32_output(tmp_path, rng, monkeypatch):
+    """Every grouped delta one part (no split classes): the compiled call adds into out itself (a column
+    slice of a wider buffer, no scratch), bit for bit what the loop gives; in bfloat16, or with a split delta
+    in the step, it goes through a scratch."""
+    f, names = write_cases(tmp_path, rng, SEEDED + WALK + SPLIT)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    seen, real = [], host_grouped.products
+    monkeypatch.setattr(host_grouped, "products", lambda tab, runs, order, x, y: seen.append(y) or
+                        real(tab, runs, order, x, y))
+    for idx, dtype, straight in ((torch.tensor([1, 0, -1, 2, 0, 1, 1]), torch.float32, True),
+                                 (torch.tensor([1, 0, -1, 2, 0, 3, 1]), torch.float32, False),
+                                 (torch.tensor([1, 0, -1, 2, 0, 1, 1]), torch.bfloat16, False)):
+        x = torch.randn(len(idx), 40, dtype=dtype)
+        wide = torch.randn(len(idx), 14, dtype=dtype)
+        got = wide.clone()
+        seen.clear()
+        multi_delta_matmul(x, ds, idx, backend="numpy", segments=delta_segments(idx, 4), add_to=got[:, 3:12])
+        assert len(seen) == 1 and np.shares_memory(seen[0], got.view(torch.int16 if dtype == torch.bfloat16
+                                                                            else dtype).numpy()) == straight
+        want = wide.clone()
+        _looped(x, ds, idx, want[:, 3:12], monkeypatch)
+        assert torch.equal(got, want) and torch.equal(got[idx == -1], wide[idx == -1])
+        assert torch.equal(got[:, :3], wide[:, :3]) and torch.equal(got[:, 12:], wide[:, 12:])
+
+
 def test_one_call_per_step(deltas, rng, monkeypatch):
     """Every grouped run of a step goes through one seeded_products_multi call; none through the one-delta
     kernel; the csr_parts slot and the 65-token run still take the loop."""
