@@ -10,6 +10,7 @@ operation, encoding, backend and batch bound match is used; `describe()` prints 
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -154,11 +155,13 @@ def multi_tables(deltas):
     """(table over all slots, [(kind, consts) per layout present]) for a delta list (None = empty slot).
     Each slot takes CLASSES rows of NF fields: its delta's classes (d.parts; a split delta's two column
     classes run in the same launch and steps, as in launch_args), zero rows where it has fewer (a zero row
-    does no work). Cached by identity; the cache holds the deltas, so the addresses in the table stay valid."""
+    does no work). Cached by the deltas' ids while they all live: an entry is dropped when any of them is
+    collected (so the table's buffer addresses never outlive their buffers, and the cache never keeps an
+    evicted adapter's device memory)."""
     key = tuple(id(d) for d in deltas)
     hit = _MULTI_CACHE.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], deltas)):
-        return hit[1]
+    if hit is not None:
+        return hit
     present = [d for d in deltas if d is not None]
     classes = max(1, *(len(d.parts) for d in present))
     rows = []
@@ -174,8 +177,10 @@ def multi_tables(deltas):
             launches.append((layout.kind, {**layout.consts(members), "CLASSES": classes}))
     if len(_MULTI_CACHE) >= _MULTI_CACHE_SIZE:
         _MULTI_CACHE.pop(next(iter(_MULTI_CACHE)))
-    _MULTI_CACHE[key] = (tuple(deltas), (tab, launches))
-    return tab, launches
+    hit = _MULTI_CACHE[key] = (tab, launches)
+    for d in {id(d): d for d in present}.values():  # an id is reused only once d is gone
+        weakref.finalize(d, _MULTI_CACHE.pop, key, None)
+    return hit
 
 
 # -- kernels by name -----------------------------------------------------------------------------------

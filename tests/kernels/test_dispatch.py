@@ -106,3 +106,24 @@ def test_no_encoding_names_compared_outside_the_registries():
         text = path.read_text()
         assert not pattern.search(text), (path.name, pattern.search(text).group(0))
         assert not pattern_const.search(text), (path.name, pattern_const.search(text).group(0))
+
+
+def test_grouped_launch_tables_do_not_keep_their_deltas_alive(tmp_path, rng):
+    """The GPU grouped call's cached tables (multi_tables: the parts' buffer addresses) are dropped with their
+    deltas: an adapter vLLM evicts from its slot frees its device memory instead of staying cached."""
+    import gc
+    import weakref
+
+    from kernel_builders import write_cases
+
+    from ddq_format.kernels import CompressedDelta
+    f, names = write_cases(tmp_path, rng, [(9, 40, dict(encoding="seeded", alpha=4, group_size=16, bits=4))] * 2)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    first = dispatch.multi_tables([ds[0], None, ds[1]])[0]
+    assert dispatch.multi_tables([ds[0], None, ds[1]])[0] is first  # cached while they live
+    gone = weakref.ref(ds[1])
+    key = (id(ds[0]), id(None), id(ds[1]))
+    del ds[1], first
+    gc.collect()
+    assert gone() is None and key not in dispatch._MULTI_CACHE
+    assert dispatch.multi_tables([ds[0]])[0].shape[0] == 1
