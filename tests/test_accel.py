@@ -76,6 +76,28 @@ def test_pack_unpack(bits, n, seed):
     assert same(*both(bitpack.unpack, packed[0], bits, n))
 
 
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_product_values_equal_dequantize(bits):
+    """The products' code reader (_kernels._values: byte by byte for 2-, 4- and 8-bit codes starting on a byte,
+    windows otherwise, clamped at the stream's end) gives the bits of quantize.dequantize(bitpack.unpack())
+    for ranges starting on a block (multiples of 32 codes) or anywhere, of every length mod 8, up to the
+    stream's last code."""
+    from ddq_format.accel import _kernels
+    from ddq_format.quantize import dequantize
+    rng = np.random.default_rng(bits)
+    for start in (0, 32, 96, 1, 5, 37):
+        for n, tail in ((0, 3), (1, 0), (7, 2), (31, 0), (64, 5), (97, 0), (98, 1)):
+            total = start + n + tail  # tail 0: the range ends on the stream's last code
+            packed = bitpack.pack(rng.integers(0, 1 << bits, total).astype(np.uint8), bits)
+            scale, zero = float(rng.uniform(1e-3, 1.0)), int(rng.integers(0, 1 << bits))
+            want = dequantize(bitpack.unpack(packed, bits, total), scale, zero)[start:start + n]
+            vals = np.full(n + 1, np.nan, np.float32)
+            _kernels._values(packed, np.uint64(max(packed.size, 1) - 1), bits, np.uint64((1 << bits) - 1),
+                             _kernels._lut(bits, scale, zero), start, n, vals)
+            assert np.array_equal(vals[:n].view(np.uint32), want.view(np.uint32)), (start, n, tail)
+            assert np.isnan(vals[n])
+
+
 @pytest.mark.parametrize("bad", [np.array([0, 16, 1], np.uint8), np.array([3, -1], np.int64)])
 def test_pack_rejects_out_of_range_codes_on_both_paths(bad):
     for name in accel.BACKENDS:

@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ..spec import FMIX_C1, FMIX_C2, GOLDEN, PERM_ROUNDS, SEED_SALT
+from ..spec import FMIX_C1, FMIX_C2, GOLDEN, MAX_BITS, PERM_ROUNDS, SEED_SALT
 
 assert PERM_ROUNDS == 3  # permute() unrolls the three rounds
 
@@ -310,17 +310,51 @@ def _code_at(codes, last, bits, mask, index):
     return (window >> (b & U64(7))) & mask
 
 
+@njit(nogil=True, cache=True)
+def _lut(bits, scale, zero):
+    """float32 [2**bits]: scale * (code - zero) of every code, binary32 as quantize.dequantize."""
+    out = np.empty(1 << bits, np.float32)
+    s, z = np.float32(scale), np.int64(zero)
+    for c in range(1 << bits):
+        out[c] = s * np.float32(np.int64(c) - z)
+    return out
+
+
 @njit(inline="always", nogil=True, cache=True)
-def _values(codes, last, bits, mask, s, z, e0, n, vals):
-    """vals[0:n] = scale * (code - zero) (binary32, as quantize.dequantize) of codes e0 .. e0 + n - 1 of the
-    packed stream (no padding byte). Only a range reaching the stream's last byte reads it clamped (a
-    branch per code would stop the loop's vectors)."""
-    if ((U64(e0 + n) * U64(bits) + U64(7)) >> U64(3)) < last + ONE:
+def _values(codes, last, bits, mask, lut, e0, n, vals):
+    """vals[0:n] = lut[code] of codes e0 .. e0 + n - 1 of the packed stream (no padding byte). 2-, 4- and
+    8-bit codes starting on a byte (every block does: e0 is a multiple of RB codes) are read byte by byte,
+    several codes per byte (about 2x faster than a 16-bit window per code); other widths read windows, and
+    only a range reaching the stream's last byte reads it clamped (a branch per code would stop the loop's
+    vectors)."""
+    if bits == 8:
+        cs = codes[e0:e0 + n]
         for i in range(n):
-            vals[i] = s * np.float32(np.int64(_code(codes, bits, mask, e0 + i)) - z)
+            vals[i] = lut[cs[i]]
+    elif bits == 4 and e0 % 2 == 0:
+        cs = codes[e0 // 2:]
+        for q in range(n // 2):
+            c = cs[q]
+            vals[2 * q] = lut[c & 15]
+            vals[2 * q + 1] = lut[c >> 4]
+        if n % 2:
+            vals[n - 1] = lut[cs[n // 2] & 15]
+    elif bits == 2 and e0 % 4 == 0:
+        cs = codes[e0 // 4:]
+        for q in range(n // 4):
+            c = cs[q]
+            vals[4 * q] = lut[c & 3]
+            vals[4 * q + 1] = lut[(c >> 2) & 3]
+            vals[4 * q + 2] = lut[(c >> 4) & 3]
+            vals[4 * q + 3] = lut[c >> 6]
+        for i in range(n - n % 4, n):
+            vals[i] = lut[(cs[i // 4] >> (2 * (i % 4))) & 3]
+    elif ((U64(e0 + n) * U64(bits) + U64(7)) >> U64(3)) < last + ONE:
+        for i in range(n):
+            vals[i] = lut[_code(codes, bits, mask, e0 + i)]
     else:
         for i in range(n):
-            vals[i] = s * np.float32(np.int64(_code_at(codes, last, bits, mask, e0 + i)) - z)
+            vals[i] = lut[_code_at(codes, last, bits, mask, e0 + i)]
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -398,12 +432,11 @@ def _rows_products(vals, pos, nb, full, keep, keep_tail, group, xt, colmap, y, d
 
 
 @njit(inline="always", nogil=True, cache=True)
-def _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc):
-    """_rows_products of rows r0 .. r0 + RB - 1 (those below `rows`), pos from block_positions."""
+def _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc):
+    """_rows_products of rows r0 .. r0 + RB - 1 (those below `rows`), pos from block_positions, lut = _lut()."""
     full, keep, tail, keep_tail, per_row = _layout(cols, group, alpha)
     nb = min(RB, rows - r0)
-    _values(codes, U64(max(codes.size, 1) - 1), bits, U64((1 << bits) - 1), np.float32(scale), np.int64(zero),
-            r0 * per_row, nb * per_row, vals)
+    _values(codes, U64(max(codes.size, 1) - 1), bits, U64((1 << bits) - 1), lut, r0 * per_row, nb * per_row, vals)
     _rows_products(vals, pos, nb, full, keep, keep_tail, group, xt, colmap, y, dest, r0, acc)
 
 
@@ -417,10 +450,11 @@ def _products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt, colm
     keys, pos = _mask_scratch(per_row)
     vals = np.empty(RB * max(per_row, 1), np.float32)
     acc = np.empty(xt.shape[1], np.float32)
+    lut = _lut(bits, scale, zero)
     h0 = seed_hash(seed)
     for r0 in range(0, rows, RB):
         block_positions(h0, r0, cols, group, alpha, keys, pos)
-        _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc)
+        _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc)
 
 
 @njit(nogil=True, cache=True)
@@ -557,19 +591,22 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
             lo = hi
             continue
         h0 = seed_hash(f[P_SEED])
+        luts = np.empty((hi - lo, 1 << MAX_BITS), np.float32)
+        for it in range(lo, hi):
+            fi = parts[item_part[by[it]]]
+            luts[it - lo, :1 << fi[P_BITS]] = _lut(fi[P_BITS], scales[item_part[by[it]]], fi[P_ZERO])
         for r0 in range(0, rows, RB):
             block_positions(h0, r0, cols, group, alpha, keys, pos)
             for it in range(lo, hi):
                 m = by[it]
                 f = parts[item_part[m]]
                 xq, dest = _run_tokens(xt, off, runs, order, x.shape[1], item_run[m])
-                codes, scale, bits, zero = arrays[f[P_CODES]], scales[item_part[m]], f[P_BITS], f[P_ZERO]
+                codes, bits, lut = arrays[f[P_CODES]], f[P_BITS], luts[it - lo]
                 ys = y[:, f[P_OUT]:f[P_OUT] + rows]
                 if item_map[m] < 0:
-                    _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xq, None, ys,
-                                    dest, acc)
+                    _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xq, None, ys, dest, acc)
                 else:
-                    _block_products(codes, bits, scale, zero, rows, cols, group, alpha, r0, pos, vals, xq,
+                    _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xq,
                                     cmaps[item_map[m], :cols], ys, dest, acc)
         lo = hi
 
