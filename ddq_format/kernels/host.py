@@ -253,16 +253,17 @@ def multi(x: torch.Tensor, slices, segments, out: torch.Tensor) -> torch.Tensor:
     xn = _f32(x)
     tab = host_grouped.table(slices)
     grouped = [] if tab is None else [r for r in runs if tab.ok[r[0]] and r[2] <= DIRECT_MAX_TOKENS]
-    if grouped and out.dtype == torch.float32 and tab.single[[s for s, _, _ in grouped]].all():
-        # one part per token and output column: its row sum added straight into out is the same float32 sum
-        # as through a zeroed scratch (no [B, out] scratch zeroed, gathered and scattered back)
-        host_grouped.products(tab, grouped, order, np.ascontiguousarray(xn), out.numpy())
-    elif grouped:  # the kernel adds into rows of a [B, out] scratch, every slice at its columns
-        y = np.zeros((x.shape[0], out.shape[1]), np.float32)
-        host_grouped.products(tab, grouped, order, np.ascontiguousarray(xn), y)
-        pick = np.concatenate([order[start:start + count] for _, start, count in grouped])
-        _add_rows(out, pick, y[pick])
     if grouped:
+        xc = np.ascontiguousarray(xn)
+        if out.dtype == torch.float32 and tab.single[[s for s, _, _ in grouped]].all():
+            # one part per token and output column: its row sum added straight into out is the same float32
+            # sum as through a zeroed scratch (no [B, out] scratch zeroed, gathered and scattered back)
+            host_grouped.products(tab, grouped, order, xc, out.numpy())
+        else:  # the kernel adds into rows of a [B, out] scratch, every slice at its columns
+            y = np.zeros((x.shape[0], out.shape[1]), np.float32)
+            host_grouped.products(tab, grouped, order, xc, y)
+            pick = np.concatenate([order[start:start + count] for _, start, count in grouped])
+            _add_rows(out, pick, y[pick])
         runs = [r for r in runs if r not in grouped]
     for off, deltas in slices if runs else ():
         mine = [r for r in runs if deltas[r[0]] is not None]
