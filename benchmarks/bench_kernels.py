@@ -370,6 +370,7 @@ def bench_cpu(lines, quick):
     bench_cpu_direct(lines, quick)
     bench_cpu_products(lines, quick)
     bench_cpu_packed(lines, quick)
+    bench_cpu_threads(lines, quick)
 
 
 def bench_cpu_direct(lines, quick):
@@ -434,6 +435,40 @@ def bench_cpu_products(lines, quick, n=16, tokens=32):
         lines.append(f"| {enc} | {masks} | {rows}x{cols} | {t_base:.3f} | {t_np:.2f} | {t_np / t_base:.1f}x | "
                      f"{t_loop:.2f} | {loop_ratio:.2f} | {t_ref:.1f} | {t_ref / t_base:.1f}x | "
                      f"{t_np / t_ref:.3f} |")
+
+
+def bench_cpu_threads(lines, quick):
+    """The grouped call (host_grouped.products) of one layer's step on 1 thread and on torch's thread count,
+    paired (each timing a loop of calls at least 30 ms long), with the step's work (kept elements x
+    (tokens + 2), as the call counts it) beside it: where THREAD_MIN_WORK, the work below which a step stays on one
+    thread, comes from. Seeded, distinct masks; 2 tokens per delta (1 for one delta)."""
+    from ddq_format.accel import _threads
+    from ddq_format.kernels import host_grouped
+    nt = _threads.usable(torch.get_num_threads())
+    lines += [f"\n## CPU: the grouped call on 1 thread vs {nt} (numba layer {_threads._layer()}; "
+              f"THREAD_MIN_WORK {host_grouped.THREAD_MIN_WORK})\n",
+              "| shape | deltas | tokens | work | 1 thread ms | threads ms | 1 thread / threads (paired) |",
+              "|---|---|---|---|---|---|---|"]
+    if nt < 2:
+        lines.append("\n(single-threaded here: nothing to compare)")
+        return
+    shapes = [(128, 128), (1024, 1024)] if quick else [(128, 128), (352, 128), (1024, 1024)]
+    for (rows, cols), (n, per) in ((sh, c) for sh in shapes for c in ((1, 1), (4, 2), (16, 2))):
+        ds = [CompressedDelta.from_entry(*build_entry(rows, cols, "seeded", seed=500 + i), "cpu") for i in range(n)]
+        tab = host_grouped.table([(0, ds)])
+        seg = delta_segments(torch.arange(n * per) % n, n)
+        runs, order = seg.runs(), seg.order.numpy()
+        x = np.random.default_rng(0).standard_normal((n * per, cols)).astype(np.float32)
+        y = np.zeros((n * per, rows), np.float32)
+        t0 = time.perf_counter()
+        work = host_grouped.products(tab, runs, order, x, y, 1)
+        reps = max(3, int(0.03 / (time.perf_counter() - t0)))  # each timing a loop of >= ~30 ms
+
+        def loop(threads):
+            return lambda: [host_grouped.products(tab, runs, order, x, y, threads) for _ in range(reps)]
+        t1, tn, ratio = paired_seconds(loop(1), loop(nt), 7)
+        lines.append(f"| {rows}x{cols} | {n} | {n * per} | {work} | {t1 / reps * 1e3:.3f} | {tn / reps * 1e3:.3f} | "
+                     f"{ratio:.2f} |")
 
 
 def bench_cpu_packed(lines, quick, tokens=32):

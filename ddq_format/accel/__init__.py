@@ -3,8 +3,10 @@
 The numpy code in ddq_format stays the reference and the fallback: every kernel here returns the same
 bytes (encode) or the same float32 bits (decode), and tests/test_accel.py compares both paths bit for bit.
 numba is an optional extra (`pip install 'ddq[accel]'`); without it, or with DDQ_ACCEL=numpy in the
-environment, every caller takes the numpy path. The kernels are single-threaded and release the GIL
-(`nogil=True`), so threads decoding or converting different tensors run on all cores.
+environment, every caller takes the numpy path. The kernels release the GIL (`nogil=True`), so threads
+decoding or converting different tensors run on all cores; one is threaded itself, the grouped product of a
+decode step (on torch's thread count, at most DDQ_CPU_THREADS, when the step's work repays it and numba's
+threading layer allows: accel._threads).
 
 numba is imported on the first call of `kernels()`, never when ddq_format is imported, so the reader's
 import stays numpy + msgpack. Compiled kernels are cached on disk (numba's `cache=True`): the first use in
@@ -24,6 +26,7 @@ import threading
 
 BACKENDS = ("numba", "numpy")
 ENV = "DDQ_ACCEL"  # "numba" (default when importable) or "numpy"
+THREADS_ENV = "DDQ_CPU_THREADS"  # at most this many threads for the threaded kernels (default: torch's count)
 
 _lock = threading.Lock()
 _loaded: dict = {}

@@ -3,8 +3,9 @@ revalidates a compiled function against its own source file only, so a helper in
 could change without invalidating its callers' cached machine code.
 
 Sections: u32 arithmetic and bit patterns; bit packing (SPEC.md §7); the seeded mask hash (§9.3.2);
-decode; convert. Kernels are single-threaded and release the GIL; callers validate inputs first (no
-bounds checks here). Bit work outside the mask hash is done in uint64 (masked where 32 bits are meant):
+decode; convert. Kernels are single-threaded and release the GIL, except seeded_products_multi past a
+given amount of work (numba threads, where accel._threads allows); callers validate inputs first (no bounds
+checks here). Bit work outside the mask hash is done in uint64 (masked where 32 bits are meant):
 numba widens uint32 operands to 64 bits, and every constant is a np.uint64 so no operand is promoted to
 float64 (numba's rule for uint64 op int64). The mask hash casts each uint32 result back (see its section).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ..spec import FMIX_C1, FMIX_C2, GOLDEN, MAX_BITS, PERM_ROUNDS, SEED_SALT
@@ -440,21 +441,26 @@ def _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, x
     _rows_products(vals, pos, nb, full, keep, keep_tail, group, xt, colmap, y, dest, r0, acc)
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _strided_products(codes, bits, lut, h0, rows, cols, group, alpha, xt, colmap, y, dest, keys, pos, vals, acc,
+                      k, nt):
+    """_block_products of the blocks k, k + nt, k + 2 nt, ... of RB rows (a thread's share: the same rows
+    whatever else it does, so no two threads write one element of y)."""
+    for r0 in range(k * RB, rows, nt * RB):
+        block_positions(h0, r0, cols, group, alpha, keys, pos)
+        _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc)
+
+
 @njit(nogil=True, cache=True)
 def _products(codes, bits, scale, zero, seed, rows, cols, group, alpha, xt, colmap, y, dest):
     """y[dest[t], r] += (x · Dᵀ)[t, r] for the T = xt.shape[1] tokens, D the seeded delta [rows, cols] of
     these packed codes, x given as xt [in, T] (C-contiguous: a kept column's tokens are adjacent); colmap
     None (in = cols) or int64 [cols]: column c reads row colmap[c] of xt. Nothing dense is formed: per kept
     element one code and T multiply-adds, float32 accumulation per row, RB rows at a time."""
-    per_row = _layout(cols, group, alpha)[4]
-    keys, pos = _mask_scratch(per_row)
-    vals = np.empty(RB * max(per_row, 1), np.float32)
-    acc = np.empty(xt.shape[1], np.float32)
-    lut = _lut(bits, scale, zero)
-    h0 = seed_hash(seed)
-    for r0 in range(0, rows, RB):
-        block_positions(h0, r0, cols, group, alpha, keys, pos)
-        _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xt, colmap, y, dest, acc)
+    keys, pos = _mask_scratch(_layout(cols, group, alpha)[4])
+    vals, acc = np.empty(RB * pos.shape[0], np.float32), np.empty(xt.shape[1], np.float32)
+    _strided_products(codes, bits, _lut(bits, scale, zero), seed_hash(seed), rows, cols, group, alpha, xt, colmap,
+                      y, dest, keys, pos, vals, acc, 0, 1)
 
 
 @njit(nogil=True, cache=True)
@@ -536,30 +542,29 @@ def _run_tokens(xt, off, runs, order, width, q):
 
 
 @njit(nogil=True, cache=True)
-def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
-    """The grouped product on the host, in one call: for each run (slot, start, count) of the step's tokens
-    sorted by slot (order[start:start + count] are its token ids), y[token] += x[token] · D_part^T for every
-    part of the slot (a seeded delta, or a column class of a split one: parts[slot_parts[slot]:
-    slot_parts[slot + 1]], columns P_* of `parts`, scales float64), into y's columns P_OUT .. P_OUT + P_ROWS - 1.
-    x float32 [B, in], y float32 [B, out] (any strides): each item adds its row sums into y. A token with two
-    parts on one output column (a split delta's classes) gets the same bits whichever is added first only if
-    its row of y starts zero (host.multi then passes a zeroed scratch). The (run, part) items are taken mask by mask (P_MASK): each block of rows of a mask is
-    generated once, then multiplied by every item of that mask."""
-    xt, off = _gathered(x, runs, order)
+def _items(arrays, parts, scales, slot_parts, runs):
+    """The (run, part) items of a grouped call, sorted by mask: (part, run, column map row or -1, order by
+    mask, first item of each mask and n, column maps, code value tables, the widest row's kept count, the
+    call's work: kept elements x (tokens + 2), the mask and code read of a kept element costing about two
+    multiply-adds)."""
     n = 0
     for q in range(runs.shape[0]):
         n += slot_parts[runs[q, 0] + 1] - slot_parts[runs[q, 0]]
     item_part, item_run, item_map = np.empty(n, np.int64), np.empty(n, np.int64), np.full(n, -1, np.int64)
     masks = np.empty(n, np.int64)
-    i, lists, per_row, width = 0, 0, 1, 1
+    luts = np.empty((max(n, 1), 1 << MAX_BITS), np.float32)
+    i, lists, per_row, width, work = 0, 0, 1, 1, 0
     for q in range(runs.shape[0]):
         for p in range(slot_parts[runs[q, 0]], slot_parts[runs[q, 0] + 1]):
             item_part[i], item_run[i], masks[i] = p, q, parts[p, P_MASK]
+            luts[i, :1 << parts[p, P_BITS]] = _lut(parts[p, P_BITS], scales[p], parts[p, P_ZERO])
             if parts[p, P_LIST] >= 0:
                 item_map[i] = lists
                 lists += 1
                 width = max(width, parts[p, P_COLS])
-            per_row = max(per_row, _layout(parts[p, P_COLS], parts[p, P_GROUP], parts[p, P_ALPHA])[4])
+            kept = _layout(parts[p, P_COLS], parts[p, P_GROUP], parts[p, P_ALPHA])[4]
+            per_row = max(per_row, kept)
+            work += parts[p, P_ROWS] * kept * (runs[q, 2] + 2)
             i += 1
     cmaps = np.empty((max(lists, 1), width), np.int64)
     for i in range(n):
@@ -567,48 +572,98 @@ def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y):
         if item_map[i] >= 0:
             _part_columns(arrays[f[P_LIST]], f[P_LIST_BYTES], f[P_LIST_LEN], f[P_COMPLEMENT] != 0, f[P_COLS],
                           cmaps[item_map[i]])
+    by = np.argsort(masks, kind="mergesort")
+    starts = [0]
+    for i in range(1, n + 1):
+        if i == n or masks[by[i]] != masks[by[i - 1]]:
+            starts.append(i)
+    return item_part, item_run, item_map, by, np.array(starts, np.int64), cmaps, luts, per_row, work
+
+
+@njit(nogil=True, cache=True)
+def _share(arrays, parts, runs, order, x, y, xt, off, item_part, item_run, item_map, by, starts, cmaps, luts,
+           per_row, k, nt):
+    """Thread k of nt's share of a grouped call: every item's row blocks k, k + nt, ... (_strided_products),
+    mask by mask; each block of rows of a mask generated once, then multiplied by every item of that mask."""
     keys, pos = _mask_scratch(per_row)
     vals = np.empty(RB * per_row, np.float32)
     acc = np.empty(max(runs[:, 2].max(), 1) if runs.shape[0] else 1, np.float32)
-    by = np.argsort(masks, kind="mergesort")
-    lo = 0
-    while lo < n:
-        hi = lo + 1
-        while hi < n and masks[by[hi]] == masks[by[lo]]:
-            hi += 1
+    for s in range(starts.size - 1):
+        lo, hi = starts[s], starts[s + 1]
         f = parts[item_part[by[lo]]]
         rows, cols, group, alpha = f[P_ROWS], f[P_COLS], f[P_GROUP], f[P_ALPHA]
-        if hi - lo == 1:  # a mask of one item: one _products call (its views made once, not per block)
+        h0 = seed_hash(f[P_SEED])
+        if hi - lo == 1:  # a mask of one item: its views made once, not per block
             m = by[lo]
             xq, dest = _run_tokens(xt, off, runs, order, x.shape[1], item_run[m])
-            codes, scale, bits, zero = arrays[f[P_CODES]], scales[item_part[m]], f[P_BITS], f[P_ZERO]
             ys = y[:, f[P_OUT]:f[P_OUT] + rows]
-            if item_map[m] < 0:
-                _products(codes, bits, scale, zero, f[P_SEED], rows, cols, group, alpha, xq, None, ys, dest)
+            codes, bits = arrays[f[P_CODES]], f[P_BITS]
+            if item_map[m] < 0:  # colmap None or an array at each call: resolved when numba compiles
+                _strided_products(codes, bits, luts[m], h0, rows, cols, group, alpha, xq, None, ys, dest, keys, pos,
+                                  vals, acc, k, nt)
             else:
-                _products(codes, bits, scale, zero, f[P_SEED], rows, cols, group, alpha, xq,
-                          cmaps[item_map[m], :cols], ys, dest)
-            lo = hi
+                _strided_products(codes, bits, luts[m], h0, rows, cols, group, alpha, xq, cmaps[item_map[m], :cols],
+                                  ys, dest, keys, pos, vals, acc, k, nt)
             continue
-        h0 = seed_hash(f[P_SEED])
-        luts = np.empty((hi - lo, 1 << MAX_BITS), np.float32)
-        for it in range(lo, hi):
-            fi = parts[item_part[by[it]]]
-            luts[it - lo, :1 << fi[P_BITS]] = _lut(fi[P_BITS], scales[item_part[by[it]]], fi[P_ZERO])
-        for r0 in range(0, rows, RB):
+        for r0 in range(k * RB, rows, nt * RB):
             block_positions(h0, r0, cols, group, alpha, keys, pos)
             for it in range(lo, hi):
                 m = by[it]
                 f = parts[item_part[m]]
                 xq, dest = _run_tokens(xt, off, runs, order, x.shape[1], item_run[m])
-                codes, bits, lut = arrays[f[P_CODES]], f[P_BITS], luts[it - lo]
                 ys = y[:, f[P_OUT]:f[P_OUT] + rows]
+                codes, bits = arrays[f[P_CODES]], f[P_BITS]
                 if item_map[m] < 0:
-                    _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xq, None, ys, dest, acc)
+                    _block_products(codes, bits, luts[m], rows, cols, group, alpha, r0, pos, vals, xq, None, ys, dest,
+                                    acc)
                 else:
-                    _block_products(codes, bits, lut, rows, cols, group, alpha, r0, pos, vals, xq,
+                    _block_products(codes, bits, luts[m], rows, cols, group, alpha, r0, pos, vals, xq,
                                     cmaps[item_map[m], :cols], ys, dest, acc)
-        lo = hi
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _threaded(arrays, parts, runs, order, x, y, xt, off, item_part, item_run, item_map, by, starts, cmaps, luts,
+              per_row, nt):
+    """_share on nt threads. Nothing else here: under parallel=True numba turns array allocations in the
+    function itself (inlined helpers included) into parallel loops too, which would launch threads even on
+    the single-threaded path (and abort a forked child of a GNU OpenMP process)."""
+    for k in prange(nt):
+        _share(arrays, parts, runs, order, x, y, xt, off, item_part, item_run, item_map, by, starts, cmaps, luts,
+               per_row, k, nt)
+
+
+@njit(nogil=True, cache=True)
+def seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y, nt, min_work):
+    """The grouped product on the host, in one call: for each run (slot, start, count) of the step's tokens
+    sorted by slot (order[start:start + count] are its token ids), y[token] += x[token] · D_part^T for every
+    part of the slot (a seeded delta, or a column class of a split one: parts[slot_parts[slot]:
+    slot_parts[slot + 1]], columns P_* of `parts`, scales float64), into y's columns P_OUT .. P_OUT + P_ROWS - 1.
+    x float32 [B, in], y float32 [B, out] (any strides): each item adds its row sums into y. A token with two
+    parts on one output column (a split delta's classes) gets the same bits whichever is added first only if
+    its row of y starts zero (host.multi then passes a zeroed scratch). The (run, part) items are taken mask
+    by mask (P_MASK): each block of rows of a mask is generated once, then multiplied by every item of it.
+    On nt threads when the call's work (returned) is at least min_work, with the same bits: thread k takes
+    row blocks k, k + nt, ... of every item, in the same item order, so each element of y gets the same sums
+    in the same order, and no two threads write one element. nt > 1 only where accel._threads allows."""
+    xt, off = _gathered(x, runs, order)
+    item_part, item_run, item_map, by, starts, cmaps, luts, per_row, work = _items(arrays, parts, scales, slot_parts,
+                                                                                   runs)
+    if nt < 2 or work < min_work:
+        _share(arrays, parts, runs, order, x, y, xt, off, item_part, item_run, item_map, by, starts, cmaps, luts,
+               per_row, 0, 1)
+    else:
+        _threaded(arrays, parts, runs, order, x, y, xt, off, item_part, item_run, item_map, by, starts, cmaps, luts,
+                  per_row, nt)
+    return work
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def threads_probe(n):
+    """A parallel launch that does nothing: starts numba's threading layer (accel._threads)."""
+    out = np.zeros(n, np.int64)
+    for k in prange(n):
+        out[k] = k
+    return out
 
 
 @njit(nogil=True, cache=True)

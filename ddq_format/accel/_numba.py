@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import numba  # noqa: F401  (ImportError here = no accelerated path)
 
-from . import _kernels as _k
+from . import _kernels as _k, _threads
 from .llvmlite_guard import guard
 from ._kernels import NONFINITE_BASE, NONFINITE_DELTA, NONFINITE_FT  # noqa: F401
 
@@ -109,11 +109,13 @@ def product_table(arrays: list) -> "numba.typed.List":
 
 
 def seeded_products_multi(arrays, parts: np.ndarray, scales: np.ndarray, slot_parts: np.ndarray, runs: np.ndarray,
-                          order: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+                          order: np.ndarray, x: np.ndarray, y: np.ndarray, threads: int = 1,
+                          min_work: int = 0) -> int:
     """y (float32 [B, out], any strides) += each run's tokens of x (float32 [B, in]) times its slot's parts,
-    straight from their codes (_kernels.seeded_products_multi; arrays from product_table). Returns y."""
-    _k.seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y)
-    return y
+    straight from their codes (_kernels.seeded_products_multi; arrays from product_table), on up to `threads`
+    threads when the call's work is at least min_work (the same bits on any number). Returns the work."""
+    nt = _threads.usable(threads)  # first, even for one thread: it picks numba's layer before any compile
+    return _k.seeded_products_multi(arrays, parts, scales, slot_parts, runs, order, x, y, nt, min_work)
 
 
 def _padded(packed: np.ndarray) -> np.ndarray:

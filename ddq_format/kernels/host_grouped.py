@@ -8,7 +8,9 @@ dropped when any of them is collected), and one call runs every eligible run of 
 gathered once, each mask regenerated once for every part that has it (deltas of one base converted at one
 run seed share them) and each part's codes read in place (no copy, no dense scratch). A table covers every
 output slice of a packed layer (q, k, v; gate, up): each part writes its own columns of the layer's output
-(P_OUT), so such a layer costs one call per step, not one per slice.
+(P_OUT), so such a layer costs one call per step, not one per slice. A step with enough work
+(THREAD_MIN_WORK) runs on torch's thread count (the engine's): thread k takes every nt-th block of rows of
+every part, so the bits do not depend on the thread count (accel._threads says where threads may run).
 """
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ import torch
 
 from .. import accel
 from . import registry
+
+# A step's work (kept elements x (tokens + 2)) below which its grouped call stays on one thread.
+# `python benchmarks/bench_kernels.py --sections cpu`, table "the grouped call on 1 thread vs 2" (2-core VM,
+# OpenMP layer, paired): 1 thread / 2 threads 0.83 at 6,144 (one 128x128 delta, 1 token), ~1.0 at 32,768,
+# 1.17 at 16,896, 1.5-1.9 from ~90,000 up (benchmarks/results/kernels-issue10.md).
+THREAD_MIN_WORK = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -98,8 +106,11 @@ def table(slices) -> Table | None:
     return hit
 
 
-def products(tab: Table, runs: list, order: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+def products(tab: Table, runs: list, order: np.ndarray, x: np.ndarray, y: np.ndarray, nt: int | None = None) -> int:
     """y[t, slice] += x[t] · ΔŴ_{slot, slice}ᵀ for the tokens of these runs ((slot, start, count), each slot ok
-    in tab; order[start:start + count] its token ids). x float32 [B, in], y float32 [B, layer out]."""
-    accel.kernels().seeded_products_multi(tab.arrays, tab.parts, tab.scales, tab.slot_parts,
-                                          np.array(runs, np.int64).reshape(-1, 3), order, x, y)
+    in tab; order[start:start + count] its token ids). x float32 [B, in], y float32 [B, layer out]. On nt
+    threads (None: torch's count, what the engine was given) when the step's work repays a parallel launch
+    (THREAD_MIN_WORK); any number gives the same bits. Returns the work."""
+    return accel.kernels().seeded_products_multi(tab.arrays, tab.parts, tab.scales, tab.slot_parts,
+                                                 np.array(runs, np.int64).reshape(-1, 3), order, x, y,
+                                                 torch.get_num_threads() if nt is None else nt, THREAD_MIN_WORK)

@@ -244,3 +244,43 @@ def test_layer_slices_checked(tmp_path, rng):
         multi_delta_matmul_sliced(x, slices, idx, add_to=torch.zeros(3, width - 1))
     with pytest.raises(UsageError, match="at least one slice"):
         multi_delta_matmul_sliced(x, [], idx, add_to=torch.zeros(3, width))
+
+
+def test_threads_give_the_same_bits(tmp_path, rng, monkeypatch):
+    """seeded_products_multi on nt threads: thread k takes row blocks k, k + nt, ... of every part, so 2 and 3
+    threads (more than the pool) give one thread's bits: shared masks, a split delta, two output slices
+    of one layer, 70 rows (two full blocks of rows and a partial one), into a y that does not start zero."""
+    from ddq_format.accel import _kernels, _threads
+    from ddq_format.seeded_mask import kept_per_row
+    threaded = _threads.usable(2) > 1  # first: the policy starts the layer (and its fork guard)
+    f, names = write_cases(tmp_path, rng, SHARED)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    slices = [(0, ds), (70, ds[::-1])]
+    tab = host_grouped.table(slices)
+    idx = _index(rng, (1, 2, 3, 1, 2, 4))
+    seg = delta_segments(idx, len(ds))
+    runs, order = np.array(seg.runs(), np.int64), seg.order.numpy()
+    x = rng.standard_normal((len(idx), 52)).astype(np.float32)
+    y0 = rng.standard_normal((len(idx), 140)).astype(np.float32)
+    want = y0.copy()
+    work = _kernels.seeded_products_multi(tab.arrays, tab.parts, tab.scales, tab.slot_parts, runs, order, x, want,
+                                          1, 0)
+    assert not np.array_equal(want, y0)
+    assert work == sum(p.shape[0] * kept_per_row(p.shape[1], p.params["group_size"], p.params["alpha"]) * (c + 2)
+                       for _, deltas in slices for s, _, c in runs for p in deltas[s].parts)
+    for nt in (2, 3):
+        got = y0.copy()
+        _kernels.seeded_products_multi(tab.arrays, tab.parts, tab.scales, tab.slot_parts, runs, order, x, got, nt, 0)
+        assert np.array_equal(got, want)
+    # through host_grouped: torch's thread count and THREAD_MIN_WORK passed on
+    if not threaded:
+        pytest.skip(f"numba's threading layer here ({_threads._layer()}) is kept single-threaded")
+    seen, real = [], _kernels.seeded_products_multi
+    monkeypatch.setattr(_kernels, "seeded_products_multi", lambda *a: seen.append(a[-2:]) or real(*a))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    for min_work in (1, 1 << 40):
+        monkeypatch.setattr(host_grouped, "THREAD_MIN_WORK", min_work)
+        seen.clear()
+        got = y0.copy()
+        assert host_grouped.products(tab, seg.runs(), order, x, got) == work
+        assert np.array_equal(got, want) and seen == [(2, min_work)]
