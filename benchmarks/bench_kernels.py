@@ -465,7 +465,14 @@ def bench_cpu_threads(lines, quick):
         reps = max(3, int(0.03 / (time.perf_counter() - t0)))  # each timing a loop of >= ~30 ms
 
         def loop(threads):
-            return lambda: [host_grouped.products(tab, runs, order, x, y, threads) for _ in range(reps)]
+            def fn():
+                limit, host_grouped.THREAD_MIN_WORK = host_grouped.THREAD_MIN_WORK, 0  # threaded whatever the work
+                try:
+                    for _ in range(reps):
+                        host_grouped.products(tab, runs, order, x, y, threads)
+                finally:
+                    host_grouped.THREAD_MIN_WORK = limit
+            return fn
         t1, tn, ratio = paired_seconds(loop(1), loop(nt), 7)
         lines.append(f"| {rows}x{cols} | {n} | {n * per} | {work} | {t1 / reps * 1e3:.3f} | {tn / reps * 1e3:.3f} | "
                      f"{ratio:.2f} |")

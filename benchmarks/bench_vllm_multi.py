@@ -15,7 +15,8 @@ counted from the tensors the engine holds: base weights, vLLM's preallocated LoR
 max_lora_rank), and the deltas in the device slots. On CPU the deltas go through the kernels' numpy backend:
 per layer and step, each delta some request uses is multiplied for its tokens straight from its codes (with
 numba, up to 64 tokens: host.direct; a step's such deltas, all slices of a layer, in one compiled call:
-host_grouped), or else decoded
+host_grouped, on the engine's torch thread count past host_grouped.THREAD_MIN_WORK, at most DDQ_CPU_THREADS),
+or else decoded
 (one pass of the reader's mask hash for the deltas of one geometry) into a scratch that lives for that call;
 the figures say what that path costs, not the GPU kernels. The machine's load average is printed beside the
 figures (other work shares it).
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from vllm_testing import LORA_TARGETS, VLLM_ENV, save_finetune, save_llama, save_peft_lora  # noqa: E402
+from ddq_format.accel import THREADS_ENV  # noqa: E402
 
 os.environ.update(VLLM_ENV)
 MASKS = {"distinct": "one fine-tune at N run seeds (distinct masks)",
@@ -239,7 +241,7 @@ def report(rows, info, args) -> str:
            f"--new {args.new} --repeats {args.repeats} --min-seconds {args.min_seconds:g}` "
            f"({time.strftime('%Y-%m-%d')}). Load average (1 min) {info['load'][0]:.1f} at the start, "
            f"{info['load'][1]:.1f} at the end; reader decoder: {decoder_backend()}; engine torch threads: "
-           f"{info['threads']}.\n",
+           f"{info['threads']}; {THREADS_ENV}={os.environ.get(THREADS_ENV, '(unset)')}.\n",
            f"Model: tiny random LLaMA (hidden {args.hidden}, {args.layers} layers, intermediate {args.inter}, "
            f"head size 64), float32, eager. Deltas: seeded, alpha={args.alpha}, k={args.bits}, h_g={args.group}, "
            f"{MASKS[args.masks]}; "
@@ -273,7 +275,8 @@ def report(rows, info, args) -> str:
                "deltas run through the kernels' numpy backend: per layer and step, each delta the step uses "
                "multiplied for its tokens straight from its codes (mask regenerated, no dense scratch; with "
                "numba, up to 64 tokens per delta, all such deltas of a step and layer, every output slice of a "
-               "packed layer included, in one compiled call), else decoded "
+               "packed layer included, in one compiled call, on the engine's torch threads when the step's work "
+               "passes host_grouped.THREAD_MIN_WORK, at most DDQ_CPU_THREADS), else decoded "
                "to a dense scratch and multiplied; "
                "norm deltas as one normalization with each row's weight. The .ddq engine skips vLLM's LoRA "
                "ops while no PEFT adapter holds a slot (they would add exactly zero); the LoRA engine runs "

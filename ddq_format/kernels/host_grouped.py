@@ -25,8 +25,8 @@ from . import registry
 
 # A step's work (kept elements x (tokens + 2)) below which its grouped call stays on one thread.
 # `python benchmarks/bench_kernels.py --sections cpu`, table "the grouped call on 1 thread vs 2" (2-core VM,
-# OpenMP layer, paired): 1 thread / 2 threads 0.83 at 6,144 (one 128x128 delta, 1 token), ~1.0 at 32,768,
-# 1.17 at 16,896, 1.5-1.9 from ~90,000 up (benchmarks/results/kernels-issue10.md).
+# OpenMP layer, paired), 1 thread / 2 threads: 0.95 at 6,144, 1.09 at 16,896, 1.20 at 32,768, 1.4-1.9 from
+# ~0.1 M up (benchmarks/results/kernels-issue10.md).
 THREAD_MIN_WORK = 1 << 15
 
 
