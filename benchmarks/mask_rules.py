@@ -1,6 +1,6 @@
 """Quality of cheaper dropout-mask rules against the spec's `seeded` mask, at equal bytes (issue 10's gate).
 
-    python benchmarks/mask_rules.py                        # 3 rules x 3 alphas x 5 run seeds on the example pair (~15 min)
+    python benchmarks/mask_rules.py                        # 3 rules x 3 alphas x 10 run seeds (~25 min)
     python benchmarks/mask_rules.py --alphas 32 --seeds 0  # one column
     python benchmarks/mask_rules.py --rules spec,affine --out /tmp/mask-rules.md
 
@@ -169,7 +169,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rules", default="spec,rounds1,affine")
     p.add_argument("--alphas", default="8,32,128")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="the converter's run seeds (each gives other masks)")
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9", help="the converter's run seeds (each gives other masks)")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--cost-rounds", type=int, default=5, help="paired rounds of the mask-cost timing (0: skip)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mask-rules.md")
@@ -244,8 +244,8 @@ def write_md(args, results, cost, r_ft, pair):
         f"{r_ft.correct}/{r_ft.n} exact match). Each cell: the converter's `encoding=seeded` at k={args.bits}, "
         "one conversion per run seed, the mask rule swapped in converter, reader and loader (see the script's "
         "docstring). The mask is not stored: file bytes agree across rules to the range shown (the converter's "
-        "choices, such as h_g, may differ with the mask). Mean ± sd over the run seeds; \"vs spec\": difference of means ± two standard "
-        "errors.",
+        "choices, such as h_g, may differ with the mask). Mean ± sd over the run seeds; \"vs spec\": difference "
+        "of means ± two standard errors.",
         "",
         "| alpha | rule | file bytes | exact match per seed | mean ± sd | vs spec | answer NLL | "
         "KL held-out mean ± sd | KL vs spec |",

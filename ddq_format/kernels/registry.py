@@ -132,7 +132,7 @@ class SeededLayout:
         covers more), groups per scatter-decode step (GPC), whether any group needs cycle-walking, the padded
         group width (GP, at most 512; a loop covers more), the group size, the (padded) group count and
         whether any delta is a shard (SHARD: offsets read) and any shard cuts a group (CLIP: columns are
-        range-checked)."""
+        range-checked), and whether every code lies in one byte (BYTE: every bit width divides 8)."""
         if max(d.kept_per_row * d.params["bits"] for d in deltas) >= 2**31 - 8:
             raise UsageError("rows of more than 2^31 code bits exceed the kernels' 32-bit offsets; use "
                              "backend='torch'", tensor=deltas[0].name, field="shape")
@@ -146,6 +146,7 @@ class SeededLayout:
                 "GROUPS": next_pow2(groups), "G": G, "CLIP": any(d.clip for d in deltas),
                 "SHARD": any(d.sharded for d in deltas), "COLMAP": _colmap_bytes(deltas),
                 "SEARCH": any(d.complement and d.columns is not None for d in deltas),
+                "BYTE": all(8 % d.params["bits"] == 0 for d in deltas),
                 "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 
     def reference_decode(self, d) -> torch.Tensor:
@@ -194,7 +195,8 @@ class CsrLayout:
         cib = {d.buffers["col_indices"].element_size() for d in deltas}
         if len(ro64) != 1 or len(cib) != 1:
             raise UsageError("csr_parts deltas of one batch must share row-offset and column-index dtypes")
-        return {"RO64": ro64.pop(), "CI_BYTES": cib.pop(), "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
+        return {"RO64": ro64.pop(), "CI_BYTES": cib.pop(), "BYTE": all(8 % d.part_bits == 0 for d in deltas),
+                "BLOCK_COLS": next_pow2(max(d.shape[1] for d in deltas))}
 
     def reference_decode(self, d) -> torch.Tensor:
         return reference.decode_csr(d)

@@ -33,7 +33,7 @@ def _zeroed_rows(out_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constex
 @triton.jit
 def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, GPC: tl.constexpr,
                               NQ: tl.constexpr, LANES: tl.constexpr, WALK: tl.constexpr, CLIP: tl.constexpr,
-                              SHARD: tl.constexpr):
+                              SHARD: tl.constexpr, BYTE: tl.constexpr):
     """A program owns BLOCK_R rows; each step covers GPC groups of them as BLOCK_R * GPC (row, group) pairs
     x NQ * LANES columns (one pair per warp when LANES = 32)."""
     p = tl.arange(0, BLOCK_R * GPC)
@@ -53,7 +53,7 @@ def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, G
         for j0 in range(0, G, NQ * LANES):  # one pass unless a group is wider than NQ * LANES columns
             inside, kept, kidx, col = kept_index(h1, rmask, gs + gl, j0 + jj, g0, col0, cols, full, keep, tail,
                                                  keep_tail, w_full, w_tail, G, ngroups, WALK, CLIP)
-            q = unpack_in_row(rowptr, rowsh, kidx, bits, kept)
+            q = unpack_in_row(rowptr, rowsh, kidx, bits, kept, BYTE)
             v = tl.where(kept, scale * (q - zero).to(tl.float32), 0.0)
             tl.store(orow + col, v.to(out_ptr.dtype.element_ty), mask=inside)
 
@@ -61,7 +61,7 @@ def seeded_rows_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, G
 @triton.jit
 def seeded_scatter_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr, GPC: tl.constexpr,
                                  KP: tl.constexpr, BLOCK_C: tl.constexpr, WALK: tl.constexpr, CLIP: tl.constexpr,
-                                 SHARD: tl.constexpr):
+                                 SHARD: tl.constexpr, BYTE: tl.constexpr):
     codes, seed, scale, zero, bits, G, keep, full, tail, keep_tail, w_full, w_tail, per_row = seeded_fields(tab)
     row0, g0, col0 = shard_fields(tab, SHARD)
     r, rmask = _zeroed_rows(out_ptr, rows, cols, BLOCK_R, BLOCK_C)
@@ -76,14 +76,15 @@ def seeded_scatter_decode_kernel(tab, out_ptr, rows, cols, BLOCK_R: tl.constexpr
         for i0 in range(0, tl.maximum(keep, keep_tail), KP):  # one pass unless a group keeps more than KP
             col, kidx, valid = kept_columns(h1, rmask, gs, i0 + il, g0, col0, cols, full, keep, tail, keep_tail,
                                             w_full, w_tail, G, ngroups, GPC, WALK, CLIP)
-            q = unpack_in_row(rowptr, rowsh, kidx, bits, valid)
+            q = unpack_in_row(rowptr, rowsh, kidx, bits, valid, BYTE)
             v = scale * (q - zero).to(tl.float32)
             tl.store(orow + col, v.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
 def csr_scatter_decode_kernel(tab, out_ptr, rows, cols, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
-                              BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+                              BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
+                              BYTE: tl.constexpr):
     ro, ci, vals, scale, zero, pbits, m, width, ps, mx = csr_fields(tab, RO64, CI_BYTES)
     r, rmask = _zeroed_rows(out_ptr, rows, cols, BLOCK_R, BLOCK_C)
     ae = tl.arange(0, BLOCK_E)
@@ -96,7 +97,7 @@ def csr_scatter_decode_kernel(tab, out_ptr, rows, cols, RO64: tl.constexpr, CI_B
             valid = rmask[:, None] & (e[None, :] < ln[:, None])
             idx = start[:, None] + e[None, :]
             col = csr_cols(ci, idx, valid, CI_BYTES)
-            q = unpack(vals, idx, pbits, valid)
+            q = unpack(vals, idx, pbits, valid, BYTE)
             v = scale * (q + off).to(tl.float32)
             tl.store(out_ptr + rowbase + col, v.to(out_ptr.dtype.element_ty), mask=valid)
 
@@ -111,7 +112,8 @@ def seeded_rows(tab, out, consts):
     block_r = 16 if INTERPRETED else pairs // gpc  # the interpreter: fewer programs, less CI time
     seeded_rows_decode_kernel[(triton.cdiv(rows, block_r),)](tab, out, rows, cols, BLOCK_R=block_r, GPC=gpc,
                                                              NQ=gp // lanes, LANES=lanes, WALK=consts["WALK"],
-                                                             CLIP=consts["CLIP"], SHARD=consts["SHARD"], num_warps=4)
+                                                             CLIP=consts["CLIP"], SHARD=consts["SHARD"],
+                                                             BYTE=consts["BYTE"], num_warps=4)
 
 
 def seeded_scatter(tab, out, consts):
@@ -120,7 +122,7 @@ def seeded_scatter(tab, out, consts):
     seeded_scatter_decode_kernel[(triton.cdiv(rows, br),)](tab, out, rows, cols, BLOCK_R=br, GPC=consts["GPC"],
                                                           KP=consts["KP"], BLOCK_C=min(1024, consts["BLOCK_COLS"]),
                                                           WALK=consts["WALK"], CLIP=consts["CLIP"],
-                                                          SHARD=consts["SHARD"])
+                                                          SHARD=consts["SHARD"], BYTE=consts["BYTE"])
 
 
 def csr_scatter(tab, out, consts):
@@ -128,7 +130,7 @@ def csr_scatter(tab, out, consts):
     br = 16 if INTERPRETED else 4
     csr_scatter_decode_kernel[(triton.cdiv(rows, br),)](tab, out, rows, cols, RO64=consts["RO64"],
                                                         CI_BYTES=consts["CI_BYTES"], BLOCK_R=br, BLOCK_E=64,
-                                                       BLOCK_C=min(1024, consts["BLOCK_COLS"]))
+                                                       BLOCK_C=min(1024, consts["BLOCK_COLS"]), BYTE=consts["BYTE"])
 
 
 def run(kernel, tab, shape, dtype, device, consts) -> torch.Tensor:

@@ -115,7 +115,7 @@ def _seeded_setup(tp, rp, pmask, cols, active, SEGMENTS: tl.constexpr, SHARD: tl
 
 @device
 def _seeded_step(acc, cls, pmask, g, il, gbase, bok, g_sc, KP: tl.constexpr, WALK: tl.constexpr, XT: tl.constexpr,
-                 CLIP: tl.constexpr, COLMAP: tl.constexpr, SEARCH: tl.constexpr):
+                 CLIP: tl.constexpr, COLMAP: tl.constexpr, SEARCH: tl.constexpr, BYTE: tl.constexpr):
     """acc [BLOCK_B, P] += the products of the pairs (h1, g) of a seeded delta (cls: _seeded_setup) for every
     token of the tile (gbase, bok); a column class (COLMAP bytes per list element) reads x at its mapped
     columns (mapped_column; SEARCH: some class of the launch is a complement)."""
@@ -126,7 +126,7 @@ def _seeded_step(acc, cls, pmask, g, il, gbase, bok, g_sc, KP: tl.constexpr, WAL
     for i0 in range(0, tl.maximum(keep, keep_tail), KP):
         col, kidx, valid = pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, i0 + il, G, keep, col0, cols,
                                         WALK, CLIP)
-        v = (unpack_in_row(rowptr[None, :], rowsh[None, :], kidx, bits, valid) - zero).to(tl.float32)
+        v = (unpack_in_row(rowptr[None, :], rowsh[None, :], kidx, bits, valid, BYTE) - zero).to(tl.float32)
         if COLMAP:
             col = mapped_column(cmap, has_map, n_comp, steps, col, valid, COLMAP, SEARCH)
         if XT:
@@ -140,7 +140,7 @@ def _seeded_step(acc, cls, pmask, g, il, gbase, bok, g_sc, KP: tl.constexpr, WAL
 @device
 def _csr_product(tp, gbase, g_sc, bok, r, rmask, rows, active, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr, SEGMENTS: tl.constexpr,
-                 XT: tl.constexpr):
+                 XT: tl.constexpr, BYTE: tl.constexpr):
     ro, ci, vals, scale, zero, pbits, m, width, ps, mx = csr_fields(tp, RO64, CI_BYTES)
     if SEGMENTS:
         m = tl.where(active, m, 0)
@@ -154,7 +154,7 @@ def _csr_product(tp, gbase, g_sc, bok, r, rmask, rows, active, RO64: tl.constexp
             valid = rmask[:, None] & (e[None, :] < ln[:, None])
             idx = start[:, None] + e[None, :]
             col = csr_cols(ci, idx, valid, CI_BYTES)
-            v = (unpack(vals, idx, pbits, valid) + off).to(tl.float32)
+            v = (unpack(vals, idx, pbits, valid, BYTE) + off).to(tl.float32)
             if XT:
                 col = col * g_sc
             xv = tl.load(gbase[None, None, :] + col[:, :, None],
@@ -171,7 +171,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                   BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GPC: tl.constexpr,
                   KP: tl.constexpr, WALK: tl.constexpr, RO64: tl.constexpr, CI_BYTES: tl.constexpr,
                   BLOCK_E: tl.constexpr, DSTEP: tl.constexpr, CLIP: tl.constexpr, SHARD: tl.constexpr,
-                  COLMAP: tl.constexpr, SEARCH: tl.constexpr, CLASSES: tl.constexpr):
+                  COLMAP: tl.constexpr, SEARCH: tl.constexpr, CLASSES: tl.constexpr, BYTE: tl.constexpr):
     """DELTA: 0 none (base only), 1 seeded codes (CLASSES 2: both column classes of a split delta, the slot's
     table rows 2d and 2d + 1; a zero second row for a delta of one class), 2 csr_parts (CLASSES: the table's
     rows per slot). x gathers for the delta read g_ptr +
@@ -231,10 +231,10 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                 if it % DSTEP == 0:  # fused: one seeded step (GPC groups) per DSTEP column chunks
                     g = (it // DSTEP) * GPC + gl
                     dacc = _seeded_step(dacc, ca, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP, COLMAP,
-                                        SEARCH)
+                                        SEARCH, BYTE)
                     if CLASSES == 2:
                         dacc2 = _seeded_step(dacc2, cb, pmask, g, il, gbase, bok, g_sc, KP, WALK, XT, CLIP,
-                                             COLMAP, SEARCH)
+                                             COLMAP, SEARCH, BYTE)
         y = tl.zeros([BLOCK_R, BLOCK_B], tl.float32)
         if DELTA == 1:  # per row: the sum over the step's groups
             y = tl.trans(tl.sum(tl.reshape(dacc, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale_a
@@ -242,7 +242,7 @@ def linear_kernel(x_ptr, sxb, g_ptr, g_sb, g_sc, w_ptr, swr, bias_ptr, out_ptr, 
                 y += tl.trans(tl.sum(tl.reshape(dacc2, (BLOCK_B, BLOCK_R, GPC)), 2)) * scale_b
         if DELTA == 2:
             y = _csr_product(tp, gbase, g_sc, bok, r, rmask, rows, active, RO64, CI_BYTES, BLOCK_R, BLOCK_E, BLOCK_B,
-                             SEGMENTS, XT)
+                             SEGMENTS, XT, BYTE)
         if HAS_BASE:
             if DOT:
                 y += tl.trans(bacc)
@@ -273,7 +273,7 @@ def _launch(grid, x, out, tab, consts, *, kind, block_b, block_r, num_warps, xt=
         RO64=consts.get("RO64", False), CI_BYTES=consts.get("CI_BYTES", 2), BLOCK_E=CSR_BLOCK_E,
         DSTEP=dstep, CLIP=consts.get("CLIP", False), SHARD=consts.get("SHARD", False),
         COLMAP=consts.get("COLMAP", 0), SEARCH=consts.get("SEARCH", False), CLASSES=consts.get("CLASSES", 1),
-        num_warps=num_warps)
+        BYTE=consts.get("BYTE", False), num_warps=num_warps)
 
 
 def delta_matmul(x, kind, tab, consts, rows) -> torch.Tensor:

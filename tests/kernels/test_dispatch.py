@@ -127,3 +127,22 @@ def test_grouped_launch_tables_do_not_keep_their_deltas_alive(tmp_path, rng):
     gc.collect()
     assert gone() is None and key not in dispatch._MULTI_CACHE
     assert dispatch.multi_tables([ds[0]])[0].shape[0] == 1
+
+
+def test_byte_codes_only_when_every_bit_width_divides_8(tmp_path, rng):
+    """BYTE (one load per code) is set for a launch only when every delta's codes lie in single bytes: one
+    3-bit delta in a grouped launch turns it off for the whole launch (its codes straddle bytes)."""
+    from kernel_builders import write_cases
+
+    from ddq_format.kernels import CompressedDelta
+    cases = [(9, 40, dict(encoding="seeded", alpha=4, group_size=16, bits=b)) for b in (1, 2, 4, 8, 3, 5)]
+    f, names = write_cases(tmp_path, rng, cases)
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    assert [dispatch.launch_args(d)[2]["BYTE"] for d in ds] == [True, True, True, True, False, False]
+    assert dispatch.multi_tables(ds[:4])[1][0][1]["BYTE"] is True
+    assert dispatch.multi_tables(ds[:5])[1][0][1]["BYTE"] is False
+    csr = [(9, 40, dict(encoding="csr_parts", alpha=4, group_size=16, bits=4, parts=m)) for m in (8, 4, 2, 1)]
+    (tmp_path / "csr").mkdir()
+    f, names = write_cases(tmp_path / "csr", rng, csr)  # part codes of 1, 2, 3 and 4 bits
+    ds = [CompressedDelta.from_entry(f.entry(n), f.buffers(n), "cpu") for n in names]
+    assert [dispatch.launch_args(d)[2]["BYTE"] for d in ds] == [True, True, False, True]
