@@ -97,12 +97,13 @@ def pair_columns(L, n, msk, sh, a0, m0, a1, m1, a2, m2, rot, g, il, G, keep, col
     """Forward mask of kept indices il [KC] for the pairs of pair_keys: columns (int32), kept index within
     the row (int32) and validity, each [KC, P]."""
     valid = il[:, None] < n
-    x = tl.where(valid, il[:, None], 0).to(tl.uint32)
-    x = _fwd(x, a0, m0, a1, m1, a2, m2, msk, sh)
     if WALK:
-        x = _walk(x, valid, L, a0, m0, a1, m1, a2, m2, msk, sh, False)
-    pos = x + rot
-    pos = tl.where(pos >= L, pos - L, pos)
+        x = tl.where(valid, il[:, None], 0).to(tl.uint32)
+        x = _walk(_fwd(x, a0, m0, a1, m1, a2, m2, msk, sh), valid, L, a0, m0, a1, m1, a2, m2, msk, sh, False)
+        pos = x + rot
+        pos = tl.where(pos >= L, pos - L, pos)
+    else:  # every group length a power of two: msk = L - 1 and x + rot < 2L; invalid lanes are masked later
+        pos = (_fwd(il[:, None].to(tl.uint32), a0, m0, a1, m1, a2, m2, msk, sh) + rot) & msk
     g2 = g[None, :]
     col, valid = _clip(g2 * G + pos.to(tl.int32), valid, col0, cols, CLIP)
     return col, g2 * keep + il[:, None], valid
@@ -128,8 +129,11 @@ def kept_index(h1, pmask, g, jj, g0, col0, cols, full, keep, tail, keep_tail, w_
     a2 = a2[None, :, None]
     j = jj.to(tl.uint32)
     inside = (pmask & (g < ngroups))[None, :, None] & (j < L)
-    y = tl.where(inside, j + L - rot[None, :, None], 0)  # (j - rot) mod L, rot < L
-    y = tl.where(y >= L, y - L, y)
+    if WALK:
+        y = tl.where(inside, j + L - rot[None, :, None], 0)  # (j - rot) mod L, rot < L
+        y = tl.where(y >= L, y - L, y)
+    else:  # L a power of two divides 2^32: the wrapped difference masked; lanes outside are masked later
+        y = (j - rot[None, :, None]) & msk
     x = _inv(y, a0, i0, a1, i1, a2, i2, msk, sh)
     if WALK:
         x = _walk(x, inside, L, a0, i0, a1, i1, a2, i2, msk, sh, True)
