@@ -52,23 +52,6 @@ SPEC_POSITIONS = seeded_mask.positions
 FIELDS = ["rule", "alpha", "seed", "bytes", "correct", "n", "nll", "kl"]
 
 
-def _walk(x, keys, w: int, length: int, step):
-    """Cycle-walking: apply `step` again where the value is still >= length (as the spec does)."""
-    if x.shape != keys[0].shape:
-        x = np.array(np.broadcast_to(x, np.broadcast_shapes(x.shape, keys[0].shape)))
-    todo = np.nonzero(x >= length) if length & (length - 1) else (np.zeros(0, np.intp),)
-    while todo[0].size:
-        v = step(x[todo], [np.broadcast_to(k, x.shape)[todo] for k in keys], w)
-        x[todo] = v
-        todo = tuple(t[v >= length] for t in todo)
-    return x
-
-
-def _rotate(x, rot, length: int):
-    x = x + rot % U32(length)
-    return np.minimum(x, x - U32(length))
-
-
 def _affine(x, keys, w: int):
     mask = U32((1 << w) - 1)
     with np.errstate(over="ignore"):
@@ -79,19 +62,13 @@ def rule_positions(rule: str):
     """A drop-in for seeded_mask.positions with the rule's permutation (same keys, walk and rotation)."""
     if rule == "spec":
         return SPEC_POSITIONS
+    if rule not in ("rounds1", "affine"):
+        raise SystemExit(f"unknown rule {rule!r} (spec, rounds1, affine)")
+    step = None if rule == "rounds1" else _affine  # None: the spec's round, once
 
     def positions(seed, rows, groups, index, length):
         round_keys, rot = seeded_mask.group_keys(seed, rows, groups)
-        w = seeded_mask.width_for(length)
-        if rule == "rounds1":
-            step = seeded_mask._permute
-            keys = round_keys[:1]
-        elif rule == "affine":
-            step, keys = _affine, round_keys[:1]
-        else:
-            raise SystemExit(f"unknown rule {rule!r} (spec, rounds1, affine)")
-        x = step(np.asarray(index, U32), keys, w)
-        return _rotate(_walk(x, keys, w, length, step), rot, length)
+        return seeded_mask.place(index, round_keys[:1], rot, length, step)
     return positions
 
 

@@ -81,13 +81,21 @@ def positions(seed: int, rows: np.ndarray, groups: np.ndarray, index: np.ndarray
     Keys depend on (row, group) only, so callers pass rows/groups shaped to broadcast over index: the hash
     then runs once per group, not once per element."""
     round_keys, rot = group_keys(seed, rows, groups)
+    return place(index, round_keys, rot, length)
+
+
+def place(index, round_keys, rot, length: int, permute=None) -> np.ndarray:
+    """positions() from the keys: permute (default: the spec's rounds, _permute(x, round_keys, w)) on w bits,
+    cycle-walked into [0, length), then rotated by rot. `permute` exists so a candidate rule
+    (benchmarks/mask_rules.py) reuses the walk and rotation as they are."""
+    permute = permute or _permute
     w = width_for(length)
-    x = _permute(np.asarray(index, dtype=U32), round_keys, w)
+    x = permute(np.asarray(index, dtype=U32), round_keys, w)
     if x.shape != rot.shape:
         x = np.array(np.broadcast_to(x, np.broadcast_shapes(x.shape, rot.shape)))  # own, writable
     todo = np.nonzero(x >= length) if length & (length - 1) else (np.zeros(0, np.intp),)  # 2**w == length: no walk
     while todo[0].size:  # cycle-walking: at most a few steps since 2**w < 2*length
-        v = _permute(x[todo], [np.broadcast_to(k, x.shape)[todo] for k in round_keys], w)
+        v = permute(x[todo], [np.broadcast_to(k, x.shape)[todo] for k in round_keys], w)
         x[todo] = v
         todo = tuple(t[v >= length] for t in todo)
     # x < length and rot % length < length <= 2**31: the sum fits uint32
