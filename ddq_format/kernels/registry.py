@@ -31,7 +31,7 @@ from ..spec import (ENC_CSR_PARTS, ENC_SEEDED, ENC_SEEDED_RANS, ENC_SEEDED_RANS_
                     KIND_COMPRESSED, RANS_STATE_LOW)
 from . import reference
 from .common import (COL_OFFSET_FIELD, COLMAP_FIELD, COMPLEMENT_FIELD, GROUP_OFFSET_FIELD, KIND_FIELD,
-                     LOCAL_COLS_FIELD, NF, ROW_OFFSET_FIELD, SEARCH_STEPS_FIELD, f32_bits, is_pow2, next_pow2)
+                     LOCAL_COLS_FIELD, NF, ROW_OFFSET_FIELD, SEARCH_STEPS_FIELD, f32_bits, next_pow2)
 
 # Buffers travel as bit-identical signed views (Triton and older torch lack unsigned 16/32-bit types);
 # readers mask them back to unsigned.
@@ -140,7 +140,10 @@ class SeededLayout:
         kp = min(64, next_pow2(max(keep, 1)))
         G = max(d.params["group_size"] for d in deltas)
         gp = min(512, next_pow2(G))
-        walk = any(not is_pow2(d.params["group_size"]) or not is_pow2(d.groups[2]) for d in deltas)
+        # no walk only where every group length L is exactly 2^w (w = width_for(L) >= 1): a one-column group
+        # has w = 1, so its permutation may give 1 and walks back to 0
+        walk = any(not _exact_width(d.params["group_size"]) or (d.groups[2] and not _exact_width(d.groups[2]))
+                   for d in deltas)
         groups = max(d.groups[0] + (d.groups[2] > 0) for d in deltas)
         return {"KP": kp, "GPC": max(1, min(8, 64 // kp)), "WALK": walk, "GP": gp,
                 "GROUPS": next_pow2(groups), "G": G, "CLIP": any(d.clip for d in deltas),
@@ -203,6 +206,11 @@ class CsrLayout:
 
     def reference_rows(self, d, rows) -> torch.Tensor:
         return reference.csr_rows(d, rows)
+
+
+def _exact_width(length: int) -> bool:
+    """The mask's permutation width covers exactly `length` (2^width_for(length) == length)."""
+    return 1 << width_for(length) == length
 
 
 def _colmap_bytes(deltas) -> int:
