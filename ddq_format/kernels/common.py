@@ -25,6 +25,3 @@ def f32_bits(v: float) -> int:
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
-
-def is_pow2(n: int) -> bool:
-    return n & (n - 1) == 0
